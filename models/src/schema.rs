@@ -7,8 +7,10 @@
 use std::fmt;
 
 /// A store-neutral field type. Each backend maps it to its native type.
+///
+/// Deliberately exhaustive, like [`Value`](crate::Value): adding a type must
+/// break every backend's build until it handles it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum FieldType {
     /// UTF-8 text (`String`, or an enum that serializes as a string with
     /// `#[field(text)]`). Compared and sorted by byte order in every store.

@@ -12,8 +12,10 @@ use crate::schema::FieldType;
 ///
 /// `Debug` never prints the content: a value may be PHI and does not know
 /// which field it belongs to. It prints the kind (`Text(<redacted 12 bytes>)`).
+///
+/// Deliberately exhaustive: a new kind must be handled by every backend's
+/// encoder, and a `_` arm there would hide it.
 #[derive(Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Value {
     /// SQL NULL / BSON null / a missing Redis hash field.
     Null,

@@ -1,0 +1,142 @@
+//! The store-level contract each backend implements, and its capabilities.
+//!
+//! A [`Backend`] is not generic over entities: it reads and writes
+//! [`Record`]s described by an [`EntitySchema`]. Validation, encoding,
+//! cursors and the version rules live once, in [`crate::Repo`]; a backend
+//! only translates checked requests into its driver's calls. Cross-cutting
+//! behaviour (the guard: breaker, retry, timeout) is a `Backend` that wraps
+//! another.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use dl_models::{EntitySchema, Record, Value};
+
+use crate::error::{Result, Store};
+use crate::query::{Cond, ListRequest, ValidPatch};
+
+/// Which filters a store can serve without a full scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FilterSupport {
+    /// Any filter on any field.
+    Any,
+    /// Only `eq`, `in` (and `and`/`or` of them) on `#[indexed]` fields and
+    /// the key.
+    IndexedEquality,
+    /// Only the key.
+    KeyOnly,
+}
+
+/// What a backend can do. Shared code asks instead of guessing, and the
+/// conformance suite reads the same declaration: a case a backend declares
+/// it cannot serve must fail with the precise `Unsupported` error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Multi-entity transactions.
+    pub transactions: bool,
+    /// Which filters `list` and `count` accept.
+    pub filter: FilterSupport,
+    /// Sorting on fields other than the key.
+    pub sort: bool,
+    /// `prefix` filters.
+    pub prefix: bool,
+    /// `insert_many` is all-or-nothing.
+    pub atomic_batch: bool,
+    /// `insert_many` and `get_many` run as one native batch / round trip.
+    pub native_batch: bool,
+    /// Entries can expire (a per-entity TTL).
+    pub ttl: bool,
+    /// A change feed (for CDC) exists.
+    pub change_feed: bool,
+    /// `#[indexed(unique)]` is enforced by the store.
+    pub unique: bool,
+}
+
+impl Capabilities {
+    /// Everything the reference model and SQL stores can do.
+    #[must_use]
+    pub const fn full() -> Self {
+        Capabilities {
+            transactions: true,
+            filter: FilterSupport::Any,
+            sort: true,
+            prefix: true,
+            atomic_batch: true,
+            native_batch: true,
+            ttl: false,
+            change_feed: false,
+            unique: true,
+        }
+    }
+}
+
+/// One store's implementation of the repository operations.
+///
+/// Contracts every backend keeps (the conformance suite checks them):
+/// - records are in schema order and every value has its field's type;
+/// - `insert` of an existing key fails with `Conflict(DuplicateKey)`, a
+///   taken unique value with `Conflict(Unique)`; nothing is written;
+/// - `update` / `replace` / `upsert` bump the version field by one when the
+///   schema has one, and check `expected_version` in the same atomic step
+///   as the write;
+/// - connection faults are `Unavailable` or `Timeout`, never `NotFound`.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Which store this is.
+    fn store(&self) -> Store;
+
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Makes sure the entity's table / collection / indexes exist.
+    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()>;
+
+    /// Inserts one record.
+    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()>;
+
+    /// Inserts records (keys are distinct; checked by the caller).
+    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()>;
+
+    /// Reads one record.
+    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>>;
+
+    /// Reads the records of distinct keys, in any order; absent keys are
+    /// left out.
+    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>>;
+
+    /// Applies a patch; `None` when the key is absent.
+    async fn update(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Record>>;
+
+    /// Overwrites an existing record (`NotFound` when absent). With a version
+    /// field, `expected_version` is the version the stored record must have,
+    /// and the record is written with `expected_version + 1`.
+    async fn replace(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+        expected_version: Option<i64>,
+    ) -> Result<Record>;
+
+    /// Inserts, or overwrites unconditionally (version: stored + 1).
+    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record>;
+
+    /// Deletes; whether the key existed.
+    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool>;
+
+    /// Records matching the request, in its order, at most `limit`.
+    async fn list(&self, schema: &'static EntitySchema, request: &ListRequest)
+    -> Result<Vec<Record>>;
+
+    /// How many records match.
+    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64>;
+
+    /// Whether the key exists.
+    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool>;
+}

@@ -1,0 +1,4 @@
+//! The backends, one module per store.
+
+pub mod memory;
+pub mod sqlite;
