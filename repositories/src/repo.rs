@@ -347,8 +347,18 @@ impl<T: Entity> Repository<T> for Repo<T> {
     }
 
     async fn insert(&self, entity: &T) -> Result<()> {
+        let schema = Self::schema();
         let record = Self::to_record(entity)?;
-        self.backend.insert(Self::schema(), &record).await
+        match self.backend.insert(schema, &record).await {
+            // Stores check constraints in their own order; the contract is
+            // that a taken key wins, so the error does not depend on the store.
+            Err(Error::Conflict { kind: ConflictKind::Unique { .. }, .. })
+                if self.backend.exists(schema, record.get(schema.key)).await? =>
+            {
+                Err(Error::Conflict { entity: schema.name, kind: ConflictKind::DuplicateKey })
+            }
+            other => other,
+        }
     }
 
     async fn insert_many(&self, entities: &[T]) -> Result<()> {
@@ -372,7 +382,18 @@ impl<T: Entity> Repository<T> for Repo<T> {
             }
             records.push(record);
         }
-        self.backend.insert_many(schema, &records).await
+        match self.backend.insert_many(schema, &records).await {
+            // As in `insert`: a taken key wins over a taken unique value.
+            Err(e @ Error::Conflict { kind: ConflictKind::Unique { .. }, .. }) => {
+                let keys: Vec<Value> = records.iter().map(|r| r.get(schema.key).clone()).collect();
+                if self.backend.get_many(schema, &keys).await?.is_empty() {
+                    Err(e)
+                } else {
+                    Err(Error::Conflict { entity: schema.name, kind: ConflictKind::DuplicateKey })
+                }
+            }
+            other => other,
+        }
     }
 
     async fn get(&self, key: &T::Key) -> Result<Option<T>> {

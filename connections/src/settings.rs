@@ -1,0 +1,710 @@
+//! Layered settings: defaults < `data-layer.toml` < `.env` < environment <
+//! flags.
+//!
+//! Every key is declared once in [`KEYS`] with its environment name, its
+//! default, what it accepts and one line of documentation. Unknown keys
+//! (`DL_POSTGRES__MAX_CONECTIONS`, a typo in the file) are errors, so a
+//! setting is never silently ignored. Errors name the key, where the value
+//! came from, the value's form and what was expected; they never print a
+//! secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::secret::SecretUrl;
+
+/// What a key accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole number in a range.
+    Count {
+        /// Smallest accepted.
+        min: u32,
+        /// Largest accepted.
+        max: u32,
+    },
+    /// A duration: a whole number with a unit, `ms`, `s`, `m` or `h` (`30s`).
+    Duration,
+    /// `true` or `false`.
+    Bool,
+    /// A URL with one of these schemes; may hold a password (never printed).
+    Url(&'static [&'static str]),
+    /// Comma-separated `host:port` nodes.
+    Nodes,
+    /// A name: `[a-z_][a-z0-9_]*`, at most 48 bytes.
+    Name,
+}
+
+impl Kind {
+    fn expected(self) -> String {
+        match self {
+            Kind::Count { min, max } => format!("a whole number from {min} to {max}"),
+            Kind::Duration => "a duration such as 500ms, 30s, 5m or 1h (greater than zero)".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::Url(schemes) => format!(
+                "a URL starting with {}",
+                schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ")
+            ),
+            Kind::Nodes => "comma-separated host:port pairs, e.g. 127.0.0.1:9042".into(),
+            Kind::Name => "a name of lower-case letters, digits and _ (at most 48)".into(),
+        }
+    }
+}
+
+/// One declared setting.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    /// Dotted key (`postgres.max_connections`), as in the file and `--set`.
+    pub key: &'static str,
+    /// Its environment variable.
+    pub env: &'static str,
+    /// What it accepts.
+    pub kind: Kind,
+    /// The default, in the same text form; `None` means unset.
+    pub default: Option<&'static str>,
+    /// One line: what it does, and the trade-off.
+    pub doc: &'static str,
+}
+
+macro_rules! pool_keys {
+    ($store:literal, $env:literal, $max:literal) => {
+        [
+            KeySpec { key: concat!($store, ".max_connections"), env: concat!("DL_", $env, "__MAX_CONNECTIONS"), kind: Kind::Count { min: 1, max: 1000 }, default: Some($max), doc: "Pool size. Larger serves more concurrent calls, costs server memory." },
+            KeySpec { key: concat!($store, ".min_connections"), env: concat!("DL_", $env, "__MIN_CONNECTIONS"), kind: Kind::Count { min: 0, max: 1000 }, default: Some("0"), doc: "Connections kept open while idle. Faster first calls, more idle sessions." },
+            KeySpec { key: concat!($store, ".connect_timeout"), env: concat!("DL_", $env, "__CONNECT_TIMEOUT"), kind: Kind::Duration, default: Some("5s"), doc: "Time to open one connection. Shorter fails fast on a dead host." },
+            KeySpec { key: concat!($store, ".acquire_timeout"), env: concat!("DL_", $env, "__ACQUIRE_TIMEOUT"), kind: Kind::Duration, default: Some("5s"), doc: "Wait for a free pooled connection. Shorter sheds load sooner." },
+            KeySpec { key: concat!($store, ".request_timeout"), env: concat!("DL_", $env, "__REQUEST_TIMEOUT"), kind: Kind::Duration, default: Some("10s"), doc: "Deadline of one repository call. Never unbounded: a hung store fails the call." },
+            KeySpec { key: concat!($store, ".idle_timeout"), env: concat!("DL_", $env, "__IDLE_TIMEOUT"), kind: Kind::Duration, default: Some("10m"), doc: "Close connections idle this long." },
+            KeySpec { key: concat!($store, ".max_lifetime"), env: concat!("DL_", $env, "__MAX_LIFETIME"), kind: Kind::Duration, default: Some("30m"), doc: "Recycle connections after this long (picks up failovers and DNS changes)." },
+            KeySpec { key: concat!($store, ".optional"), env: concat!("DL_", $env, "__OPTIONAL"), kind: Kind::Bool, default: Some("false"), doc: "If true, this store being down degrades the service instead of failing it." },
+        ]
+    };
+}
+
+const BASE_KEYS: [KeySpec; 8] = [
+    KeySpec { key: "database_url", env: "DATABASE_URL", kind: Kind::Url(&["sqlite", "postgres", "postgresql"]), default: Some("sqlite://data/data-layer.db"), doc: "The relational store: a SQLite file (the embedded default) or PostgreSQL." },
+    KeySpec { key: "mongodb_uri", env: "MONGODB_URI", kind: Kind::Url(&["mongodb", "mongodb+srv"]), default: None, doc: "MongoDB; unset means not configured." },
+    KeySpec { key: "redis_url", env: "REDIS_URL", kind: Kind::Url(&["redis", "rediss"]), default: None, doc: "Redis; unset means not configured." },
+    KeySpec { key: "scylla_uri", env: "SCYLLA_URI", kind: Kind::Nodes, default: None, doc: "ScyllaDB contact points; unset means not configured." },
+    KeySpec { key: "scylla.keyspace", env: "DL_SCYLLA__KEYSPACE", kind: Kind::Name, default: Some("data_layer"), doc: "Keyspace the Scylla tables live in." },
+    KeySpec { key: "scylla.auto_await_schema_agreement", env: "DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", kind: Kind::Bool, default: Some("true"), doc: "Wait for schema agreement after DDL (false only for single-node test servers)." },
+    KeySpec { key: "scylla.fetch_schema_metadata", env: "DL_SCYLLA__FETCH_SCHEMA_METADATA", kind: Kind::Bool, default: Some("true"), doc: "Fetch cluster schema metadata (false only for test servers that lack it)." },
+    KeySpec { key: "redis.key_prefix", env: "DL_REDIS__KEY_PREFIX", kind: Kind::Name, default: Some("dl"), doc: "Prefix of every Redis key this service writes." },
+];
+
+const POOL_SQLITE: [KeySpec; 8] = pool_keys!("sqlite", "SQLITE", "4");
+const POOL_POSTGRES: [KeySpec; 8] = pool_keys!("postgres", "POSTGRES", "10");
+const POOL_MONGO: [KeySpec; 8] = pool_keys!("mongo", "MONGO", "10");
+const POOL_REDIS: [KeySpec; 8] = pool_keys!("redis", "REDIS", "8");
+const POOL_SCYLLA: [KeySpec; 8] = pool_keys!("scylla", "SCYLLA", "4");
+
+/// Every declared key, in documentation order.
+pub static KEYS: [&[KeySpec]; 6] =
+    [&BASE_KEYS, &POOL_SQLITE, &POOL_POSTGRES, &POOL_MONGO, &POOL_REDIS, &POOL_SCYLLA];
+
+fn all_keys() -> impl Iterator<Item = &'static KeySpec> {
+    KEYS.iter().flat_map(|k| k.iter())
+}
+
+fn spec(key: &str) -> Option<&'static KeySpec> {
+    all_keys().find(|s| s.key == key)
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// The settings file.
+    File(PathBuf),
+    /// The `.env` file.
+    EnvFile(PathBuf),
+    /// The process environment.
+    Environment,
+    /// A command-line flag.
+    Flag,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File(p) => write!(f, "file {}", p.display()),
+            Origin::EnvFile(p) => write!(f, "env file {}", p.display()),
+            Origin::Environment => f.write_str("environment"),
+            Origin::Flag => f.write_str("flag"),
+        }
+    }
+}
+
+/// A settings error. Never contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A value does not fit its key.
+    #[error("setting `{key}` ({origin}): got {form}, expected {expected}")]
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// Where the value came from (with the variable name).
+        origin: String,
+        /// The value's form (the value itself only when short and not secret).
+        form: String,
+        /// What the key accepts.
+        expected: String,
+    },
+    /// A key nobody declared.
+    #[error("unknown setting `{name}` ({origin}){}", suggestion.as_ref().map(|s| format!(": did you mean `{s}`?")).unwrap_or_default())]
+    UnknownKey {
+        /// The key as written.
+        name: String,
+        /// Where.
+        origin: String,
+        /// The closest declared key.
+        suggestion: Option<&'static str>,
+    },
+    /// A file could not be read or parsed.
+    #[error("{what} {}: {reason}", path.display())]
+    File {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why (with line and column where the parser gives them).
+        reason: String,
+    },
+    /// Settings that are fine one by one but not together.
+    #[error("settings `{first}` and `{second}`: {reason}")]
+    Inconsistent {
+        /// One key.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the layers come from. [`Default`] reads `./data-layer.toml` and
+/// `./.env` if present, and the process environment.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct Sources {
+    /// An explicit settings file (must exist); default `./data-layer.toml` if present.
+    pub file: Option<PathBuf>,
+    /// An explicit env file (must exist); default `./.env` if present.
+    pub env_file: Option<PathBuf>,
+    /// Skip the default files in the current directory.
+    pub no_default_files: bool,
+    /// The environment to read; `None` reads the process environment.
+    pub env: Option<BTreeMap<String, String>>,
+    /// `key=value` pairs from flags (highest precedence).
+    pub flags: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// Defaults only, no files, an empty environment (for tests).
+    pub fn isolated() -> Self {
+        Sources { no_default_files: true, env: Some(BTreeMap::new()), ..Self::default() }
+    }
+    /// Uses this settings file.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+    /// Uses this env file.
+    pub fn env_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.env_file = Some(path.into());
+        self
+    }
+    /// Sets an environment variable of an isolated environment.
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.env.get_or_insert_with(BTreeMap::new).insert(name.into(), value.into());
+        self
+    }
+    /// Adds a flag value.
+    pub fn flag(mut self, key: &str, value: &str) -> Self {
+        self.flags.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// Pool and timeout settings of one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most connections.
+    pub max_connections: u32,
+    /// Connections kept while idle.
+    pub min_connections: u32,
+    /// Time to open a connection.
+    pub connect_timeout: Duration,
+    /// Wait for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// Deadline of one call.
+    pub request_timeout: Duration,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Connections are recycled after this.
+    pub max_lifetime: Duration,
+    /// Whether the store being down only degrades the service.
+    pub optional: bool,
+}
+
+/// The relational store `DATABASE_URL` names.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite database file (or `:memory:`).
+    Sqlite(String),
+    /// A PostgreSQL server.
+    Postgres(SecretUrl),
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(path) => write!(f, "sqlite://{path}"),
+            DatabaseUrl::Postgres(url) => fmt::Display::fmt(url, f),
+        }
+    }
+}
+
+/// ScyllaDB settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScyllaSettings {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// Keyspace.
+    pub keyspace: String,
+    /// Wait for schema agreement after DDL.
+    pub auto_await_schema_agreement: bool,
+    /// Fetch schema metadata.
+    pub fetch_schema_metadata: bool,
+}
+
+/// The effective settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The relational store.
+    pub database_url: DatabaseUrl,
+    /// MongoDB, if configured.
+    pub mongodb_uri: Option<SecretUrl>,
+    /// Redis, if configured.
+    pub redis_url: Option<SecretUrl>,
+    /// Redis key prefix.
+    pub redis_key_prefix: String,
+    /// ScyllaDB, if configured.
+    pub scylla: Option<ScyllaSettings>,
+    /// SQLite pool.
+    pub sqlite: PoolSettings,
+    /// PostgreSQL pool.
+    pub postgres: PoolSettings,
+    /// MongoDB pool.
+    pub mongo: PoolSettings,
+    /// Redis pool.
+    pub redis: PoolSettings,
+    /// Scylla pool.
+    pub scylla_pool: PoolSettings,
+    /// Each key's effective value's origin, and a printable form of it
+    /// (secrets redacted): what `data-layer config` shows.
+    pub effective: Vec<(&'static str, String, Origin)>,
+}
+
+impl Settings {
+    /// Loads the layers.
+    ///
+    /// # Errors
+    /// A [`SettingsError`] for an unreadable file, an unknown key or a bad value.
+    pub fn load(sources: &Sources) -> Result<Settings, SettingsError> {
+        let mut raw: BTreeMap<&'static str, (String, Origin)> = BTreeMap::new();
+        for s in all_keys() {
+            if let Some(d) = s.default {
+                raw.insert(s.key, (d.to_owned(), Origin::Default));
+            }
+        }
+
+        // 1. The settings file.
+        let file = match &sources.file {
+            Some(p) => Some(p.clone()),
+            None if !sources.no_default_files && Path::new("data-layer.toml").is_file() => {
+                Some(PathBuf::from("data-layer.toml"))
+            }
+            None => None,
+        };
+        if let Some(path) = file {
+            for (k, v) in read_toml(&path)? {
+                let origin = Origin::File(path.clone());
+                let Some(s) = spec(&k) else {
+                    return Err(unknown(&k, &origin.to_string(), false));
+                };
+                raw.insert(s.key, (v, origin));
+            }
+        }
+
+        // 2. The env file, then 3. the environment.
+        let env_file = match &sources.env_file {
+            Some(p) => Some(p.clone()),
+            None if !sources.no_default_files && Path::new(".env").is_file() => Some(PathBuf::from(".env")),
+            None => None,
+        };
+        if let Some(path) = env_file {
+            let iter = dotenvy::from_path_iter(&path).map_err(|e| SettingsError::File {
+                what: "env file",
+                path: path.clone(),
+                reason: dotenv_reason(&e),
+            })?;
+            let mut pairs = Vec::new();
+            for item in iter {
+                pairs.push(item.map_err(|e| SettingsError::File {
+                    what: "env file",
+                    path: path.clone(),
+                    reason: dotenv_reason(&e),
+                })?);
+            }
+            apply_env(&mut raw, pairs, &Origin::EnvFile(path))?;
+        }
+        let env: Vec<(String, String)> = match &sources.env {
+            Some(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            None => std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        };
+        apply_env(&mut raw, env, &Origin::Environment)?;
+
+        // 4. Flags.
+        for (k, v) in &sources.flags {
+            let Some(s) = spec(k) else {
+                return Err(unknown(k, "flag --set", false));
+            };
+            raw.insert(s.key, (v.clone(), Origin::Flag));
+        }
+
+        build(&raw)
+    }
+}
+
+fn dotenv_reason(e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::LineParse(_, idx) => format!("cannot parse the line at byte {idx}"),
+        dotenvy::Error::Io(io) => io.kind().to_string(),
+        _ => "cannot read it".into(),
+    }
+}
+
+fn apply_env(
+    raw: &mut BTreeMap<&'static str, (String, Origin)>,
+    pairs: Vec<(String, String)>,
+    origin: &Origin,
+) -> Result<(), SettingsError> {
+    for (name, value) in pairs {
+        if let Some(s) = all_keys().find(|s| s.env == name) {
+            raw.insert(s.key, (value, origin.clone()));
+        } else if name.starts_with("DL_") {
+            return Err(unknown(&name, &origin.to_string(), true));
+        }
+    }
+    Ok(())
+}
+
+fn unknown(name: &str, origin: &str, env: bool) -> SettingsError {
+    let best = all_keys()
+        .map(|s| {
+            let candidate = if env { s.env } else { s.key };
+            (distance(&name.to_ascii_lowercase(), &candidate.to_ascii_lowercase()), candidate)
+        })
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, c)| c);
+    SettingsError::UnknownKey { name: dl_name(name), origin: origin.into(), suggestion: best }
+}
+
+fn dl_name(name: &str) -> String {
+    let mut s: String = name.chars().take(64).flat_map(char::escape_debug).collect();
+    if name.chars().count() > 64 {
+        s.push('…');
+    }
+    s
+}
+
+/// Levenshtein distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn read_toml(path: &Path) -> Result<Vec<(String, String)>, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
+        what: "settings file",
+        path: path.to_owned(),
+        reason: e.kind().to_string(),
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| SettingsError::File {
+        what: "settings file",
+        path: path.to_owned(),
+        reason: toml_reason(&text, &e),
+    })?;
+    let mut out = Vec::new();
+    flatten("", &toml::Value::Table(table), &mut out, path)?;
+    Ok(out)
+}
+
+fn toml_reason(text: &str, e: &toml::de::Error) -> String {
+    // The parser's message may quote the line; the line may hold a password.
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("invalid TOML at line {line}")
+        }
+        None => "invalid TOML".into(),
+    }
+}
+
+fn flatten(
+    prefix: &str,
+    v: &toml::Value,
+    out: &mut Vec<(String, String)>,
+    path: &Path,
+) -> Result<(), SettingsError> {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out, path)?;
+            }
+            Ok(())
+        }
+        toml::Value::String(s) => {
+            out.push((prefix.to_owned(), s.clone()));
+            Ok(())
+        }
+        toml::Value::Integer(i) => {
+            out.push((prefix.to_owned(), i.to_string()));
+            Ok(())
+        }
+        toml::Value::Boolean(b) => {
+            out.push((prefix.to_owned(), b.to_string()));
+            Ok(())
+        }
+        toml::Value::Float(_) | toml::Value::Datetime(_) | toml::Value::Array(_) => {
+            match spec(prefix) {
+                Some(s) => Err(SettingsError::BadValue {
+                    key: s.key,
+                    origin: format!("file {}", path.display()),
+                    form: "a TOML float, date or array".into(),
+                    expected: s.kind.expected(),
+                }),
+                None => Err(unknown(prefix, &format!("file {}", path.display()), false)),
+            }
+        }
+    }
+}
+
+fn origin_text(s: &KeySpec, origin: &Origin) -> String {
+    match origin {
+        Origin::Environment | Origin::EnvFile(_) => format!("{origin} {}", s.env),
+        Origin::Flag => format!("flag --set {}", s.key),
+        other => other.to_string(),
+    }
+}
+
+fn form_of(s: &KeySpec, v: &str) -> String {
+    let secret = matches!(s.kind, Kind::Url(_));
+    if v.trim().is_empty() {
+        "an empty value".into()
+    } else if !secret && v.len() <= 32 && v.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        format!("`{v}`")
+    } else if secret {
+        match v.split_once("://") {
+            Some((scheme, _)) if scheme.len() <= 16 && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') => {
+                format!("a URL with scheme `{scheme}`")
+            }
+            _ => format!("text of {} characters that is not a URL", v.chars().count()),
+        }
+    } else {
+        format!("text of {} characters", v.chars().count())
+    }
+}
+
+struct Parsed<'a> {
+    raw: &'a BTreeMap<&'static str, (String, Origin)>,
+}
+
+impl Parsed<'_> {
+    fn bad(&self, s: &'static KeySpec) -> SettingsError {
+        let (v, origin) = &self.raw[s.key];
+        SettingsError::BadValue {
+            key: s.key,
+            origin: origin_text(s, origin),
+            form: form_of(s, v),
+            expected: s.kind.expected(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<(&'static KeySpec, &str)> {
+        let s = spec(key)?;
+        self.raw.get(s.key).map(|(v, _)| (s, v.as_str()))
+    }
+
+    fn count(&self, key: &str) -> Result<u32, SettingsError> {
+        let (s, v) = self.get(key).expect("declared with a default");
+        let Kind::Count { min, max } = s.kind else { unreachable!("declared as a count") };
+        v.trim().parse::<u32>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| self.bad(s))
+    }
+
+    fn duration(&self, key: &str) -> Result<Duration, SettingsError> {
+        let (s, v) = self.get(key).expect("declared with a default");
+        parse_duration(v).ok_or_else(|| self.bad(s))
+    }
+
+    fn boolean(&self, key: &str) -> Result<bool, SettingsError> {
+        let (s, v) = self.get(key).expect("declared with a default");
+        match v.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(self.bad(s)),
+        }
+    }
+
+    fn url(&self, key: &str) -> Result<Option<SecretUrl>, SettingsError> {
+        let Some((s, v)) = self.get(key) else { return Ok(None) };
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        let Kind::Url(schemes) = s.kind else { unreachable!("declared as a url") };
+        let url = SecretUrl::parse(v.trim()).map_err(|()| self.bad(s))?;
+        if !schemes.contains(&url.scheme()) {
+            return Err(self.bad(s));
+        }
+        Ok(Some(url))
+    }
+
+    fn name(&self, key: &str) -> Result<String, SettingsError> {
+        let (s, v) = self.get(key).expect("declared with a default");
+        let ok = !v.is_empty()
+            && v.len() <= 48
+            && v.bytes().enumerate().all(|(i, c)| c == b'_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit()));
+        if ok { Ok(v.to_owned()) } else { Err(self.bad(s)) }
+    }
+
+    fn pool(&self, store: &str) -> Result<PoolSettings, SettingsError> {
+        let k = |name: &str| format!("{store}.{name}");
+        let p = PoolSettings {
+            max_connections: self.count(&k("max_connections"))?,
+            min_connections: self.count(&k("min_connections"))?,
+            connect_timeout: self.duration(&k("connect_timeout"))?,
+            acquire_timeout: self.duration(&k("acquire_timeout"))?,
+            request_timeout: self.duration(&k("request_timeout"))?,
+            idle_timeout: self.duration(&k("idle_timeout"))?,
+            max_lifetime: self.duration(&k("max_lifetime"))?,
+            optional: self.boolean(&k("optional"))?,
+        };
+        if p.min_connections > p.max_connections {
+            let first = spec(&k("min_connections")).map_or("min_connections", |s| s.key);
+            let second = spec(&k("max_connections")).map_or("max_connections", |s| s.key);
+            return Err(SettingsError::Inconsistent {
+                first,
+                second,
+                reason: format!("min ({}) is above max ({})", p.min_connections, p.max_connections),
+            });
+        }
+        Ok(p)
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` (a whole number and a unit; zero is
+/// rejected, so no timeout can be "none").
+#[must_use]
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, SettingsError> {
+    let p = Parsed { raw };
+    let db_spec = spec("database_url").expect("declared");
+    let db_raw = raw.get("database_url").map(|(v, _)| v.trim()).unwrap_or_default();
+    let database_url = if let Some(rest) = db_raw.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//");
+        if path.is_empty() || path.contains('\0') {
+            return Err(p.bad(db_spec));
+        }
+        DatabaseUrl::Sqlite(path.to_owned())
+    } else {
+        match p.url("database_url")? {
+            Some(u) if u.scheme().starts_with("postgres") => DatabaseUrl::Postgres(u),
+            _ => return Err(p.bad(db_spec)),
+        }
+    };
+    let scylla = match raw.get("scylla_uri") {
+        Some((v, _)) if !v.trim().is_empty() => {
+            let s = spec("scylla_uri").expect("declared");
+            let nodes: Vec<String> = v.split(',').map(|n| n.trim().to_owned()).collect();
+            let valid = nodes.iter().all(|n| {
+                n.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty()
+                        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+                        && port.parse::<u16>().is_ok_and(|p| p > 0)
+                })
+            });
+            if !valid {
+                return Err(p.bad(s));
+            }
+            Some(ScyllaSettings {
+                nodes,
+                keyspace: p.name("scylla.keyspace")?,
+                auto_await_schema_agreement: p.boolean("scylla.auto_await_schema_agreement")?,
+                fetch_schema_metadata: p.boolean("scylla.fetch_schema_metadata")?,
+            })
+        }
+        _ => None,
+    };
+    let database_shown = database_url.to_string();
+    let settings = Settings {
+        database_url,
+        mongodb_uri: p.url("mongodb_uri")?,
+        redis_url: p.url("redis_url")?,
+        redis_key_prefix: p.name("redis.key_prefix")?,
+        scylla,
+        sqlite: p.pool("sqlite")?,
+        postgres: p.pool("postgres")?,
+        mongo: p.pool("mongo")?,
+        redis: p.pool("redis")?,
+        scylla_pool: p.pool("scylla")?,
+        effective: all_keys()
+            .filter_map(|s| {
+                let (v, origin) = raw.get(s.key)?;
+                let shown = match s.kind {
+                    Kind::Url(_) if s.key == "database_url" => database_shown.clone(),
+                    Kind::Url(_) => SecretUrl::parse(v.trim()).map_or_else(|()| "<unparsable>".to_owned(), |u| u.to_string()),
+                    _ => v.clone(),
+                };
+                Some((s.key, shown, origin.clone()))
+            })
+            .collect(),
+    };
+    Ok(settings)
+}

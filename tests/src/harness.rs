@@ -1,0 +1,240 @@
+//! The runner: every case against a fresh namespace of one backend, the
+//! outcomes counted per backend.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use dl_repositories::{Backend, Capabilities, Error, FilterSupport, Repo, Store};
+
+use crate::entities::{Note, Specimen};
+
+/// Makes a backend over a fresh, empty namespace (a new database, schema,
+/// key prefix or keyspace), so cases run in parallel without seeing each
+/// other's data.
+pub type Factory =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Arc<dyn Backend>> + Send>> + Send + Sync>;
+
+/// What a case needs beyond the basic contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Filters on any field (not only indexed equality).
+    AnyFilter,
+    /// Prefix filters.
+    Prefix,
+    /// Sorting on fields other than the key.
+    Sort,
+    /// All-or-nothing `insert_many`.
+    AtomicBatch,
+}
+
+/// The outcome of a case that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The behaviour was asserted.
+    Passed,
+    /// The backend declared it cannot serve the case, and returned the
+    /// precise `Unsupported` error, which the case asserted.
+    Unsupported,
+}
+
+/// A case's result: an outcome, or why it failed.
+pub type CaseResult = Result<Outcome, String>;
+
+/// What a case gets.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The backend, over a fresh namespace.
+    pub backend: Arc<dyn Backend>,
+    /// Its store.
+    pub store: Store,
+    /// Its declared capabilities.
+    pub caps: Capabilities,
+    /// The specimen repository.
+    pub specimens: Arc<Repo<Specimen>>,
+    /// The note repository.
+    pub notes: Arc<Repo<Note>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    /// Opens the test repositories over a backend.
+    ///
+    /// # Errors
+    /// When the backend cannot prepare them.
+    pub async fn new(backend: Arc<dyn Backend>) -> Result<Self, String> {
+        let specimens = Repo::<Specimen>::open(Arc::clone(&backend)).await.map_err(|e| format!("open specimens: {e}"))?;
+        let notes = Repo::<Note>::open(Arc::clone(&backend)).await.map_err(|e| format!("open notes: {e}"))?;
+        Ok(Ctx {
+            store: backend.store(),
+            caps: backend.capabilities(),
+            backend,
+            specimens: Arc::new(specimens),
+            notes: Arc::new(notes),
+        })
+    }
+
+    /// Whether the backend lacks what `need` asks for.
+    #[must_use]
+    pub fn lacks(&self, need: Need) -> bool {
+        match need {
+            Need::AnyFilter => self.caps.filter != FilterSupport::Any,
+            Need::Prefix => !self.caps.prefix || self.caps.filter != FilterSupport::Any,
+            Need::Sort => !self.caps.sort,
+            Need::AtomicBatch => !self.caps.atomic_batch,
+        }
+    }
+
+    /// Asserts the precise `Unsupported` error of this store.
+    ///
+    /// # Errors
+    /// When the result is anything else.
+    pub fn expect_unsupported<T: std::fmt::Debug>(
+        &self,
+        r: Result<T, Error>,
+        op: dl_repositories::Operation,
+    ) -> CaseResult {
+        match r {
+            Err(Error::Unsupported { store, operation, ref reason })
+                if store == self.store && operation == op && !reason.is_empty() =>
+            {
+                Ok(Outcome::Unsupported)
+            }
+            other => Err(format!("expected Unsupported {{ {}, {op} }}, got {other:?}", self.store)),
+        }
+    }
+}
+
+/// Runs a gated operation: when the backend lacks `need`, asserts the
+/// precise `Unsupported` error and ends the case with `Outcome::Unsupported`;
+/// otherwise yields the successful value or fails the case.
+#[macro_export]
+macro_rules! gated {
+    ($ctx:expr, $need:expr, $op:expr, $call:expr) => {{
+        let r = $call;
+        if $ctx.lacks($need) {
+            return $ctx.expect_unsupported(r, $op);
+        }
+        match r {
+            Ok(v) => v,
+            Err(e) => return Err(format!("{}: {e}", stringify!($call))),
+        }
+    }};
+}
+
+/// Fails the case unless the condition holds.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr) => {
+        if !$cond {
+            return Err(format!("check failed: {} (line {})", stringify!($cond), line!()));
+        }
+    };
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!("check failed: {} (line {}): {}", stringify!($cond), line!(), format!($($msg)+)));
+        }
+    };
+}
+
+/// Unwraps a result or fails the case with the call and error.
+#[macro_export]
+macro_rules! ok {
+    ($call:expr) => {
+        match $call {
+            Ok(v) => v,
+            Err(e) => return Err(format!("{} (line {}): {e}", stringify!($call), line!())),
+        }
+    };
+}
+
+/// One case.
+pub struct Case {
+    /// Its name.
+    pub name: &'static str,
+    /// Its body.
+    pub run: fn(Ctx) -> Pin<Box<dyn Future<Output = CaseResult> + Send>>,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Per-backend counts.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The backend's name.
+    pub backend: String,
+    /// Cases whose behaviour was asserted.
+    pub passed: usize,
+    /// Cases answered with the asserted `Unsupported` error, by name.
+    pub unsupported: Vec<&'static str>,
+    /// Failed cases: name and why.
+    pub failed: Vec<(&'static str, String)>,
+}
+
+impl Report {
+    /// A summary line, plus the failures.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "conformance[{}]: {} cases: {} passed, {} answered Unsupported (asserted), {} failed",
+            self.backend,
+            self.passed + self.unsupported.len() + self.failed.len(),
+            self.passed,
+            self.unsupported.len(),
+            self.failed.len()
+        );
+        if !self.unsupported.is_empty() {
+            let _ = write!(s, "\n  unsupported: {}", self.unsupported.join(", "));
+        }
+        for (name, why) in &self.failed {
+            let _ = write!(s, "\n  FAILED {name}: {why}");
+        }
+        s
+    }
+}
+
+/// Runs every case of [`crate::cases::ALL`] against fresh namespaces of a
+/// backend, at most `parallel` at a time.
+pub async fn run_conformance(backend: &str, factory: Factory, parallel: usize) -> Report {
+    use futures::StreamExt as _;
+    let results: Vec<(&'static str, CaseResult)> = futures::stream::iter(crate::cases::ALL.iter())
+        .map(|case| {
+            let factory = Arc::clone(&factory);
+            async move {
+                let ctx = match Ctx::new(factory().await).await {
+                    Ok(ctx) => ctx,
+                    Err(e) => return (case.name, Err(e)),
+                };
+                let handle = tokio::spawn((case.run)(ctx));
+                let r = match handle.await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("case panicked: {e}")),
+                };
+                (case.name, r)
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let mut report = Report { backend: backend.to_owned(), ..Report::default() };
+    for (name, r) in results {
+        match r {
+            Ok(Outcome::Passed) => report.passed += 1,
+            Ok(Outcome::Unsupported) => report.unsupported.push(name),
+            Err(why) => report.failed.push((name, why)),
+        }
+    }
+    report.unsupported.sort_unstable();
+    report.failed.sort_by_key(|(n, _)| *n);
+    report
+}

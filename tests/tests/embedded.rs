@@ -1,0 +1,76 @@
+//! The conformance suite and the model-based property test on the backends
+//! that need no server: memory and SQLite.
+
+use std::sync::Arc;
+
+use dl_connections::PoolSettings;
+use dl_repositories::Backend;
+use dl_repositories::backends::memory::MemoryBackend;
+use dl_repositories::backends::sqlite::SqliteBackend;
+use dl_tests::harness::{Factory, run_conformance};
+use dl_tests::model::run_model_test;
+
+fn memory() -> Factory {
+    Arc::new(|| Box::pin(async { Arc::new(MemoryBackend::new()) as Arc<dyn Backend> }))
+}
+
+fn pool_settings() -> PoolSettings {
+    dl_connections::Settings::load(&dl_connections::Sources::isolated())
+        .expect("default settings")
+        .sqlite
+}
+
+/// Each case gets its own database file in a fresh temporary folder (the
+/// folder lives as long as the process; the OS cleans /tmp).
+fn sqlite_file() -> Factory {
+    Arc::new(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().expect("temp dir").keep();
+            let path = dir.join("conformance.db");
+            let pool = dl_connections::sqlite::connect(path.to_str().expect("utf-8 path"), &pool_settings())
+                .await
+                .expect("open sqlite");
+            Arc::new(SqliteBackend::new(pool)) as Arc<dyn Backend>
+        })
+    })
+}
+
+fn sqlite_memory() -> Factory {
+    Arc::new(|| {
+        Box::pin(async {
+            let pool = dl_connections::sqlite::connect(":memory:", &pool_settings()).await.expect("open sqlite");
+            Arc::new(SqliteBackend::new(pool)) as Arc<dyn Backend>
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_memory() {
+    let report = run_conformance("memory", memory(), 16).await;
+    println!("{}", report.summary());
+    assert!(report.failed.is_empty(), "{}", report.summary());
+    assert!(report.passed >= 60, "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_sqlite() {
+    let report = run_conformance("sqlite", sqlite_file(), 8).await;
+    println!("{}", report.summary());
+    assert!(report.failed.is_empty(), "{}", report.summary());
+    assert!(report.passed >= 60, "{}", report.summary());
+}
+
+#[test]
+fn model_sqlite_matches_memory() {
+    let report = run_model_test(sqlite_memory(), 64).expect("sqlite diverged from the model");
+    println!(
+        "model[sqlite]: {} sequences, {} steps compared, {} unsupported steps",
+        report.sequences, report.steps, report.unsupported_steps
+    );
+}
+
+#[test]
+fn model_memory_matches_itself() {
+    let report = run_model_test(memory(), 32).expect("memory diverged from itself");
+    println!("model[memory]: {} sequences, {} steps compared", report.sequences, report.steps);
+}
