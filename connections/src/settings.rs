@@ -695,14 +695,16 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
         redis: p.pool("redis")?,
         scylla_pool: p.pool("scylla")?,
         effective: all_keys()
-            .filter_map(|s| {
-                let (v, origin) = raw.get(s.key)?;
+            .map(|s| {
+                let Some((v, origin)) = raw.get(s.key) else {
+                    return (s.key, "<unset>".to_owned(), Origin::Default);
+                };
                 let shown = match s.kind {
                     Kind::Url(_) if s.key == "database_url" => database_shown.clone(),
                     Kind::Url(_) => SecretUrl::parse(v.trim()).map_or_else(|()| "<unparsable>".to_owned(), |u| u.to_string()),
                     _ => v.clone(),
                 };
-                Some((s.key, shown, origin.clone()))
+                (s.key, shown, origin.clone())
             })
             .collect(),
     };

@@ -1,1 +1,144 @@
-//! placeholder
+//! data-layer: one typed way for a service to reach its stores.
+//!
+//! A service loads [`Settings`], builds a [`DataLayer`] and asks it for
+//! repositories. With no settings at all it uses the embedded default, a
+//! SQLite file under `./data`:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use data_layer::{DataLayer, Filter, Patch, Query, Repository, Settings, Sources};
+//! use data_layer::models::domain::{Patient, PatientStatus};
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let url = format!("sqlite://{}/readme.db", dir.path().display());
+//! let settings = Settings::load(&Sources::isolated().var("DATABASE_URL", &url))?;
+//! let dl = DataLayer::from_settings(settings).await?;
+//! let patients = dl.repository::<Patient>().await?;
+//!
+//! let p = Patient {
+//!     id: uuid::Uuid::new_v4(),
+//!     mrn: "TEST-0001".into(),
+//!     given_name: "Test".into(),
+//!     family_name: "Testperson".into(),
+//!     date_of_birth: chrono::NaiveDate::from_ymd_opt(1980, 1, 1).unwrap(),
+//!     phone: None,
+//!     email: None,
+//!     status: PatientStatus::Active,
+//!     created_at: chrono::Utc::now(),
+//!     version: 1,
+//! };
+//! patients.insert(&p).await?;
+//!
+//! let updated = patients
+//!     .update(&p.id, &Patch::new().set("status", "inactive").expect_version(1))
+//!     .await?
+//!     .expect("it exists");
+//! assert_eq!(updated.version, 2);
+//!
+//! let page = patients
+//!     .list(&Query::new().filter(Filter::eq("status", "inactive")).sort_asc("family_name"))
+//!     .await?;
+//! assert_eq!(page.items.len(), 1);
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+pub use dl_connections as connections;
+pub use dl_connections::{Settings, SettingsError, Sources};
+pub use dl_models as models;
+pub use dl_models::Entity;
+pub use dl_repositories as repositories;
+pub use dl_repositories::{
+    Capabilities, Cursor, Error, Filter, Page, Patch, Query, Repo, Repository, Store,
+};
+
+use dl_connections::DatabaseUrl;
+use dl_repositories::Backend;
+use dl_repositories::backends::sqlite::SqliteBackend;
+
+/// Why a [`DataLayer`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// A store could not be opened.
+    #[error("{store}: cannot open the store: {reason}")]
+    Connect {
+        /// Which store.
+        store: Store,
+        /// Why (no secrets).
+        reason: String,
+        /// The driver's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The settings name a store this build does not serve yet.
+    #[error("{store}: {reason}")]
+    NotServed {
+        /// Which store.
+        store: Store,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The entry point a service holds: its settings and one backend per
+/// configured store.
+#[derive(Debug, Clone)]
+pub struct DataLayer {
+    settings: Arc<Settings>,
+    relational: Arc<dyn Backend>,
+}
+
+impl DataLayer {
+    /// Opens the stores the settings name.
+    ///
+    /// # Errors
+    /// When the relational store (`DATABASE_URL`) cannot be opened.
+    pub async fn from_settings(settings: Settings) -> Result<Self, SetupError> {
+        let relational: Arc<dyn Backend> = match &settings.database_url {
+            DatabaseUrl::Sqlite(path) => {
+                let pool = dl_connections::sqlite::connect(path, &settings.sqlite).await.map_err(|e| {
+                    SetupError::Connect {
+                        store: Store::Sqlite,
+                        reason: format!("cannot open SQLite database {path}"),
+                        source: Some(Box::new(e)),
+                    }
+                })?;
+                Arc::new(SqliteBackend::new(pool))
+            }
+            DatabaseUrl::Postgres(_) => {
+                return Err(SetupError::NotServed {
+                    store: Store::Postgres,
+                    reason: "the PostgreSQL backend is not part of this build yet; use a sqlite:// DATABASE_URL".into(),
+                });
+            }
+        };
+        Ok(DataLayer { settings: Arc::new(settings), relational })
+    }
+
+    /// The settings in force.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The relational store's backend (SQLite or PostgreSQL).
+    #[must_use]
+    pub fn relational(&self) -> &Arc<dyn Backend> {
+        &self.relational
+    }
+
+    /// The repository of `T` on the relational store, creating its table and
+    /// indexes if needed.
+    ///
+    /// # Errors
+    /// When the table cannot be created.
+    pub async fn repository<T: Entity>(&self) -> Result<Arc<dyn Repository<T>>, Error> {
+        Ok(Arc::new(Repo::<T>::open(Arc::clone(&self.relational)).await?))
+    }
+}
