@@ -12,6 +12,15 @@ use data_layer::models::domain::{Appointment, Patient, PatientStatus};
 use data_layer::{DataLayer, Error, Filter, Patch, Query, Settings, Sources};
 use uuid::Uuid;
 
+/// Writes a line to stdout; a closed pipe (`data-layer config | head`) ends
+/// the output quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "data-layer", version, about = "One typed data layer over SQLite, PostgreSQL, MongoDB, Redis and ScyllaDB")]
 struct Cli {
@@ -94,13 +103,13 @@ fn print_config(settings: &Settings, json: bool) {
             .iter()
             .map(|(k, v, o)| serde_json::json!({ "key": k, "value": v, "origin": o.to_string() }))
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        out!("{}", serde_json::Value::Array(rows));
         return;
     }
     let width = settings.effective.iter().map(|(k, ..)| k.len()).max().unwrap_or(0);
     let vwidth = settings.effective.iter().map(|(_, v, _)| v.len().min(48)).max().unwrap_or(0);
     for (k, v, o) in &settings.effective {
-        println!("{k:<width$}  {v:<vwidth$}  ({o})");
+        out!("{k:<width$}  {v:<vwidth$}  ({o})");
     }
 }
 
@@ -113,8 +122,8 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
     let dl = DataLayer::from_settings(settings).await?;
     let patients = dl.repository::<Patient>().await?;
     let appointments = dl.repository::<Appointment>().await?;
-    println!("data-layer demo on {} ({where_})", patients.store());
-    println!("  schema ready: patients, appointments (tables and indexes from the entity schemas)");
+    out!("data-layer demo on {} ({where_})", patients.store());
+    out!("  schema ready: patients, appointments (tables and indexes from the entity schemas)");
 
     // A run tag keeps this run's rows apart from earlier runs' in the same file.
     let run = Uuid::new_v4().simple().to_string()[..8].to_uppercase();
@@ -152,17 +161,17 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         })
         .collect();
     appointments.insert_many(&visits).await?;
-    println!("  inserted {} patients and {} appointments (insert_many: one transaction each)", people.len(), visits.len());
+    out!("  inserted {} patients and {} appointments (insert_many: one transaction each)", people.len(), visits.len());
 
     let first = patients.get(&people[0].id).await?.ok_or_else(|| anyhow::anyhow!("patient vanished"))?;
-    println!(
+    out!(
         "  get by id: patient {} found, status {:?}, version {} (names, MRN and birth date are PHI: not printed)",
         short(first.id),
         first.status,
         first.version
     );
     let some: Vec<Uuid> = people.iter().take(3).map(|p| p.id).collect();
-    println!("  get_many of {} keys: {} found", some.len(), patients.get_many(&some).await?.len());
+    out!("  get_many of {} keys: {} found", some.len(), patients.get_many(&some).await?.len());
 
     // Filtered, sorted, paginated.
     let active_this_run = Filter::prefix("mrn", format!("DEMO-{run}-")).and(Filter::eq("status", "active"));
@@ -180,12 +189,12 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
             None => break,
         }
     }
-    println!(
+    out!(
         "  list active patients of this run, by family name, 4 per page: pages of {pages:?} = {} patients, none repeated",
         seen.len()
     );
     let count = patients.count(&active_this_run).await?;
-    println!("  count of the same filter: {count}");
+    out!("  count of the same filter: {count}");
 
     let upcoming = appointments
         .list(
@@ -195,7 +204,7 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
                 .limit(10),
         )
         .await?;
-    println!(
+    out!(
         "  upcoming appointments of 3 patients: {} (first: {} on {})",
         upcoming.items.len(),
         upcoming.items.first().map_or("-", |a| a.kind.as_str()),
@@ -209,16 +218,16 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         .update(&target, &Patch::new().set("status", "inactive").expect_version(read_by_both))
         .await?
         .ok_or_else(|| anyhow::anyhow!("patient vanished"))?;
-    println!("  writer A updated patient {} with version {read_by_both}: now version {}", short(target), won.version);
+    out!("  writer A updated patient {} with version {read_by_both}: now version {}", short(target), won.version);
     match patients.update(&target, &Patch::new().set("phone", "+1-555-0199").expect_version(read_by_both)).await {
-        Err(e @ Error::Conflict { .. }) => println!("  writer B, also expecting version {read_by_both}, was refused: {e}"),
+        Err(e @ Error::Conflict { .. }) => out!("  writer B, also expecting version {read_by_both}, was refused: {e}"),
         Ok(_) => anyhow::bail!("a stale write went through"),
         Err(e) => return Err(e.into()),
     }
 
     let total = patients.count(&Filter::prefix("mrn", format!("DEMO-{run}-"))).await?;
     let all_rows = patients.count(&Filter::all()).await?;
-    println!(
+    out!(
         "done in {} ms: {total} patients written by this run ({all_rows} in the store, earlier runs included)",
         started.elapsed().as_millis()
     );
