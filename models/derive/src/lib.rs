@@ -21,6 +21,10 @@ use syn::{Data, DeriveInput, Fields, GenericArgument, LitInt, LitStr, PathArgume
 ///   `#[phi(drop|hash|mask|generalize)]`, `#[field(text)]` (a type that
 ///   serializes as a string, e.g. a unit enum), `#[field(json)]` (any serde
 ///   type, stored as a document), `#[field(max_len = N)]` (bytes).
+///
+/// The generated `Debug` prints non-PHI fields with their own `Debug` (so
+/// their types must implement it) and PHI fields as `<redacted>`; do not also
+/// derive `Debug`, or use `#[entity(no_debug)]` and write one that keeps PHI out.
 #[proc_macro_derive(Entity, attributes(entity, key, version, indexed, phi, field))]
 pub fn derive_entity(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as DeriveInput);

@@ -1,0 +1,10 @@
+use dl_models::Entity;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Serialize, Deserialize, Entity)]
+struct FloatKey {
+    #[key]
+    id: f64,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+use dl_models::Entity;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Serialize, Deserialize, Entity)]
+struct Tuple(String);
+
+fn main() {}
