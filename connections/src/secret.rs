@@ -31,14 +31,28 @@ impl SecretUrl {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let secret = matches!(k.to_ascii_lowercase().as_str(), "password" | "pass" | "pwd" | "secret" | "token" | "sslpassword");
-                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+                let secret = matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "password" | "pass" | "pwd" | "secret" | "token" | "sslpassword"
+                );
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
             })
             .collect();
         if !pairs.is_empty() {
             url.query_pairs_mut().clear().extend_pairs(pairs);
         }
-        Ok(SecretUrl { raw: raw.to_owned(), redacted: url.to_string(), scheme })
+        Ok(SecretUrl {
+            raw: raw.to_owned(),
+            redacted: url.to_string(),
+            scheme,
+        })
     }
 
     /// The URL with its password, to hand to a driver. Never log it.
@@ -72,7 +86,10 @@ mod tests {
 
     #[test]
     fn passwords_never_print() {
-        let u = SecretUrl::parse("postgres://app:s3cr3t-pw@db:5432/x?sslmode=require&password=other-pw").unwrap();
+        let u = SecretUrl::parse(
+            "postgres://app:s3cr3t-pw@db:5432/x?sslmode=require&password=other-pw",
+        )
+        .unwrap();
         for shown in [u.to_string(), format!("{u:?}")] {
             assert!(!shown.contains("s3cr3t-pw"), "{shown}");
             assert!(!shown.contains("other-pw"), "{shown}");

@@ -45,7 +45,11 @@ impl Kind {
             Kind::Bool => "true or false".into(),
             Kind::Url(schemes) => format!(
                 "a URL starting with {}",
-                schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ")
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
             Kind::Nodes => "comma-separated host:port pairs, e.g. 127.0.0.1:9042".into(),
             Kind::Name => "a name of lower-case letters, digits and _ (at most 48)".into(),
@@ -84,14 +88,62 @@ macro_rules! pool_keys {
 }
 
 const BASE_KEYS: [KeySpec; 8] = [
-    KeySpec { key: "database_url", env: "DATABASE_URL", kind: Kind::Url(&["sqlite", "postgres", "postgresql"]), default: Some("sqlite://data/data-layer.db"), doc: "The relational store: a SQLite file (the embedded default) or PostgreSQL." },
-    KeySpec { key: "mongodb_uri", env: "MONGODB_URI", kind: Kind::Url(&["mongodb", "mongodb+srv"]), default: None, doc: "MongoDB; unset means not configured." },
-    KeySpec { key: "redis_url", env: "REDIS_URL", kind: Kind::Url(&["redis", "rediss"]), default: None, doc: "Redis; unset means not configured." },
-    KeySpec { key: "scylla_uri", env: "SCYLLA_URI", kind: Kind::Nodes, default: None, doc: "ScyllaDB contact points; unset means not configured." },
-    KeySpec { key: "scylla.keyspace", env: "DL_SCYLLA__KEYSPACE", kind: Kind::Name, default: Some("data_layer"), doc: "Keyspace the Scylla tables live in." },
-    KeySpec { key: "scylla.auto_await_schema_agreement", env: "DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", kind: Kind::Bool, default: Some("true"), doc: "Wait for schema agreement after DDL (false only for single-node test servers)." },
-    KeySpec { key: "scylla.fetch_schema_metadata", env: "DL_SCYLLA__FETCH_SCHEMA_METADATA", kind: Kind::Bool, default: Some("true"), doc: "Fetch cluster schema metadata (false only for test servers that lack it)." },
-    KeySpec { key: "redis.key_prefix", env: "DL_REDIS__KEY_PREFIX", kind: Kind::Name, default: Some("dl"), doc: "Prefix of every Redis key this service writes." },
+    KeySpec {
+        key: "database_url",
+        env: "DATABASE_URL",
+        kind: Kind::Url(&["sqlite", "postgres", "postgresql"]),
+        default: Some("sqlite://data/data-layer.db"),
+        doc: "The relational store: a SQLite file (the embedded default) or PostgreSQL.",
+    },
+    KeySpec {
+        key: "mongodb_uri",
+        env: "MONGODB_URI",
+        kind: Kind::Url(&["mongodb", "mongodb+srv"]),
+        default: None,
+        doc: "MongoDB; unset means not configured.",
+    },
+    KeySpec {
+        key: "redis_url",
+        env: "REDIS_URL",
+        kind: Kind::Url(&["redis", "rediss"]),
+        default: None,
+        doc: "Redis; unset means not configured.",
+    },
+    KeySpec {
+        key: "scylla_uri",
+        env: "SCYLLA_URI",
+        kind: Kind::Nodes,
+        default: None,
+        doc: "ScyllaDB contact points; unset means not configured.",
+    },
+    KeySpec {
+        key: "scylla.keyspace",
+        env: "DL_SCYLLA__KEYSPACE",
+        kind: Kind::Name,
+        default: Some("data_layer"),
+        doc: "Keyspace the Scylla tables live in.",
+    },
+    KeySpec {
+        key: "scylla.auto_await_schema_agreement",
+        env: "DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT",
+        kind: Kind::Bool,
+        default: Some("true"),
+        doc: "Wait for schema agreement after DDL (false only for single-node test servers).",
+    },
+    KeySpec {
+        key: "scylla.fetch_schema_metadata",
+        env: "DL_SCYLLA__FETCH_SCHEMA_METADATA",
+        kind: Kind::Bool,
+        default: Some("true"),
+        doc: "Fetch cluster schema metadata (false only for test servers that lack it).",
+    },
+    KeySpec {
+        key: "redis.key_prefix",
+        env: "DL_REDIS__KEY_PREFIX",
+        kind: Kind::Name,
+        default: Some("dl"),
+        doc: "Prefix of every Redis key this service writes.",
+    },
 ];
 
 const POOL_SQLITE: [KeySpec; 8] = pool_keys!("sqlite", "SQLITE", "4");
@@ -101,8 +153,14 @@ const POOL_REDIS: [KeySpec; 8] = pool_keys!("redis", "REDIS", "8");
 const POOL_SCYLLA: [KeySpec; 8] = pool_keys!("scylla", "SCYLLA", "4");
 
 /// Every declared key, in documentation order.
-pub static KEYS: [&[KeySpec]; 6] =
-    [&BASE_KEYS, &POOL_SQLITE, &POOL_POSTGRES, &POOL_MONGO, &POOL_REDIS, &POOL_SCYLLA];
+pub static KEYS: [&[KeySpec]; 6] = [
+    &BASE_KEYS,
+    &POOL_SQLITE,
+    &POOL_POSTGRES,
+    &POOL_MONGO,
+    &POOL_REDIS,
+    &POOL_SCYLLA,
+];
 
 fn all_keys() -> impl Iterator<Item = &'static KeySpec> {
     KEYS.iter().flat_map(|k| k.iter())
@@ -207,7 +265,11 @@ pub struct Sources {
 impl Sources {
     /// Defaults only, no files, an empty environment (for tests).
     pub fn isolated() -> Self {
-        Sources { no_default_files: true, env: Some(BTreeMap::new()), ..Self::default() }
+        Sources {
+            no_default_files: true,
+            env: Some(BTreeMap::new()),
+            ..Self::default()
+        }
     }
     /// Uses this settings file.
     pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -221,7 +283,9 @@ impl Sources {
     }
     /// Sets an environment variable of an isolated environment.
     pub fn var(mut self, name: &str, value: &str) -> Self {
-        self.env.get_or_insert_with(BTreeMap::new).insert(name.into(), value.into());
+        self.env
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name.into(), value.into());
         self
     }
     /// Adds a flag value.
@@ -351,7 +415,9 @@ impl Settings {
         // 2. The env file, then 3. the environment.
         let env_file = match &sources.env_file {
             Some(p) => Some(p.clone()),
-            None if !sources.no_default_files && Path::new(".env").is_file() => Some(PathBuf::from(".env")),
+            None if !sources.no_default_files && Path::new(".env").is_file() => {
+                Some(PathBuf::from(".env"))
+            }
             None => None,
         };
         if let Some(path) = env_file {
@@ -417,12 +483,19 @@ fn unknown(name: &str, origin: &str, env: bool) -> SettingsError {
     let best = all_keys()
         .map(|s| {
             let candidate = if env { s.env } else { s.key };
-            (distance(&name.to_ascii_lowercase(), &candidate.to_ascii_lowercase()), candidate)
+            (
+                distance(&name.to_ascii_lowercase(), &candidate.to_ascii_lowercase()),
+                candidate,
+            )
         })
         .min_by_key(|(d, _)| *d)
         .filter(|(d, _)| *d <= 3)
         .map(|(_, c)| c);
-    SettingsError::UnknownKey { name: dl_name(name), origin: origin.into(), suggestion: best }
+    SettingsError::UnknownKey {
+        name: dl_name(name),
+        origin: origin.into(),
+        suggestion: best,
+    }
 }
 
 fn dl_name(name: &str) -> String {
@@ -440,7 +513,9 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -453,11 +528,13 @@ fn read_toml(path: &Path) -> Result<Vec<(String, String)>, SettingsError> {
         path: path.to_owned(),
         reason: e.kind().to_string(),
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| SettingsError::File {
-        what: "settings file",
-        path: path.to_owned(),
-        reason: toml_reason(&text, &e),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| SettingsError::File {
+            what: "settings file",
+            path: path.to_owned(),
+            reason: toml_reason(&text, &e),
+        })?;
     let mut out = Vec::new();
     flatten("", &toml::Value::Table(table), &mut out, path)?;
     Ok(out)
@@ -483,7 +560,11 @@ fn flatten(
     match v {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out, path)?;
             }
             Ok(())
@@ -530,7 +611,12 @@ fn form_of(s: &KeySpec, v: &str) -> String {
         format!("`{v}`")
     } else if secret {
         match v.split_once("://") {
-            Some((scheme, _)) if scheme.len() <= 16 && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') => {
+            Some((scheme, _))
+                if scheme.len() <= 16
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '+') =>
+            {
                 format!("a URL with scheme `{scheme}`")
             }
             _ => format!("text of {} characters that is not a URL", v.chars().count()),
@@ -562,8 +648,14 @@ impl Parsed<'_> {
 
     fn count(&self, key: &str) -> Result<u32, SettingsError> {
         let (s, v) = self.get(key).expect("declared with a default");
-        let Kind::Count { min, max } = s.kind else { unreachable!("declared as a count") };
-        v.trim().parse::<u32>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| self.bad(s))
+        let Kind::Count { min, max } = s.kind else {
+            unreachable!("declared as a count")
+        };
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| self.bad(s))
     }
 
     fn duration(&self, key: &str) -> Result<Duration, SettingsError> {
@@ -581,11 +673,15 @@ impl Parsed<'_> {
     }
 
     fn url(&self, key: &str) -> Result<Option<SecretUrl>, SettingsError> {
-        let Some((s, v)) = self.get(key) else { return Ok(None) };
+        let Some((s, v)) = self.get(key) else {
+            return Ok(None);
+        };
         if v.trim().is_empty() {
             return Ok(None);
         }
-        let Kind::Url(schemes) = s.kind else { unreachable!("declared as a url") };
+        let Kind::Url(schemes) = s.kind else {
+            unreachable!("declared as a url")
+        };
         let url = SecretUrl::parse(v.trim()).map_err(|()| self.bad(s))?;
         if !schemes.contains(&url.scheme()) {
             return Err(self.bad(s));
@@ -597,8 +693,14 @@ impl Parsed<'_> {
         let (s, v) = self.get(key).expect("declared with a default");
         let ok = !v.is_empty()
             && v.len() <= 48
-            && v.bytes().enumerate().all(|(i, c)| c == b'_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit()));
-        if ok { Ok(v.to_owned()) } else { Err(self.bad(s)) }
+            && v.bytes()
+                .enumerate()
+                .all(|(i, c)| c == b'_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit()));
+        if ok {
+            Ok(v.to_owned())
+        } else {
+            Err(self.bad(s))
+        }
     }
 
     fn pool(&self, store: &str) -> Result<PoolSettings, SettingsError> {
@@ -619,7 +721,10 @@ impl Parsed<'_> {
             return Err(SettingsError::Inconsistent {
                 first,
                 second,
-                reason: format!("min ({}) is above max ({})", p.min_connections, p.max_connections),
+                reason: format!(
+                    "min ({}) is above max ({})",
+                    p.min_connections, p.max_connections
+                ),
             });
         }
         Ok(p)
@@ -646,7 +751,10 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, SettingsError> {
     let p = Parsed { raw };
     let db_spec = spec("database_url").expect("declared");
-    let db_raw = raw.get("database_url").map(|(v, _)| v.trim()).unwrap_or_default();
+    let db_raw = raw
+        .get("database_url")
+        .map(|(v, _)| v.trim())
+        .unwrap_or_default();
     let database_url = if let Some(rest) = db_raw.strip_prefix("sqlite:") {
         let path = rest.trim_start_matches("//");
         if path.is_empty() || path.contains('\0') {
@@ -666,7 +774,9 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
             let valid = nodes.iter().all(|n| {
                 n.rsplit_once(':').is_some_and(|(host, port)| {
                     !host.is_empty()
-                        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+                        && host
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
                         && port.parse::<u16>().is_ok_and(|p| p > 0)
                 })
             });
@@ -701,7 +811,8 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
                 };
                 let shown = match s.kind {
                     Kind::Url(_) if s.key == "database_url" => database_shown.clone(),
-                    Kind::Url(_) => SecretUrl::parse(v.trim()).map_or_else(|()| "<unparsable>".to_owned(), |u| u.to_string()),
+                    Kind::Url(_) => SecretUrl::parse(v.trim())
+                        .map_or_else(|()| "<unparsable>".to_owned(), |u| u.to_string()),
                     _ => v.clone(),
                 };
                 (s.key, shown, origin.clone())

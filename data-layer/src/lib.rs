@@ -102,13 +102,13 @@ impl DataLayer {
     pub async fn from_settings(settings: Settings) -> Result<Self, SetupError> {
         let relational: Arc<dyn Backend> = match &settings.database_url {
             DatabaseUrl::Sqlite(path) => {
-                let pool = dl_connections::sqlite::connect(path, &settings.sqlite).await.map_err(|e| {
-                    SetupError::Connect {
+                let pool = dl_connections::sqlite::connect(path, &settings.sqlite)
+                    .await
+                    .map_err(|e| SetupError::Connect {
                         store: Store::Sqlite,
                         reason: format!("cannot open SQLite database {path}"),
                         source: Some(Box::new(e)),
-                    }
-                })?;
+                    })?;
                 Arc::new(SqliteBackend::new(pool))
             }
             DatabaseUrl::Postgres(_) => {
@@ -118,7 +118,10 @@ impl DataLayer {
                 });
             }
         };
-        Ok(DataLayer { settings: Arc::new(settings), relational })
+        Ok(DataLayer {
+            settings: Arc::new(settings),
+            relational,
+        })
     }
 
     /// The settings in force.
@@ -139,6 +142,13 @@ impl DataLayer {
     /// # Errors
     /// When the table cannot be created.
     pub async fn repository<T: Entity>(&self) -> Result<Arc<dyn Repository<T>>, Error> {
-        Ok(Arc::new(Repo::<T>::open(Arc::clone(&self.relational)).await?))
+        Ok(Arc::new(
+            Repo::<T>::open(Arc::clone(&self.relational)).await?,
+        ))
     }
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -71,7 +71,10 @@ impl fmt::Display for CodecError {
 impl std::error::Error for CodecError {}
 
 fn codec_err(field: Option<&'static str>, reason: impl Into<String>) -> CodecError {
-    CodecError { field, reason: reason.into() }
+    CodecError {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// Encodes an entity into its record: one value per schema field, in order,
@@ -147,7 +150,11 @@ pub fn decode<T: Entity>(record: &Record) -> Result<T, CodecError> {
     serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
         codec_err(
             None,
-            format!("stored data does not fit {}: {}", schema.rust_name, e.classify_name()),
+            format!(
+                "stored data does not fit {}: {}",
+                schema.rust_name,
+                e.classify_name()
+            ),
         )
     })
 }

@@ -86,15 +86,18 @@ impl Value {
             | (FieldType::Uuid, v @ Value::Uuid(_))
             | (FieldType::Json, v @ Value::Json(_)) => Some(v),
             (FieldType::Float, Value::Float(x)) => x.is_finite().then_some(Value::Float(x)),
-            #[allow(clippy::cast_precision_loss)] // documented: ints beyond 2^53 round, as in every store
+            #[allow(clippy::cast_precision_loss)]
+            // documented: ints beyond 2^53 round, as in every store
             (FieldType::Float, Value::Int(i)) => Some(Value::Float(i as f64)),
-            (FieldType::Timestamp, Value::Timestamp(t)) => Some(Value::Timestamp(t.trunc_subsecs(3))),
+            (FieldType::Timestamp, Value::Timestamp(t)) => {
+                Some(Value::Timestamp(t.trunc_subsecs(3)))
+            }
             (FieldType::Timestamp, Value::Text(s)) => DateTime::parse_from_rfc3339(&s)
                 .ok()
                 .map(|t| Value::Timestamp(t.with_timezone(&Utc).trunc_subsecs(3))),
-            (FieldType::Date, Value::Text(s)) => {
-                NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok().map(Value::Date)
-            }
+            (FieldType::Date, Value::Text(s)) => NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                .ok()
+                .map(Value::Date),
             (FieldType::Uuid, Value::Text(s)) => Uuid::parse_str(&s).ok().map(Value::Uuid),
             _ => None,
         }
@@ -282,14 +285,20 @@ mod tests {
 
     #[test]
     fn coercions() {
-        assert_eq!(Value::Int(2).coerce(FieldType::Float), Some(Value::Float(2.0)));
+        assert_eq!(
+            Value::Int(2).coerce(FieldType::Float),
+            Some(Value::Float(2.0))
+        );
         assert_eq!(Value::Text("x".into()).coerce(FieldType::Int), None);
         assert_eq!(Value::Float(f64::NAN).coerce(FieldType::Float), None);
         assert!(matches!(
             Value::Text("2026-01-02".into()).coerce(FieldType::Date),
             Some(Value::Date(_))
         ));
-        assert_eq!(Value::Text("2026-13-02".into()).coerce(FieldType::Date), None);
+        assert_eq!(
+            Value::Text("2026-13-02".into()).coerce(FieldType::Date),
+            None
+        );
     }
 
     #[test]

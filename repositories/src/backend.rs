@@ -131,8 +131,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool>;
 
     /// Records matching the request, in its order, at most `limit`.
-    async fn list(&self, schema: &'static EntitySchema, request: &ListRequest)
-    -> Result<Vec<Record>>;
+    async fn list(
+        &self,
+        schema: &'static EntitySchema,
+        request: &ListRequest,
+    ) -> Result<Vec<Record>>;
 
     /// How many records match.
     async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64>;

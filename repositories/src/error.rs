@@ -103,7 +103,10 @@ impl Operation {
     /// so that a retry is safe.
     #[must_use]
     pub const fn is_idempotent(self) -> bool {
-        !matches!(self, Operation::Insert | Operation::InsertMany | Operation::Update)
+        !matches!(
+            self,
+            Operation::Insert | Operation::InsertMany | Operation::Update
+        )
     }
 }
 
@@ -274,6 +277,10 @@ impl Error {
         operation: Operation,
         reason: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Error::Unsupported { store, operation, reason: reason.into() }
+        Error::Unsupported {
+            store,
+            operation,
+            reason: reason.into(),
+        }
     }
 }

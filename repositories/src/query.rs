@@ -228,14 +228,21 @@ impl Filter {
                     return Err(Error::invalid(
                         schema.name,
                         Some(name),
-                        format!("{} has no order: `{}` cannot be used on it", f.ty, op.name()),
+                        format!(
+                            "{} has no order: `{}` cannot be used on it",
+                            f.ty,
+                            op.name()
+                        ),
                     ));
                 }
                 if value.is_null() {
                     return Err(Error::invalid(
                         schema.name,
                         Some(name),
-                        format!("`{}` with null: use is_null (or not(is_null)) to test for null", op.name()),
+                        format!(
+                            "`{}` with null: use is_null (or not(is_null)) to test for null",
+                            op.name()
+                        ),
                     ));
                 }
                 Cond::Cmp(i, *op, check_value(schema, f, value.clone())?)
@@ -253,7 +260,10 @@ impl Filter {
                     return Err(Error::invalid(
                         schema.name,
                         Some(name),
-                        format!("`in` list has {} values, the limit is {MAX_IN_LIST}", values.len()),
+                        format!(
+                            "`in` list has {} values, the limit is {MAX_IN_LIST}",
+                            values.len()
+                        ),
                     ));
                 }
                 let mut out = Vec::with_capacity(values.len());
@@ -366,10 +376,7 @@ impl Cond {
     }
 }
 
-fn resolve<'a>(
-    schema: &'static EntitySchema,
-    name: &'a str,
-) -> Result<(usize, &'static FieldDef)> {
+fn resolve(schema: &'static EntitySchema, name: &str) -> Result<(usize, &'static FieldDef)> {
     match schema.position(name) {
         Some(i) => Ok((i, &schema.fields[i])),
         None => Err(Error::invalid(
@@ -391,7 +398,15 @@ pub fn check_value(schema: &'static EntitySchema, field: &FieldDef, value: Value
         return Err(Error::invalid(
             schema.name,
             Some(field.name),
-            format!("expected {}, got {kind}{}", field.ty, if kind == "float" { " (NaN and infinities are not storable)" } else { "" }),
+            format!(
+                "expected {}, got {kind}{}",
+                field.ty,
+                if kind == "float" {
+                    " (NaN and infinities are not storable)"
+                } else {
+                    ""
+                }
+            ),
         ));
     };
     match &value {
@@ -428,7 +443,11 @@ pub fn check_value(schema: &'static EntitySchema, field: &FieldDef, value: Value
                 return Err(Error::invalid(
                     schema.name,
                     Some(field.name),
-                    format!("json of {} bytes, the limit is {}", text.len(), field.max_bytes()),
+                    format!(
+                        "json of {} bytes, the limit is {}",
+                        text.len(),
+                        field.max_bytes()
+                    ),
                 ));
             }
             if text.contains("\\u0000") {
@@ -489,13 +508,20 @@ impl Patch {
     /// without a version field.
     pub fn check(&self, schema: &'static EntitySchema) -> Result<ValidPatch> {
         if self.sets.is_empty() {
-            return Err(Error::invalid(schema.name, None, "empty patch: set at least one field"));
+            return Err(Error::invalid(
+                schema.name,
+                None,
+                "empty patch: set at least one field",
+            ));
         }
         if self.expected_version.is_some() && schema.version.is_none() {
             return Err(Error::invalid(
                 schema.name,
                 None,
-                format!("expect_version on {}, which has no #[version] field", schema.rust_name),
+                format!(
+                    "expect_version on {}, which has no #[version] field",
+                    schema.rust_name
+                ),
             ));
         }
         let mut sets: Vec<(usize, Value)> = Vec::with_capacity(self.sets.len());
@@ -516,11 +542,18 @@ impl Patch {
                 ));
             }
             if sets.iter().any(|(j, _)| *j == i) {
-                return Err(Error::invalid(schema.name, Some(name), "field set twice in one patch"));
+                return Err(Error::invalid(
+                    schema.name,
+                    Some(name),
+                    "field set twice in one patch",
+                ));
             }
             sets.push((i, check_value(schema, f, value.clone())?));
         }
-        Ok(ValidPatch { sets, expected_version: self.expected_version })
+        Ok(ValidPatch {
+            sets,
+            expected_version: self.expected_version,
+        })
     }
 }
 
@@ -586,7 +619,12 @@ pub struct Query {
 
 impl Default for Query {
     fn default() -> Self {
-        Query { filter: Filter::all(), sort: Vec::new(), limit: DEFAULT_LIMIT, after: None }
+        Query {
+            filter: Filter::all(),
+            sort: Vec::new(),
+            limit: DEFAULT_LIMIT,
+            after: None,
+        }
     }
 }
 

@@ -86,13 +86,18 @@ pub struct Repo<T> {
 
 impl<T> std::fmt::Debug for Repo<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repo").field("backend", &self.backend).finish()
+        f.debug_struct("Repo")
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
 impl<T> Clone for Repo<T> {
     fn clone(&self) -> Self {
-        Repo { backend: Arc::clone(&self.backend), _entity: PhantomData }
+        Repo {
+            backend: Arc::clone(&self.backend),
+            _entity: PhantomData,
+        }
     }
 }
 
@@ -109,7 +114,10 @@ impl<T: Entity> Repo<T> {
             return Err(Error::invalid(schema.name, None, "invalid entity name"));
         }
         backend.prepare(schema).await?;
-        Ok(Repo { backend, _entity: PhantomData })
+        Ok(Repo {
+            backend,
+            _entity: PhantomData,
+        })
     }
 
     /// The backend (for decorators and tests).
@@ -136,7 +144,7 @@ impl<T: Entity> Repo<T> {
         Ok(Record(checked))
     }
 
-    fn from_record(&self, op: Operation, record: &Record) -> Result<T> {
+    fn decode_record(&self, op: Operation, record: &Record) -> Result<T> {
         decode(record).map_err(|e| Error::Backend {
             store: self.backend.store(),
             operation: op,
@@ -163,12 +171,22 @@ impl<T: Entity> Repo<T> {
     }
 
     fn with_version(schema: &'static EntitySchema, record: &mut Record) -> Result<Option<i64>> {
-        let Some(vi) = schema.version else { return Ok(None) };
+        let Some(vi) = schema.version else {
+            return Ok(None);
+        };
         let Value::Int(expected) = record.0[vi] else {
-            return Err(Error::invalid(schema.name, Some(schema.fields[vi].name), "version is not an integer"));
+            return Err(Error::invalid(
+                schema.name,
+                Some(schema.fields[vi].name),
+                "version is not an integer",
+            ));
         };
         let next = expected.checked_add(1).ok_or_else(|| {
-            Error::invalid(schema.name, Some(schema.fields[vi].name), "version is at its maximum")
+            Error::invalid(
+                schema.name,
+                Some(schema.fields[vi].name),
+                "version is at its maximum",
+            )
         })?;
         record.0[vi] = Value::Int(next);
         Ok(Some(expected))
@@ -209,14 +227,17 @@ impl<T: Entity> Repo<T> {
     /// Decodes a cursor into the anchor's sort values.
     async fn anchor(&self, sort: &[(usize, Direction)], cursor: &Cursor) -> Result<Vec<Value>> {
         let schema = Self::schema();
-        let bad = |why: &'static str| Error::invalid(schema.name, None, format!("malformed cursor: {why}"));
+        let bad = |why: &'static str| {
+            Error::invalid(schema.name, None, format!("malformed cursor: {why}"))
+        };
         if cursor.0.len() > MAX_CURSOR_BYTES {
             return Err(bad("too long"));
         }
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(cursor.0.as_bytes())
             .map_err(|_| bad("not base64url"))?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad("not json"))?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| bad("not json"))?;
         if body.get("f").and_then(|f| f.as_str()) != Some(Self::fingerprint(sort).as_str()) {
             return Err(Error::invalid(
                 schema.name,
@@ -229,7 +250,10 @@ impl<T: Entity> Repo<T> {
             .filter(|v| !v.is_null())
             .ok_or_else(|| bad("key of the wrong type"))?;
         let key = check_value(schema, schema.key_field(), key)?;
-        let parts = body.get("s").and_then(|s| s.as_array()).ok_or_else(|| bad("no sort values"))?;
+        let parts = body
+            .get("s")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| bad("no sort values"))?;
         if parts.len() != sort.len() {
             return Err(bad("sort values do not match the query"));
         }
@@ -251,8 +275,12 @@ impl<T: Entity> Repo<T> {
                 }
                 values.push(reread.as_ref().map_or(Value::Null, |r| r.get(*i).clone()));
             } else {
-                let json = part.get("v").cloned().ok_or_else(|| bad("sort value missing"))?;
-                let v = Value::from_json(field.ty, json).ok_or_else(|| bad("sort value of the wrong type"))?;
+                let json = part
+                    .get("v")
+                    .cloned()
+                    .ok_or_else(|| bad("sort value missing"))?;
+                let v = Value::from_json(field.ty, json)
+                    .ok_or_else(|| bad("sort value of the wrong type"))?;
                 values.push(check_value(schema, field, v)?);
             }
         }
@@ -268,16 +296,21 @@ fn after_anchor(sort: &[(usize, Direction)], anchor: &[Value]) -> Cond {
     for (i, (field, dir)) in sort.iter().enumerate() {
         let mut all = Vec::with_capacity(i + 1);
         for ((f, _), a) in sort[..i].iter().zip(anchor) {
-            all.push(if a.is_null() { Cond::IsNull(*f) } else { Cond::Cmp(*f, CmpOp::Eq, a.clone()) });
+            all.push(if a.is_null() {
+                Cond::IsNull(*f)
+            } else {
+                Cond::Cmp(*f, CmpOp::Eq, a.clone())
+            });
         }
         let a = &anchor[i];
         let past = match (dir, a.is_null()) {
             (Direction::Asc, true) => Cond::Not(Box::new(Cond::IsNull(*field))),
             (Direction::Asc, false) => Cond::Cmp(*field, CmpOp::Gt, a.clone()),
             (Direction::Desc, true) => Cond::Or(Vec::new()),
-            (Direction::Desc, false) => {
-                Cond::Or(vec![Cond::Cmp(*field, CmpOp::Lt, a.clone()), Cond::IsNull(*field)])
-            }
+            (Direction::Desc, false) => Cond::Or(vec![
+                Cond::Cmp(*field, CmpOp::Lt, a.clone()),
+                Cond::IsNull(*field),
+            ]),
         };
         all.push(past);
         alternatives.push(Cond::And(all));
@@ -300,7 +333,10 @@ fn check_cond_support(
             if !caps.prefix {
                 cond.for_each_field(&mut |i, c| {
                     if matches!(c, Cond::Prefix(..)) && problem.is_none() {
-                        *problem = Some(format!("prefix filters (on `{}`) are not supported by this store", field_name(i)));
+                        *problem = Some(format!(
+                            "prefix filters (on `{}`) are not supported by this store",
+                            field_name(i)
+                        ));
                     }
                 });
             }
@@ -313,12 +349,17 @@ fn check_cond_support(
             }
             Cond::Cmp(i, CmpOp::Eq, _) | Cond::In(i, _) => {
                 let f = &schema.fields[*i];
-                let ok = *i == schema.key || (caps.filter == FilterSupport::IndexedEquality && f.indexed);
+                let ok = *i == schema.key
+                    || (caps.filter == FilterSupport::IndexedEquality && f.indexed);
                 if !ok {
                     *problem = Some(format!(
                         "field `{}` is not indexed here: this store filters only with eq/in on {}",
                         f.name,
-                        if caps.filter == FilterSupport::KeyOnly { "the key" } else { "#[indexed] fields and the key" }
+                        if caps.filter == FilterSupport::KeyOnly {
+                            "the key"
+                        } else {
+                            "#[indexed] fields and the key"
+                        }
                     ));
                 }
             }
@@ -330,7 +371,9 @@ fn check_cond_support(
                     Cond::Not(_) => "not",
                     _ => "this operator",
                 };
-                *problem = Some(format!("`{what}` filters are not supported: this store serves eq/in on indexed fields only"));
+                *problem = Some(format!(
+                    "`{what}` filters are not supported: this store serves eq/in on indexed fields only"
+                ));
             }
         },
     }
@@ -352,10 +395,14 @@ impl<T: Entity> Repository<T> for Repo<T> {
         match self.backend.insert(schema, &record).await {
             // Stores check constraints in their own order; the contract is
             // that a taken key wins, so the error does not depend on the store.
-            Err(Error::Conflict { kind: ConflictKind::Unique { .. }, .. })
-                if self.backend.exists(schema, record.get(schema.key)).await? =>
-            {
-                Err(Error::Conflict { entity: schema.name, kind: ConflictKind::DuplicateKey })
+            Err(Error::Conflict {
+                kind: ConflictKind::Unique { .. },
+                ..
+            }) if self.backend.exists(schema, record.get(schema.key)).await? => {
+                Err(Error::Conflict {
+                    entity: schema.name,
+                    kind: ConflictKind::DuplicateKey,
+                })
             }
             other => other,
         }
@@ -370,7 +417,10 @@ impl<T: Entity> Repository<T> for Repo<T> {
             return Err(Error::invalid(
                 schema.name,
                 None,
-                format!("batch of {} entities, the limit is {MAX_BATCH}", entities.len()),
+                format!(
+                    "batch of {} entities, the limit is {MAX_BATCH}",
+                    entities.len()
+                ),
             ));
         }
         let mut records = Vec::with_capacity(entities.len());
@@ -378,18 +428,29 @@ impl<T: Entity> Repository<T> for Repo<T> {
         for entity in entities {
             let record = Self::to_record(entity)?;
             if !seen.insert(KeyTok::of(record.get(schema.key))) {
-                return Err(Error::Conflict { entity: schema.name, kind: ConflictKind::DuplicateKey });
+                return Err(Error::Conflict {
+                    entity: schema.name,
+                    kind: ConflictKind::DuplicateKey,
+                });
             }
             records.push(record);
         }
         match self.backend.insert_many(schema, &records).await {
             // As in `insert`: a taken key wins over a taken unique value.
-            Err(e @ Error::Conflict { kind: ConflictKind::Unique { .. }, .. }) => {
+            Err(
+                e @ Error::Conflict {
+                    kind: ConflictKind::Unique { .. },
+                    ..
+                },
+            ) => {
                 let keys: Vec<Value> = records.iter().map(|r| r.get(schema.key).clone()).collect();
                 if self.backend.get_many(schema, &keys).await?.is_empty() {
                     Err(e)
                 } else {
-                    Err(Error::Conflict { entity: schema.name, kind: ConflictKind::DuplicateKey })
+                    Err(Error::Conflict {
+                        entity: schema.name,
+                        kind: ConflictKind::DuplicateKey,
+                    })
                 }
             }
             other => other,
@@ -399,7 +460,7 @@ impl<T: Entity> Repository<T> for Repo<T> {
     async fn get(&self, key: &T::Key) -> Result<Option<T>> {
         let key = Self::key_value(key)?;
         match self.backend.get(Self::schema(), &key).await? {
-            Some(r) => self.from_record(Operation::Get, &r).map(Some),
+            Some(r) => self.decode_record(Operation::Get, &r).map(Some),
             None => Ok(None),
         }
     }
@@ -410,7 +471,10 @@ impl<T: Entity> Repository<T> for Repo<T> {
             return Err(Error::invalid(
                 schema.name,
                 None,
-                format!("get_many of {} keys, the limit is {MAX_IN_LIST}", keys.len()),
+                format!(
+                    "get_many of {} keys, the limit is {MAX_IN_LIST}",
+                    keys.len()
+                ),
             ));
         }
         let mut order = Vec::with_capacity(keys.len());
@@ -435,7 +499,7 @@ impl<T: Entity> Repository<T> for Repo<T> {
         let mut out = Vec::with_capacity(by_key.len());
         for tok in order {
             if let Some(r) = by_key.remove(&tok) {
-                out.push(self.from_record(Operation::GetMany, &r)?);
+                out.push(self.decode_record(Operation::GetMany, &r)?);
             }
         }
         Ok(out)
@@ -446,7 +510,7 @@ impl<T: Entity> Repository<T> for Repo<T> {
         let patch = patch.check(schema)?;
         let key = Self::key_value(key)?;
         match self.backend.update(schema, &key, &patch).await? {
-            Some(r) => self.from_record(Operation::Update, &r).map(Some),
+            Some(r) => self.decode_record(Operation::Update, &r).map(Some),
             None => Ok(None),
         }
     }
@@ -456,13 +520,13 @@ impl<T: Entity> Repository<T> for Repo<T> {
         let mut record = Self::to_record(entity)?;
         let expected = Self::with_version(schema, &mut record)?;
         let stored = self.backend.replace(schema, &record, expected).await?;
-        self.from_record(Operation::Replace, &stored)
+        self.decode_record(Operation::Replace, &stored)
     }
 
     async fn upsert(&self, entity: &T) -> Result<T> {
         let record = Self::to_record(entity)?;
         let stored = self.backend.upsert(Self::schema(), &record).await?;
-        self.from_record(Operation::Upsert, &stored)
+        self.decode_record(Operation::Upsert, &stored)
     }
 
     async fn delete(&self, key: &T::Key) -> Result<bool> {
@@ -483,13 +547,25 @@ impl<T: Entity> Repository<T> for Repo<T> {
         let mut sort = Vec::with_capacity(query.sort.len() + 1);
         for (name, dir) in &query.sort {
             let Some(i) = schema.position(name) else {
-                return Err(Error::invalid(schema.name, Some(name), format!("{} has no such field", schema.rust_name)));
+                return Err(Error::invalid(
+                    schema.name,
+                    Some(name),
+                    format!("{} has no such field", schema.rust_name),
+                ));
             };
             if schema.fields[i].ty == FieldType::Json {
-                return Err(Error::invalid(schema.name, Some(name), "json fields cannot be sorted on"));
+                return Err(Error::invalid(
+                    schema.name,
+                    Some(name),
+                    "json fields cannot be sorted on",
+                ));
             }
             if sort.iter().any(|(j, _)| *j == i) {
-                return Err(Error::invalid(schema.name, Some(name), "field sorted on twice"));
+                return Err(Error::invalid(
+                    schema.name,
+                    Some(name),
+                    "field sorted on twice",
+                ));
             }
             sort.push((i, *dir));
         }
@@ -510,11 +586,19 @@ impl<T: Entity> Repository<T> for Repo<T> {
             Some(cursor) => {
                 let anchor = self.anchor(&sort, cursor).await?;
                 let after = after_anchor(&sort, &anchor);
-                if cond.is_always() { after } else { Cond::And(vec![cond, after]) }
+                if cond.is_always() {
+                    after
+                } else {
+                    Cond::And(vec![cond, after])
+                }
             }
         };
         let limit = query.limit as usize;
-        let request = ListRequest { cond, sort, limit: limit + 1 };
+        let request = ListRequest {
+            cond,
+            sort,
+            limit: limit + 1,
+        };
         let mut records = self.backend.list(schema, &request).await?;
         let more = records.len() > limit;
         records.truncate(limit);
@@ -524,7 +608,7 @@ impl<T: Entity> Repository<T> for Repo<T> {
         };
         let items = records
             .iter()
-            .map(|r| self.from_record(Operation::List, r))
+            .map(|r| self.decode_record(Operation::List, r))
             .collect::<Result<Vec<T>>>()?;
         Ok(Page { items, next })
     }

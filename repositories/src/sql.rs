@@ -11,7 +11,10 @@ use crate::query::{CmpOp, Cond, Direction};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
     Sqlite,
-    #[expect(dead_code, reason = "the PostgreSQL backend arrives with the stores issue")]
+    #[expect(
+        dead_code,
+        reason = "the PostgreSQL backend arrives with the stores issue"
+    )]
     Postgres,
 }
 
@@ -20,13 +23,21 @@ pub(crate) enum Dialect {
 /// is nothing to escape; the quotes keep reserved words (`order`, `user`)
 /// usable as names.
 pub(crate) fn ident(name: &str) -> String {
-    debug_assert!(name.bytes().all(|c| c == b'_' || c.is_ascii_lowercase() || c.is_ascii_digit()));
+    debug_assert!(
+        name.bytes()
+            .all(|c| c == b'_' || c.is_ascii_lowercase() || c.is_ascii_digit())
+    );
     format!("\"{name}\"")
 }
 
 /// The column list of a schema, in field order.
 pub(crate) fn columns(schema: &EntitySchema) -> String {
-    schema.fields.iter().map(|f| ident(f.name)).collect::<Vec<_>>().join(", ")
+    schema
+        .fields
+        .iter()
+        .map(|f| ident(f.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Builds a WHERE / ORDER BY clause, collecting the values to bind in order.
@@ -50,7 +61,11 @@ pub(crate) enum Bound {
 
 impl SqlWriter {
     pub(crate) fn new(dialect: Dialect, sql: String) -> Self {
-        SqlWriter { dialect, sql, binds: Vec::new() }
+        SqlWriter {
+            dialect,
+            sql,
+            binds: Vec::new(),
+        }
     }
 
     pub(crate) fn placeholder(&mut self, field: Option<usize>, b: Bound) {
@@ -108,7 +123,10 @@ impl SqlWriter {
                 match self.dialect {
                     Dialect::Sqlite => {
                         let _ = write!(self.sql, "substr({col}, 1, ");
-                        self.placeholder(None, Bound::Len(i64::try_from(p.chars().count()).unwrap_or(i64::MAX)));
+                        self.placeholder(
+                            None,
+                            Bound::Len(i64::try_from(p.chars().count()).unwrap_or(i64::MAX)),
+                        );
                         self.sql.push_str(") = ");
                         self.placeholder(Some(*i), Bound::One(Value::Text(p.clone())));
                     }
@@ -122,7 +140,11 @@ impl SqlWriter {
             Cond::And(cs) | Cond::Or(cs) => {
                 let and = matches!(cond, Cond::And(_));
                 if cs.is_empty() {
-                    self.sql.push_str(if and { self.true_lit() } else { self.false_lit() });
+                    self.sql.push_str(if and {
+                        self.true_lit()
+                    } else {
+                        self.false_lit()
+                    });
                     return;
                 }
                 self.sql.push('(');

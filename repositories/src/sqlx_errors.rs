@@ -32,7 +32,10 @@ pub(crate) fn map_sqlx_error(
     match e {
         sqlx::Error::Database(ref db) => {
             if db.is_unique_violation() {
-                return Error::Conflict { entity: schema.name, kind: unique_kind(schema, db.as_ref()) };
+                return Error::Conflict {
+                    entity: schema.name,
+                    kind: unique_kind(schema, db.as_ref()),
+                };
             }
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             if is_transient_code(store, &code) {
@@ -54,7 +57,10 @@ pub(crate) fn map_sqlx_error(
             backend("connection settings rejected".into(), false, e)
         }
         sqlx::Error::ColumnDecode { ref index, .. } => {
-            let msg = format!("stored column `{}` does not decode", dl_models::truncate_name(index));
+            let msg = format!(
+                "stored column `{}` does not decode",
+                dl_models::truncate_name(index)
+            );
             backend(msg, false, e)
         }
         sqlx::Error::RowNotFound
@@ -85,7 +91,9 @@ fn unique_kind(schema: &'static EntitySchema, db: &dyn sqlx::error::DatabaseErro
             return if i == schema.key {
                 ConflictKind::DuplicateKey
             } else {
-                ConflictKind::Unique { field: Some(f.name) }
+                ConflictKind::Unique {
+                    field: Some(f.name),
+                }
             };
         }
     }

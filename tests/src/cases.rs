@@ -3,9 +3,7 @@
 //! precise `Unsupported` error instead (see [`gated!`](crate::gated)).
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use dl_repositories::{
-    ConflictKind, Error, Filter, Operation as Op, Patch, Query, Repository,
-};
+use dl_repositories::{ConflictKind, Error, Filter, Operation as Op, Patch, Query, Repository};
 use uuid::Uuid;
 
 use crate::entities::{Note, Specimen};
@@ -131,7 +129,10 @@ async fn seed(ctx: &Ctx, n: usize) -> Result<Vec<Specimen>, String> {
     let mut all = Vec::with_capacity(n);
     for i in 0..n {
         let s = Specimen::new(&id(i), i64::try_from(i).unwrap_or_default());
-        ctx.specimens.insert(&s).await.map_err(|e| format!("seed: {e}"))?;
+        ctx.specimens
+            .insert(&s)
+            .await
+            .map_err(|e| format!("seed: {e}"))?;
         all.push(s);
     }
     Ok(all)
@@ -142,11 +143,16 @@ fn is_invalid<T: std::fmt::Debug>(r: &Result<T, Error>) -> bool {
 }
 
 fn ts(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, h, 0, 0).single().unwrap_or_default()
+    Utc.with_ymd_and_hms(y, m, d, h, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 async fn count_specimens(ctx: &Ctx) -> Result<u64, String> {
-    ctx.specimens.count(&Filter::all()).await.map_err(|e| format!("count: {e}"))
+    ctx.specimens
+        .count(&Filter::all())
+        .await
+        .map_err(|e| format!("count: {e}"))
 }
 
 async fn list_ids(ctx: &Ctx, q: Query) -> Result<Result<Vec<String>, Error>, String> {
@@ -174,11 +180,20 @@ async fn insert_duplicate_key_conflicts(ctx: Ctx) -> CaseResult {
     other.label = "changed".into();
     let r = ctx.specimens.insert(&other).await;
     check!(
-        matches!(r, Err(Error::Conflict { kind: ConflictKind::DuplicateKey, .. })),
+        matches!(
+            r,
+            Err(Error::Conflict {
+                kind: ConflictKind::DuplicateKey,
+                ..
+            })
+        ),
         "{r:?}"
     );
     let stored = ok!(ctx.specimens.get(&"a".to_owned()).await);
-    check!(stored.map(|s| s.rank) == Some(1), "the first insert must stay");
+    check!(
+        stored.map(|s| s.rank) == Some(1),
+        "the first insert must stay"
+    );
     PASS
 }
 
@@ -190,7 +205,13 @@ async fn unique_field_conflicts_on_insert(ctx: Ctx) -> CaseResult {
     b.code = Some("C-1".into());
     let r = ctx.specimens.insert(&b).await;
     check!(
-        matches!(r, Err(Error::Conflict { kind: ConflictKind::Unique { .. }, .. })),
+        matches!(
+            r,
+            Err(Error::Conflict {
+                kind: ConflictKind::Unique { .. },
+                ..
+            })
+        ),
         "{r:?}"
     );
     check!(!ok!(ctx.specimens.exists(&"b".to_owned()).await));
@@ -202,9 +223,18 @@ async fn unique_field_conflicts_on_update(ctx: Ctx) -> CaseResult {
     a.code = Some("C-1".into());
     ok!(ctx.specimens.insert(&a).await);
     ok!(ctx.specimens.insert(&Specimen::new("b", 2)).await);
-    let r = ctx.specimens.update(&"b".to_owned(), &Patch::new().set("code", "C-1")).await;
+    let r = ctx
+        .specimens
+        .update(&"b".to_owned(), &Patch::new().set("code", "C-1"))
+        .await;
     check!(
-        matches!(r, Err(Error::Conflict { kind: ConflictKind::Unique { .. }, .. })),
+        matches!(
+            r,
+            Err(Error::Conflict {
+                kind: ConflictKind::Unique { .. },
+                ..
+            })
+        ),
         "{r:?}"
     );
     let b = ok!(ctx.specimens.get(&"b".to_owned()).await);
@@ -236,7 +266,13 @@ async fn exists_reports_existence(ctx: Ctx) -> CaseResult {
 
 async fn integer_keys_round_trip(ctx: Ctx) -> CaseResult {
     for k in [i64::MIN, -1, 0, 1, i64::MAX] {
-        ok!(ctx.notes.insert(&Note { id: k, body: format!("n{k}") }).await);
+        ok!(ctx
+            .notes
+            .insert(&Note {
+                id: k,
+                body: format!("n{k}")
+            })
+            .await);
     }
     for k in [i64::MIN, -1, 0, 1, i64::MAX] {
         let n = ok!(ctx.notes.get(&k).await);
@@ -249,7 +285,14 @@ async fn integer_keys_round_trip(ctx: Ctx) -> CaseResult {
 }
 
 async fn unicode_round_trips(ctx: Ctx) -> CaseResult {
-    let texts = ["Zoë Ångström", "日本語テキスト", "emoji 🩺💊🧬", "עברית", "e\u{301} combining", "tab\tnewline\n"];
+    let texts = [
+        "Zoë Ångström",
+        "日本語テキスト",
+        "emoji 🩺💊🧬",
+        "עברית",
+        "e\u{301} combining",
+        "tab\tnewline\n",
+    ];
     for (i, t) in texts.iter().enumerate() {
         let mut s = Specimen::new(&format!("ключ-{i}-🔑"), 0);
         s.label = (*t).to_owned();
@@ -274,7 +317,10 @@ async fn oversize_value_is_rejected(ctx: Ctx) -> CaseResult {
     let mut s = Specimen::new("huge", 0);
     s.label = "x".repeat(dl_models::DEFAULT_MAX_VALUE_BYTES + 1);
     let r = ctx.specimens.insert(&s).await;
-    check!(matches!(&r, Err(Error::Invalid { field: Some(f), .. }) if f == "label"), "{r:?}");
+    check!(
+        matches!(&r, Err(Error::Invalid { field: Some(f), .. }) if f == "label"),
+        "{r:?}"
+    );
     let r = ctx.specimens.upsert(&s).await;
     check!(is_invalid(&r));
     check!(count_specimens(&ctx).await? == 0, "nothing written");
@@ -285,9 +331,21 @@ async fn max_len_is_enforced(ctx: Ctx) -> CaseResult {
     let mut s = Specimen::new("a", 0);
     s.code = Some("c".repeat(65));
     check!(is_invalid(&ctx.specimens.insert(&s).await));
-    let r = ctx.notes.insert(&Note { id: 1, body: "b".repeat(257) }).await;
+    let r = ctx
+        .notes
+        .insert(&Note {
+            id: 1,
+            body: "b".repeat(257),
+        })
+        .await;
     check!(is_invalid(&r));
-    ok!(ctx.notes.insert(&Note { id: 1, body: "b".repeat(256) }).await);
+    ok!(ctx
+        .notes
+        .insert(&Note {
+            id: 1,
+            body: "b".repeat(256)
+        })
+        .await);
     check!(count_specimens(&ctx).await? == 0);
     PASS
 }
@@ -326,7 +384,10 @@ async fn injection_value_is_data(ctx: Ctx) -> CaseResult {
 
 async fn injection_key_is_data(ctx: Ctx) -> CaseResult {
     for (i, inj) in INJECTIONS.iter().enumerate() {
-        ok!(ctx.specimens.insert(&Specimen::new(inj, i64::try_from(i).unwrap_or_default())).await);
+        ok!(ctx
+            .specimens
+            .insert(&Specimen::new(inj, i64::try_from(i).unwrap_or_default()))
+            .await);
     }
     for inj in INJECTIONS {
         check!(ok!(ctx.specimens.get(&inj.to_owned()).await).is_some_and(|s| s.id == inj));
@@ -340,8 +401,14 @@ async fn injection_field_name_in_filter_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 2).await?;
     for inj in INJECTIONS {
         let r = ctx.specimens.count(&Filter::eq(inj, "x")).await;
-        check!(matches!(&r, Err(Error::Invalid { field: Some(_), .. })), "{r:?}");
-        let r = ctx.specimens.list(&Query::new().filter(Filter::is_null(inj))).await;
+        check!(
+            matches!(&r, Err(Error::Invalid { field: Some(_), .. })),
+            "{r:?}"
+        );
+        let r = ctx
+            .specimens
+            .list(&Query::new().filter(Filter::is_null(inj)))
+            .await;
         check!(is_invalid(&r));
     }
     check!(count_specimens(&ctx).await? == 2);
@@ -351,7 +418,9 @@ async fn injection_field_name_in_filter_is_rejected(ctx: Ctx) -> CaseResult {
 async fn injection_field_name_in_sort_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 2).await?;
     for inj in INJECTIONS {
-        check!(is_invalid(&ctx.specimens.list(&Query::new().sort_asc(inj)).await));
+        check!(is_invalid(
+            &ctx.specimens.list(&Query::new().sort_asc(inj)).await
+        ));
     }
     check!(count_specimens(&ctx).await? == 2);
     PASS
@@ -360,7 +429,11 @@ async fn injection_field_name_in_sort_is_rejected(ctx: Ctx) -> CaseResult {
 async fn injection_field_name_in_patch_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
     for inj in INJECTIONS {
-        check!(is_invalid(&ctx.specimens.update(&id(0), &Patch::new().set(inj, 1)).await));
+        check!(is_invalid(
+            &ctx.specimens
+                .update(&id(0), &Patch::new().set(inj, 1))
+                .await
+        ));
     }
     let s = ok!(ctx.specimens.get(&id(0)).await);
     check!(s.is_some_and(|s| s.version == 1), "nothing written");
@@ -409,14 +482,20 @@ async fn timestamps_keep_milliseconds(ctx: Ctx) -> CaseResult {
     s.seen_at = Some(precise);
     ok!(ctx.specimens.insert(&s).await);
     let got = ok!(ctx.specimens.get(&"t".to_owned()).await).ok_or("missing")?;
-    let want = DateTime::parse_from_rfc3339("2026-05-06T07:08:09.123Z").map_err(|e| e.to_string())?;
+    let want =
+        DateTime::parse_from_rfc3339("2026-05-06T07:08:09.123Z").map_err(|e| e.to_string())?;
     check!(got.seen_at == Some(want.with_timezone(&Utc)));
     PASS
 }
 
 async fn json_round_trips(ctx: Ctx) -> CaseResult {
     let mut s = Specimen::new("j", 0);
-    s.tags = vec!["quote\"s".into(), "back\\slash".into(), "ünï".into(), String::new()];
+    s.tags = vec![
+        "quote\"s".into(),
+        "back\\slash".into(),
+        "ünï".into(),
+        String::new(),
+    ];
     ok!(ctx.specimens.insert(&s).await);
     check!(ok!(ctx.specimens.get(&"j".to_owned()).await).is_some_and(|g| g.tags == s.tags));
     PASS
@@ -429,14 +508,19 @@ async fn nan_is_rejected(ctx: Ctx) -> CaseResult {
     // into null. The codec sees null only; a NaN in a filter is rejected.
     let r = ctx.specimens.count(&Filter::gt("score", f64::NAN)).await;
     check!(is_invalid(&r), "{r:?}");
-    let r = ctx.specimens.count(&Filter::gt("score", f64::INFINITY)).await;
+    let r = ctx
+        .specimens
+        .count(&Filter::gt("score", f64::INFINITY))
+        .await;
     check!(is_invalid(&r), "{r:?}");
     PASS
 }
 
 async fn long_key_is_rejected(ctx: Ctx) -> CaseResult {
     let k = "k".repeat(dl_repositories::query::MAX_KEY_BYTES + 1);
-    check!(is_invalid(&ctx.specimens.insert(&Specimen::new(&k, 0)).await));
+    check!(is_invalid(
+        &ctx.specimens.insert(&Specimen::new(&k, 0)).await
+    ));
     check!(is_invalid(&ctx.specimens.get(&k).await));
     check!(count_specimens(&ctx).await? == 0);
     PASS
@@ -446,41 +530,69 @@ async fn long_key_is_rejected(ctx: Ctx) -> CaseResult {
 
 async fn update_sets_fields(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    let got = ok!(
-        ctx.specimens
-            .update(&id(0), &Patch::new().set("label", "new").set("score", 1.5).set("born", NaiveDate::from_ymd_opt(2000, 2, 29)))
-            .await
-    )
+    let got = ok!(ctx
+        .specimens
+        .update(
+            &id(0),
+            &Patch::new()
+                .set("label", "new")
+                .set("score", 1.5)
+                .set("born", NaiveDate::from_ymd_opt(2000, 2, 29))
+        )
+        .await)
     .ok_or("update returned None")?;
-    check!(got.label == "new" && got.score == Some(1.5) && got.born == NaiveDate::from_ymd_opt(2000, 2, 29));
+    check!(
+        got.label == "new"
+            && got.score == Some(1.5)
+            && got.born == NaiveDate::from_ymd_opt(2000, 2, 29)
+    );
     check!(ok!(ctx.specimens.get(&id(0)).await).as_ref() == Some(&got));
     PASS
 }
 
 async fn update_absent_is_none(ctx: Ctx) -> CaseResult {
-    check!(ok!(ctx.specimens.update(&"nope".to_owned(), &Patch::new().set("rank", 1)).await).is_none());
+    check!(
+        ok!(ctx
+            .specimens
+            .update(&"nope".to_owned(), &Patch::new().set("rank", 1))
+            .await)
+        .is_none()
+    );
     check!(count_specimens(&ctx).await? == 0, "update must not create");
     PASS
 }
 
 async fn update_unsets_nullable(ctx: Ctx) -> CaseResult {
     ok!(ctx.specimens.insert(&full_specimen("f")).await);
-    let got = ok!(ctx.specimens.update(&"f".to_owned(), &Patch::new().unset("score").unset("owner")).await)
-        .ok_or("None")?;
+    let got = ok!(ctx
+        .specimens
+        .update(&"f".to_owned(), &Patch::new().unset("score").unset("owner"))
+        .await)
+    .ok_or("None")?;
     check!(got.score.is_none() && got.owner.is_none() && got.code.is_some());
     PASS
 }
 
 async fn update_null_on_required_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    check!(is_invalid(&ctx.specimens.update(&id(0), &Patch::new().unset("label")).await));
+    check!(is_invalid(
+        &ctx.specimens
+            .update(&id(0), &Patch::new().unset("label"))
+            .await
+    ));
     PASS
 }
 
 async fn update_unknown_field_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    let r = ctx.specimens.update(&id(0), &Patch::new().set("labl", "x")).await;
-    check!(matches!(&r, Err(Error::Invalid { field: Some(f), .. }) if f == "labl"), "{r:?}");
+    let r = ctx
+        .specimens
+        .update(&id(0), &Patch::new().set("labl", "x"))
+        .await;
+    check!(
+        matches!(&r, Err(Error::Invalid { field: Some(f), .. }) if f == "labl"),
+        "{r:?}"
+    );
     PASS
 }
 
@@ -503,49 +615,107 @@ async fn update_wrong_type_is_rejected(ctx: Ctx) -> CaseResult {
 
 async fn update_key_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    check!(is_invalid(&ctx.specimens.update(&id(0), &Patch::new().set("id", "other")).await));
+    check!(is_invalid(
+        &ctx.specimens
+            .update(&id(0), &Patch::new().set("id", "other"))
+            .await
+    ));
     PASS
 }
 
 async fn update_version_field_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    check!(is_invalid(&ctx.specimens.update(&id(0), &Patch::new().set("version", 9)).await));
+    check!(is_invalid(
+        &ctx.specimens
+            .update(&id(0), &Patch::new().set("version", 9))
+            .await
+    ));
     PASS
 }
 
 async fn update_bumps_version(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    let a = ok!(ctx.specimens.update(&id(0), &Patch::new().set("rank", 5)).await).ok_or("None")?;
-    let b = ok!(ctx.specimens.update(&id(0), &Patch::new().set("rank", 6)).await).ok_or("None")?;
-    check!(a.version == 2 && b.version == 3, "{} {}", a.version, b.version);
+    let a = ok!(ctx
+        .specimens
+        .update(&id(0), &Patch::new().set("rank", 5))
+        .await)
+    .ok_or("None")?;
+    let b = ok!(ctx
+        .specimens
+        .update(&id(0), &Patch::new().set("rank", 6))
+        .await)
+    .ok_or("None")?;
+    check!(
+        a.version == 2 && b.version == 3,
+        "{} {}",
+        a.version,
+        b.version
+    );
     PASS
 }
 
 async fn update_expected_version_matches(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    let got = ok!(ctx.specimens.update(&id(0), &Patch::new().set("rank", 5).expect_version(1)).await)
-        .ok_or("None")?;
+    let got = ok!(ctx
+        .specimens
+        .update(&id(0), &Patch::new().set("rank", 5).expect_version(1))
+        .await)
+    .ok_or("None")?;
     check!(got.version == 2 && got.rank == 5);
     PASS
 }
 
 async fn update_expected_version_conflicts(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    ok!(ctx.specimens.update(&id(0), &Patch::new().set("rank", 5)).await);
-    let r = ctx.specimens.update(&id(0), &Patch::new().set("rank", 9).expect_version(1)).await;
+    ok!(ctx
+        .specimens
+        .update(&id(0), &Patch::new().set("rank", 5))
+        .await);
+    let r = ctx
+        .specimens
+        .update(&id(0), &Patch::new().set("rank", 9).expect_version(1))
+        .await;
     check!(
-        matches!(r, Err(Error::Conflict { kind: ConflictKind::VersionMismatch { expected: 1, actual: 2 }, .. })),
+        matches!(
+            r,
+            Err(Error::Conflict {
+                kind: ConflictKind::VersionMismatch {
+                    expected: 1,
+                    actual: 2
+                },
+                ..
+            })
+        ),
         "{r:?}"
     );
     let s = ok!(ctx.specimens.get(&id(0)).await).ok_or("missing")?;
     check!(s.rank == 5 && s.version == 2);
-    check!(ok!(ctx.specimens.update(&"nope".to_owned(), &Patch::new().set("rank", 1).expect_version(1)).await).is_none());
+    check!(
+        ok!(ctx
+            .specimens
+            .update(
+                &"nope".to_owned(),
+                &Patch::new().set("rank", 1).expect_version(1)
+            )
+            .await)
+        .is_none()
+    );
     PASS
 }
 
 async fn update_expect_version_without_version_field_is_rejected(ctx: Ctx) -> CaseResult {
-    ok!(ctx.notes.insert(&Note { id: 1, body: "b".into() }).await);
-    check!(is_invalid(&ctx.notes.update(&1, &Patch::new().set("body", "c").expect_version(1)).await));
+    ok!(ctx
+        .notes
+        .insert(&Note {
+            id: 1,
+            body: "b".into()
+        })
+        .await);
+    check!(is_invalid(
+        &ctx.notes
+            .update(&1, &Patch::new().set("body", "c").expect_version(1))
+            .await
+    ));
     let n = ok!(ctx.notes.update(&1, &Patch::new().set("body", "c")).await).ok_or("None")?;
     check!(n.body == "c");
     PASS
@@ -553,20 +723,30 @@ async fn update_expect_version_without_version_field_is_rejected(ctx: Ctx) -> Ca
 
 async fn empty_patch_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    check!(is_invalid(&ctx.specimens.update(&id(0), &Patch::new()).await));
+    check!(is_invalid(
+        &ctx.specimens.update(&id(0), &Patch::new()).await
+    ));
     PASS
 }
 
 async fn patch_same_field_twice_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 1).await?;
-    check!(is_invalid(&ctx.specimens.update(&id(0), &Patch::new().set("rank", 1).set("rank", 2)).await));
+    check!(is_invalid(
+        &ctx.specimens
+            .update(&id(0), &Patch::new().set("rank", 1).set("rank", 2))
+            .await
+    ));
     PASS
 }
 
 async fn update_is_partial(ctx: Ctx) -> CaseResult {
     let full = full_specimen("f");
     ok!(ctx.specimens.insert(&full).await);
-    let got = ok!(ctx.specimens.update(&"f".to_owned(), &Patch::new().set("rank", 1)).await).ok_or("None")?;
+    let got = ok!(ctx
+        .specimens
+        .update(&"f".to_owned(), &Patch::new().set("rank", 1))
+        .await)
+    .ok_or("None")?;
     let mut want = full;
     want.rank = 1;
     want.version += 1;
@@ -594,7 +774,16 @@ async fn replace_stale_version_conflicts(ctx: Ctx) -> CaseResult {
     late.label = "second".into();
     let r = ctx.specimens.replace(&late).await;
     check!(
-        matches!(r, Err(Error::Conflict { kind: ConflictKind::VersionMismatch { expected: 1, actual: 2 }, .. })),
+        matches!(
+            r,
+            Err(Error::Conflict {
+                kind: ConflictKind::VersionMismatch {
+                    expected: 1,
+                    actual: 2
+                },
+                ..
+            })
+        ),
         "{r:?}"
     );
     check!(ok!(ctx.specimens.get(&id(0)).await).is_some_and(|s| s.label == "first"));
@@ -609,10 +798,28 @@ async fn replace_absent_is_not_found(ctx: Ctx) -> CaseResult {
 }
 
 async fn replace_without_version_field(ctx: Ctx) -> CaseResult {
-    ok!(ctx.notes.insert(&Note { id: 5, body: "a".into() }).await);
-    let n = ok!(ctx.notes.replace(&Note { id: 5, body: "b".into() }).await);
+    ok!(ctx
+        .notes
+        .insert(&Note {
+            id: 5,
+            body: "a".into()
+        })
+        .await);
+    let n = ok!(ctx
+        .notes
+        .replace(&Note {
+            id: 5,
+            body: "b".into()
+        })
+        .await);
     check!(n.body == "b");
-    let r = ctx.notes.replace(&Note { id: 6, body: "b".into() }).await;
+    let r = ctx
+        .notes
+        .replace(&Note {
+            id: 6,
+            body: "b".into(),
+        })
+        .await;
     check!(matches!(r, Err(Error::NotFound { .. })));
     PASS
 }
@@ -625,7 +832,11 @@ async fn upsert_inserts_then_overwrites(ctx: Ctx) -> CaseResult {
     changed.label = "again".into();
     changed.version = 99;
     let second = ok!(ctx.specimens.upsert(&changed).await);
-    check!(second.label == "again" && second.version == 2, "version {}", second.version);
+    check!(
+        second.label == "again" && second.version == 2,
+        "version {}",
+        second.version
+    );
     check!(count_specimens(&ctx).await? == 1);
     PASS
 }
@@ -653,14 +864,23 @@ async fn set_owner(ctx: &Ctx, i: usize, owner: Option<&str>) -> Result<(), Strin
         Some(o) => Patch::new().set("owner", o),
         None => Patch::new().unset("owner"),
     };
-    ctx.specimens.update(&id(i), &p).await.map(|_| ()).map_err(|e| e.to_string())
+    ctx.specimens
+        .update(&id(i), &p)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn filter_ne_excludes_nulls(ctx: Ctx) -> CaseResult {
     seed(&ctx, 3).await?;
     set_owner(&ctx, 0, Some("ann")).await?;
     set_owner(&ctx, 1, Some("bob")).await?;
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(Filter::ne("owner", "ann"))).await?);
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::ne("owner", "ann"))).await?
+    );
     check!(got == vec![id(1)], "{got:?}");
     PASS
 }
@@ -668,7 +888,12 @@ async fn filter_ne_excludes_nulls(ctx: Ctx) -> CaseResult {
 async fn filter_ordering_operators(ctx: Ctx) -> CaseResult {
     seed(&ctx, 6).await?;
     let q = |f| Query::new().filter(f);
-    let lt = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, q(Filter::lt("rank", 2))).await?);
+    let lt = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(&ctx, q(Filter::lt("rank", 2))).await?
+    );
     check!(lt == vec![id(0), id(1)]);
     let lte = ok!(list_ids(&ctx, q(Filter::lte("rank", 2))).await?);
     check!(lte == vec![id(0), id(1), id(2)]);
@@ -682,21 +907,41 @@ async fn filter_ordering_operators(ctx: Ctx) -> CaseResult {
 }
 
 async fn filter_dates_and_timestamps(ctx: Ctx) -> CaseResult {
-    for (i, (y, h)) in [(1950, 1), (1980, 2), (2000, 3), (2020, 4)].iter().enumerate() {
+    for (i, (y, h)) in [(1950, 1), (1980, 2), (2000, 3), (2020, 4)]
+        .iter()
+        .enumerate()
+    {
         let mut s = Specimen::new(&id(i), 0);
         s.born = NaiveDate::from_ymd_opt(*y, 6, 15);
         s.seen_at = Some(ts(2026, 1, 1, *h));
         ok!(ctx.specimens.insert(&s).await);
     }
     ok!(ctx.specimens.insert(&Specimen::new(&id(9), 0)).await);
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(
-        Filter::gte("born", NaiveDate::from_ymd_opt(1980, 1, 1)).and(Filter::lt("born", NaiveDate::from_ymd_opt(2001, 1, 1)))
-    )).await?);
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(
+            &ctx,
+            Query::new().filter(
+                Filter::gte("born", NaiveDate::from_ymd_opt(1980, 1, 1))
+                    .and(Filter::lt("born", NaiveDate::from_ymd_opt(2001, 1, 1)))
+            )
+        )
+        .await?
+    );
     check!(got == vec![id(1), id(2)], "{got:?}");
-    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::gt("seen_at", ts(2026, 1, 1, 2)))).await?);
+    let got = ok!(list_ids(
+        &ctx,
+        Query::new().filter(Filter::gt("seen_at", ts(2026, 1, 1, 2)))
+    )
+    .await?);
     check!(got == vec![id(2), id(3)], "{got:?}");
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::gte("born", "1999-01-01"))).await?);
-    check!(got == vec![id(2), id(3)], "ISO text coerces to a date: {got:?}");
+    check!(
+        got == vec![id(2), id(3)],
+        "ISO text coerces to a date: {got:?}"
+    );
     PASS
 }
 
@@ -706,7 +951,12 @@ async fn filter_float_accepts_int(ctx: Ctx) -> CaseResult {
         s.score = Some(*x);
         ok!(ctx.specimens.insert(&s).await);
     }
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(Filter::gte("score", 1))).await?);
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::gte("score", 1))).await?
+    );
     check!(got == vec![id(1), id(2)]);
     PASS
 }
@@ -715,36 +965,62 @@ async fn filter_in(ctx: Ctx) -> CaseResult {
     seed(&ctx, 6).await?;
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("rank", [1, 4, 99]))).await?);
     check!(got == vec![id(1), id(4)]);
-    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("id", [id(5), id(0)]))).await?);
+    let got = ok!(list_ids(
+        &ctx,
+        Query::new().filter(Filter::is_in("id", [id(5), id(0)]))
+    )
+    .await?);
     check!(got == vec![id(0), id(5)]);
     PASS
 }
 
 async fn filter_in_empty_matches_nothing(ctx: Ctx) -> CaseResult {
     seed(&ctx, 3).await?;
-    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("rank", Vec::<i64>::new()))).await?);
+    let got = ok!(list_ids(
+        &ctx,
+        Query::new().filter(Filter::is_in("rank", Vec::<i64>::new()))
+    )
+    .await?);
     check!(got.is_empty());
-    check!(ok!(ctx.specimens.count(&Filter::is_in("rank", Vec::<i64>::new())).await) == 0);
+    check!(
+        ok!(ctx
+            .specimens
+            .count(&Filter::is_in("rank", Vec::<i64>::new()))
+            .await)
+            == 0
+    );
     PASS
 }
 
 async fn filter_in_large_list(ctx: Ctx) -> CaseResult {
     seed(&ctx, 10).await?;
     let values: Vec<i64> = (5..10_005).collect();
-    check!(ok!(ctx.specimens.count(&Filter::is_in("rank", values.clone())).await) == 5);
+    check!(
+        ok!(ctx
+            .specimens
+            .count(&Filter::is_in("rank", values.clone()))
+            .await)
+            == 5
+    );
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("rank", values))).await?);
     check!(got == (5..10).map(id).collect::<Vec<_>>());
     PASS
 }
 
 async fn filter_in_too_large_is_rejected(ctx: Ctx) -> CaseResult {
-    let values: Vec<i64> = (0..=i64::try_from(dl_repositories::query::MAX_IN_LIST).unwrap_or_default()).collect();
-    check!(is_invalid(&ctx.specimens.count(&Filter::is_in("rank", values)).await));
+    let values: Vec<i64> =
+        (0..=i64::try_from(dl_repositories::query::MAX_IN_LIST).unwrap_or_default()).collect();
+    check!(is_invalid(
+        &ctx.specimens.count(&Filter::is_in("rank", values)).await
+    ));
     PASS
 }
 
 async fn filter_in_null_is_rejected(ctx: Ctx) -> CaseResult {
-    let r = ctx.specimens.count(&Filter::In("owner".into(), vec![dl_models::Value::Null])).await;
+    let r = ctx
+        .specimens
+        .count(&Filter::In("owner".into(), vec![dl_models::Value::Null]))
+        .await;
     check!(is_invalid(&r));
     PASS
 }
@@ -752,7 +1028,12 @@ async fn filter_in_null_is_rejected(ctx: Ctx) -> CaseResult {
 async fn filter_is_null(ctx: Ctx) -> CaseResult {
     seed(&ctx, 3).await?;
     set_owner(&ctx, 1, Some("x")).await?;
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(Filter::is_null("owner"))).await?);
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::is_null("owner"))).await?
+    );
     check!(got == vec![id(0), id(2)]);
     PASS
 }
@@ -760,7 +1041,16 @@ async fn filter_is_null(ctx: Ctx) -> CaseResult {
 async fn filter_not_is_null(ctx: Ctx) -> CaseResult {
     seed(&ctx, 3).await?;
     set_owner(&ctx, 1, Some("x")).await?;
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(Filter::not(Filter::is_null("owner")))).await?);
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(
+            &ctx,
+            Query::new().filter(Filter::not(Filter::is_null("owner")))
+        )
+        .await?
+    );
     check!(got == vec![id(1)]);
     PASS
 }
@@ -769,34 +1059,64 @@ async fn filter_not_eq_includes_nulls(ctx: Ctx) -> CaseResult {
     seed(&ctx, 3).await?;
     set_owner(&ctx, 0, Some("ann")).await?;
     set_owner(&ctx, 1, Some("bob")).await?;
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(Filter::not(Filter::eq("owner", "ann")))).await?);
-    check!(got == vec![id(1), id(2)], "not(eq) is plain negation: {got:?}");
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(
+            &ctx,
+            Query::new().filter(Filter::not(Filter::eq("owner", "ann")))
+        )
+        .await?
+    );
+    check!(
+        got == vec![id(1), id(2)],
+        "not(eq) is plain negation: {got:?}"
+    );
     PASS
 }
 
 async fn filter_prefix(ctx: Ctx) -> CaseResult {
-    for (i, l) in ["Smith", "Smithers", "smith", "Smyth", "Ωmega", "Ωm"].iter().enumerate() {
+    for (i, l) in ["Smith", "Smithers", "smith", "Smyth", "Ωmega", "Ωm"]
+        .iter()
+        .enumerate()
+    {
         let mut s = Specimen::new(&id(i), 0);
         s.label = (*l).to_owned();
         ok!(ctx.specimens.insert(&s).await);
     }
-    let got = gated!(ctx, Need::Prefix, Op::List, list_ids(&ctx, Query::new().filter(Filter::prefix("label", "Smith"))).await?);
+    let got = gated!(
+        ctx,
+        Need::Prefix,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::prefix("label", "Smith"))).await?
+    );
     check!(got == vec![id(0), id(1)], "case-sensitive: {got:?}");
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::prefix("label", "Ωm"))).await?);
     check!(got == vec![id(4), id(5)]);
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::prefix("label", ""))).await?);
     check!(got.len() == 6);
-    check!(is_invalid(&ctx.specimens.count(&Filter::prefix("rank", "1")).await));
+    check!(is_invalid(
+        &ctx.specimens.count(&Filter::prefix("rank", "1")).await
+    ));
     PASS
 }
 
 async fn filter_prefix_is_literal(ctx: Ctx) -> CaseResult {
-    for (i, l) in ["100%", "100x", "a_b", "axb", "[ab]", "a.b"].iter().enumerate() {
+    for (i, l) in ["100%", "100x", "a_b", "axb", "[ab]", "a.b"]
+        .iter()
+        .enumerate()
+    {
         let mut s = Specimen::new(&id(i), 0);
         s.label = (*l).to_owned();
         ok!(ctx.specimens.insert(&s).await);
     }
-    let got = gated!(ctx, Need::Prefix, Op::List, list_ids(&ctx, Query::new().filter(Filter::prefix("label", "100%"))).await?);
+    let got = gated!(
+        ctx,
+        Need::Prefix,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::prefix("label", "100%"))).await?
+    );
     check!(got == vec![id(0)], "{got:?}");
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::prefix("label", "a_"))).await?);
     check!(got == vec![id(2)], "{got:?}");
@@ -810,13 +1130,23 @@ async fn filter_prefix_is_literal(ctx: Ctx) -> CaseResult {
 async fn filter_and_or_nested(ctx: Ctx) -> CaseResult {
     seed(&ctx, 10).await?;
     // (rank in [1,2,3] and active) or (rank = 8)
-    let f = Filter::is_in("rank", [1, 2, 3]).and(Filter::eq("active", true)).or(Filter::eq("rank", 8));
+    let f = Filter::is_in("rank", [1, 2, 3])
+        .and(Filter::eq("active", true))
+        .or(Filter::eq("rank", 8));
     let got = ok!(list_ids(&ctx, Query::new().filter(f)).await?);
     check!(got == vec![id(2), id(8)], "{got:?}");
-    let f = Filter::Or(vec![Filter::eq("rank", 1), Filter::Or(vec![Filter::eq("rank", 2), Filter::eq("rank", 3)])]);
+    let f = Filter::Or(vec![
+        Filter::eq("rank", 1),
+        Filter::Or(vec![Filter::eq("rank", 2), Filter::eq("rank", 3)]),
+    ]);
     check!(ok!(ctx.specimens.count(&f).await) == 3);
     let f = Filter::not(Filter::eq("active", true)).and(Filter::lt("rank", 5));
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(f)).await?);
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(f)).await?
+    );
     check!(got == vec![id(1), id(3)], "{got:?}");
     PASS
 }
@@ -829,8 +1159,14 @@ async fn filter_empty_and_or(ctx: Ctx) -> CaseResult {
 }
 
 async fn filter_eq_null_is_rejected(ctx: Ctx) -> CaseResult {
-    let r = ctx.specimens.count(&Filter::eq("owner", dl_models::Value::Null)).await;
-    check!(matches!(&r, Err(Error::Invalid { reason, .. }) if reason.contains("is_null")), "{r:?}");
+    let r = ctx
+        .specimens
+        .count(&Filter::eq("owner", dl_models::Value::Null))
+        .await;
+    check!(
+        matches!(&r, Err(Error::Invalid { reason, .. }) if reason.contains("is_null")),
+        "{r:?}"
+    );
     PASS
 }
 
@@ -851,12 +1187,18 @@ async fn filter_wrong_type_is_rejected(ctx: Ctx) -> CaseResult {
 }
 
 async fn filter_order_on_bool_is_rejected(ctx: Ctx) -> CaseResult {
-    check!(is_invalid(&ctx.specimens.count(&Filter::lt("active", true)).await));
+    check!(is_invalid(
+        &ctx.specimens.count(&Filter::lt("active", true)).await
+    ));
     PASS
 }
 
 async fn filter_on_json_is_rejected(ctx: Ctx) -> CaseResult {
-    check!(is_invalid(&ctx.specimens.count(&Filter::eq("tags", serde_json::json!(["a"]))).await));
+    check!(is_invalid(
+        &ctx.specimens
+            .count(&Filter::eq("tags", serde_json::json!(["a"])))
+            .await
+    ));
     PASS
 }
 
@@ -877,17 +1219,34 @@ async fn filter_uuid(ctx: Ctx) -> CaseResult {
     s.ref_id = Some(u);
     ok!(ctx.specimens.insert(&s).await);
     ok!(ctx.specimens.insert(&Specimen::new("v", 0)).await);
-    let got = gated!(ctx, Need::AnyFilter, Op::List, list_ids(&ctx, Query::new().filter(Filter::eq("ref_id", u))).await?);
+    let got = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::eq("ref_id", u))).await?
+    );
     check!(got == vec!["u".to_owned()]);
-    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::eq("ref_id", u.to_string()))).await?);
-    check!(got == vec!["u".to_owned()], "hyphenated text coerces to a uuid");
+    let got = ok!(list_ids(
+        &ctx,
+        Query::new().filter(Filter::eq("ref_id", u.to_string()))
+    )
+    .await?);
+    check!(
+        got == vec!["u".to_owned()],
+        "hyphenated text coerces to a uuid"
+    );
     PASS
 }
 
 async fn count_with_filter(ctx: Ctx) -> CaseResult {
     seed(&ctx, 7).await?;
     check!(ok!(ctx.specimens.count(&Filter::eq("active", true)).await) == 4);
-    let n = gated!(ctx, Need::AnyFilter, Op::Count, ctx.specimens.count(&Filter::gte("rank", 5)).await);
+    let n = gated!(
+        ctx,
+        Need::AnyFilter,
+        Op::Count,
+        ctx.specimens.count(&Filter::gte("rank", 5)).await
+    );
     check!(n == 2);
     PASS
 }
@@ -921,14 +1280,24 @@ async fn seed_owners(ctx: &Ctx) -> Result<(), String> {
 
 async fn sort_puts_nulls_first_ascending(ctx: Ctx) -> CaseResult {
     seed_owners(&ctx).await?;
-    let got = gated!(ctx, Need::Sort, Op::List, list_ids(&ctx, Query::new().sort_asc("owner")).await?);
+    let got = gated!(
+        ctx,
+        Need::Sort,
+        Op::List,
+        list_ids(&ctx, Query::new().sort_asc("owner")).await?
+    );
     check!(got == vec![id(0), id(2), id(3), id(1), id(4)], "{got:?}");
     PASS
 }
 
 async fn sort_puts_nulls_last_descending(ctx: Ctx) -> CaseResult {
     seed_owners(&ctx).await?;
-    let got = gated!(ctx, Need::Sort, Op::List, list_ids(&ctx, Query::new().sort_desc("owner")).await?);
+    let got = gated!(
+        ctx,
+        Need::Sort,
+        Op::List,
+        list_ids(&ctx, Query::new().sort_desc("owner")).await?
+    );
     check!(got == vec![id(1), id(4), id(3), id(0), id(2)], "{got:?}");
     PASS
 }
@@ -937,14 +1306,23 @@ async fn sort_ties_break_by_key(ctx: Ctx) -> CaseResult {
     for (k, rank) in [("d", 1), ("a", 2), ("c", 1), ("b", 2)] {
         ok!(ctx.specimens.insert(&Specimen::new(k, rank)).await);
     }
-    let got = gated!(ctx, Need::Sort, Op::List, list_ids(&ctx, Query::new().sort_desc("rank")).await?);
+    let got = gated!(
+        ctx,
+        Need::Sort,
+        Op::List,
+        list_ids(&ctx, Query::new().sort_desc("rank")).await?
+    );
     check!(got == vec!["a", "b", "c", "d"], "{got:?}");
     let got = ok!(list_ids(&ctx, Query::new().sort_asc("rank").sort_desc("id")).await?);
     check!(got == vec!["d", "c", "b", "a"], "{got:?}");
     PASS
 }
 
-async fn walk(ctx: &Ctx, q: Query, between: impl Fn(usize) -> Option<Specimen>) -> Result<Result<Vec<String>, Error>, String> {
+async fn walk(
+    ctx: &Ctx,
+    q: Query,
+    between: impl Fn(usize) -> Option<Specimen>,
+) -> Result<Result<Vec<String>, Error>, String> {
     let mut seen = Vec::new();
     let mut q = q;
     for page_no in 0..1000 {
@@ -968,7 +1346,17 @@ async fn pages_have_no_duplicates_or_gaps(ctx: Ctx) -> CaseResult {
     seed(&ctx, 20).await?;
     let got = ok!(walk(&ctx, Query::new().limit(3), |_| None).await?);
     check!(got == (0..20).map(id).collect::<Vec<_>>(), "{got:?}");
-    let got = gated!(ctx, Need::Sort, Op::List, walk(&ctx, Query::new().sort_desc("active").sort_asc("rank").limit(4), |_| None).await?);
+    let got = gated!(
+        ctx,
+        Need::Sort,
+        Op::List,
+        walk(
+            &ctx,
+            Query::new().sort_desc("active").sort_asc("rank").limit(4),
+            |_| None
+        )
+        .await?
+    );
     let mut want: Vec<String> = (0..20).step_by(2).map(id).collect();
     want.extend((1..20).step_by(2).map(id));
     check!(got == want, "{got:?}");
@@ -979,18 +1367,30 @@ async fn pages_survive_inserts_between_pages(ctx: Ctx) -> CaseResult {
     // ranks 10, 20, ... 100; between pages insert one rank that sorts before
     // the cursor and one after.
     for i in 1..=10 {
-        ok!(ctx.specimens.insert(&Specimen::new(&format!("r{i:03}"), i * 10)).await);
+        ok!(ctx
+            .specimens
+            .insert(&Specimen::new(&format!("r{i:03}"), i * 10))
+            .await);
     }
-    let got = gated!(ctx, Need::Sort, Op::List, walk(&ctx, Query::new().sort_asc("rank").limit(3), |page| {
-        let before = i64::try_from(page).unwrap_or_default() * 10 + 1; // sorts early
-        Some(Specimen::new(&format!("x{page:03}"), before))
-    }).await?);
+    let got = gated!(
+        ctx,
+        Need::Sort,
+        Op::List,
+        walk(&ctx, Query::new().sort_asc("rank").limit(3), |page| {
+            let before = i64::try_from(page).unwrap_or_default() * 10 + 1; // sorts early
+            Some(Specimen::new(&format!("x{page:03}"), before))
+        })
+        .await?
+    );
     let mut seen = std::collections::HashSet::new();
     for k in &got {
         check!(seen.insert(k.clone()), "duplicate {k}");
     }
     for i in 1..=10 {
-        check!(seen.contains(&format!("r{i:03}")), "gap: r{i:03} missing from {got:?}");
+        check!(
+            seen.contains(&format!("r{i:03}")),
+            "gap: r{i:03} missing from {got:?}"
+        );
     }
     let ranks_in_order = {
         let mut v = Vec::new();
@@ -999,17 +1399,31 @@ async fn pages_survive_inserts_between_pages(ctx: Ctx) -> CaseResult {
         }
         v
     };
-    check!(ranks_in_order.windows(2).all(|w| w[0] <= w[1]), "order broken: {ranks_in_order:?}");
+    check!(
+        ranks_in_order.windows(2).all(|w| w[0] <= w[1]),
+        "order broken: {ranks_in_order:?}"
+    );
     PASS
 }
 
 async fn pages_descending_with_nulls(ctx: Ctx) -> CaseResult {
     seed_owners(&ctx).await?;
     for limit in 1..=4 {
-        let got = gated!(ctx, Need::Sort, Op::List, walk(&ctx, Query::new().sort_desc("owner").limit(limit), |_| None).await?);
-        check!(got == vec![id(1), id(4), id(3), id(0), id(2)], "limit {limit}: {got:?}");
+        let got = gated!(
+            ctx,
+            Need::Sort,
+            Op::List,
+            walk(&ctx, Query::new().sort_desc("owner").limit(limit), |_| None).await?
+        );
+        check!(
+            got == vec![id(1), id(4), id(3), id(0), id(2)],
+            "limit {limit}: {got:?}"
+        );
         let got = ok!(walk(&ctx, Query::new().sort_asc("owner").limit(limit), |_| None).await?);
-        check!(got == vec![id(0), id(2), id(3), id(1), id(4)], "limit {limit}: {got:?}");
+        check!(
+            got == vec![id(0), id(2), id(3), id(1), id(4)],
+            "limit {limit}: {got:?}"
+        );
     }
     PASS
 }
@@ -1021,12 +1435,22 @@ async fn cursor_never_carries_phi(ctx: Ctx) -> CaseResult {
         s.owner = Some(format!("{secret} {i}"));
         ok!(ctx.specimens.insert(&s).await);
     }
-    let page = gated!(ctx, Need::Sort, Op::List, ctx.specimens.list(&Query::new().sort_asc("owner").limit(2)).await);
+    let page = gated!(
+        ctx,
+        Need::Sort,
+        Op::List,
+        ctx.specimens
+            .list(&Query::new().sort_asc("owner").limit(2))
+            .await
+    );
     let cursor = page.next.ok_or("expected a next page")?;
     let decoded = base64_decode(cursor.as_str()).ok_or("cursor is not base64url")?;
     check!(!decoded.contains("Testperson"), "PHI in cursor: {decoded}");
     check!(!cursor.as_str().contains("Testperson"));
-    let next = ok!(ctx.specimens.list(&Query::new().sort_asc("owner").limit(2).after(cursor)).await);
+    let next = ok!(ctx
+        .specimens
+        .list(&Query::new().sort_asc("owner").limit(2).after(cursor))
+        .await);
     check!(ids(&next.items) == vec![id(2), id(3)]);
     PASS
 }
@@ -1051,8 +1475,17 @@ fn base64_decode(s: &str) -> Option<String> {
 
 async fn cursor_garbage_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 3).await?;
-    for junk in ["", "!!!", "eyJ4IjoxfQ", &"A".repeat(20_000), "'; DROP TABLE specimens; --"] {
-        let r = ctx.specimens.list(&Query::new().after(dl_repositories::Cursor(junk.to_owned()))).await;
+    for junk in [
+        "",
+        "!!!",
+        "eyJ4IjoxfQ",
+        &"A".repeat(20_000),
+        "'; DROP TABLE specimens; --",
+    ] {
+        let r = ctx
+            .specimens
+            .list(&Query::new().after(dl_repositories::Cursor(junk.to_owned())))
+            .await;
         check!(is_invalid(&r), "{junk:.20}: {r:?}");
     }
     check!(count_specimens(&ctx).await? == 3);
@@ -1063,7 +1496,16 @@ async fn cursor_of_another_query_is_rejected(ctx: Ctx) -> CaseResult {
     seed(&ctx, 5).await?;
     let page = ok!(ctx.specimens.list(&Query::new().limit(2)).await);
     let cursor = page.next.ok_or("expected a next page")?;
-    let r = gated!(ctx, Need::Sort, Op::List, Ok::<_, Error>(ctx.specimens.list(&Query::new().sort_desc("rank").after(cursor.clone())).await));
+    let r = gated!(
+        ctx,
+        Need::Sort,
+        Op::List,
+        Ok::<_, Error>(
+            ctx.specimens
+                .list(&Query::new().sort_desc("rank").after(cursor.clone()))
+                .await
+        )
+    );
     check!(is_invalid(&r), "{r:?}");
     let r = ctx.notes.list(&Query::new().after(cursor)).await;
     check!(is_invalid(&r), "a cursor of another entity: {r:?}");
@@ -1071,30 +1513,55 @@ async fn cursor_of_another_query_is_rejected(ctx: Ctx) -> CaseResult {
 }
 
 async fn limit_out_of_range_is_rejected(ctx: Ctx) -> CaseResult {
-    check!(is_invalid(&ctx.specimens.list(&Query::new().limit(0)).await));
-    check!(is_invalid(&ctx.specimens.list(&Query::new().limit(dl_repositories::query::MAX_LIMIT + 1)).await));
+    check!(is_invalid(
+        &ctx.specimens.list(&Query::new().limit(0)).await
+    ));
+    check!(is_invalid(
+        &ctx.specimens
+            .list(&Query::new().limit(dl_repositories::query::MAX_LIMIT + 1))
+            .await
+    ));
     PASS
 }
 
 async fn list_with_filter_and_limit(ctx: Ctx) -> CaseResult {
     seed(&ctx, 12).await?;
-    let page = ok!(ctx.specimens.list(&Query::new().filter(Filter::eq("active", false)).limit(4)).await);
+    let page = ok!(ctx
+        .specimens
+        .list(&Query::new().filter(Filter::eq("active", false)).limit(4))
+        .await);
     check!(ids(&page.items) == vec![id(1), id(3), id(5), id(7)]);
-    let next = ok!(ctx.specimens.list(&Query::new().filter(Filter::eq("active", false)).limit(4).after(page.next.ok_or("no next")?)).await);
+    let next = ok!(ctx
+        .specimens
+        .list(
+            &Query::new()
+                .filter(Filter::eq("active", false))
+                .limit(4)
+                .after(page.next.ok_or("no next")?)
+        )
+        .await);
     check!(ids(&next.items) == vec![id(9), id(11)] && next.next.is_none());
     PASS
 }
 
 async fn sort_on_json_is_rejected(ctx: Ctx) -> CaseResult {
-    check!(is_invalid(&ctx.specimens.list(&Query::new().sort_asc("tags")).await));
-    check!(is_invalid(&ctx.specimens.list(&Query::new().sort_asc("rank").sort_desc("rank")).await));
+    check!(is_invalid(
+        &ctx.specimens.list(&Query::new().sort_asc("tags")).await
+    ));
+    check!(is_invalid(
+        &ctx.specimens
+            .list(&Query::new().sort_asc("rank").sort_desc("rank"))
+            .await
+    ));
     PASS
 }
 
 // ---------------------------------------------------------------- batches
 
 async fn insert_many_then_get_many(ctx: Ctx) -> CaseResult {
-    let batch: Vec<Specimen> = (0..50).map(|i| Specimen::new(&id(i), i64::try_from(i).unwrap_or_default())).collect();
+    let batch: Vec<Specimen> = (0..50)
+        .map(|i| Specimen::new(&id(i), i64::try_from(i).unwrap_or_default()))
+        .collect();
     ok!(ctx.specimens.insert_many(&batch).await);
     let keys: Vec<String> = (0..50).map(id).collect();
     check!(ok!(ctx.specimens.get_many(&keys).await) == batch);
@@ -1110,19 +1577,39 @@ async fn get_many_keeps_order_dedups_skips_missing(ctx: Ctx) -> CaseResult {
 }
 
 async fn insert_many_repeated_key_conflicts(ctx: Ctx) -> CaseResult {
-    let batch = vec![Specimen::new("a", 1), Specimen::new("b", 2), Specimen::new("a", 3)];
+    let batch = vec![
+        Specimen::new("a", 1),
+        Specimen::new("b", 2),
+        Specimen::new("a", 3),
+    ];
     let r = ctx.specimens.insert_many(&batch).await;
-    check!(matches!(r, Err(Error::Conflict { kind: ConflictKind::DuplicateKey, .. })), "{r:?}");
+    check!(
+        matches!(
+            r,
+            Err(Error::Conflict {
+                kind: ConflictKind::DuplicateKey,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     check!(count_specimens(&ctx).await? == 0, "nothing written");
     PASS
 }
 
 async fn insert_many_existing_key(ctx: Ctx) -> CaseResult {
     ok!(ctx.specimens.insert(&Specimen::new("b", 0)).await);
-    let batch = vec![Specimen::new("a", 1), Specimen::new("b", 2), Specimen::new("c", 3)];
+    let batch = vec![
+        Specimen::new("a", 1),
+        Specimen::new("b", 2),
+        Specimen::new("c", 3),
+    ];
     let r = ctx.specimens.insert_many(&batch).await;
     check!(matches!(r, Err(Error::Conflict { .. })), "{r:?}");
-    check!(ok!(ctx.specimens.get(&"b".to_owned()).await).is_some_and(|b| b.rank == 0), "existing row kept");
+    check!(
+        ok!(ctx.specimens.get(&"b".to_owned()).await).is_some_and(|b| b.rank == 0),
+        "existing row kept"
+    );
     let n = count_specimens(&ctx).await?;
     if ctx.lacks(Need::AtomicBatch) {
         check!(n == 3, "non-atomic batch writes the others: {n}");
@@ -1153,7 +1640,12 @@ async fn get_many_empty(ctx: Ctx) -> CaseResult {
 }
 
 async fn insert_many_large_batch(ctx: Ctx) -> CaseResult {
-    let batch: Vec<Note> = (0..3_000).map(|i| Note { id: i, body: format!("note {i}") }).collect();
+    let batch: Vec<Note> = (0..3_000)
+        .map(|i| Note {
+            id: i,
+            body: format!("note {i}"),
+        })
+        .collect();
     ok!(ctx.notes.insert_many(&batch).await);
     check!(ok!(ctx.notes.count(&Filter::all()).await) == 3_000);
     let keys: Vec<i64> = (0..3_000).rev().collect();

@@ -59,7 +59,9 @@ pub struct Ctx {
 
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Ctx")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,8 +71,12 @@ impl Ctx {
     /// # Errors
     /// When the backend cannot prepare them.
     pub async fn new(backend: Arc<dyn Backend>) -> Result<Self, String> {
-        let specimens = Repo::<Specimen>::open(Arc::clone(&backend)).await.map_err(|e| format!("open specimens: {e}"))?;
-        let notes = Repo::<Note>::open(Arc::clone(&backend)).await.map_err(|e| format!("open notes: {e}"))?;
+        let specimens = Repo::<Specimen>::open(Arc::clone(&backend))
+            .await
+            .map_err(|e| format!("open specimens: {e}"))?;
+        let notes = Repo::<Note>::open(Arc::clone(&backend))
+            .await
+            .map_err(|e| format!("open notes: {e}"))?;
         Ok(Ctx {
             store: backend.store(),
             caps: backend.capabilities(),
@@ -101,12 +107,17 @@ impl Ctx {
         op: dl_repositories::Operation,
     ) -> CaseResult {
         match r {
-            Err(Error::Unsupported { store, operation, ref reason })
-                if store == self.store && operation == op && !reason.is_empty() =>
-            {
+            Err(Error::Unsupported {
+                store,
+                operation,
+                ref reason,
+            }) if store == self.store && operation == op && !reason.is_empty() => {
                 Ok(Outcome::Unsupported)
             }
-            other => Err(format!("expected Unsupported {{ {}, {op} }}, got {other:?}", self.store)),
+            other => Err(format!(
+                "expected Unsupported {{ {}, {op} }}, got {other:?}",
+                self.store
+            )),
         }
     }
 }
@@ -226,7 +237,10 @@ pub async fn run_conformance(backend: &str, factory: Factory, parallel: usize) -
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;
-    let mut report = Report { backend: backend.to_owned(), ..Report::default() };
+    let mut report = Report {
+        backend: backend.to_owned(),
+        ..Report::default()
+    };
     for (name, r) in results {
         match r {
             Ok(Outcome::Passed) => report.passed += 1,

@@ -25,7 +25,13 @@ pub enum Op {
     /// get_many
     GetMany(Vec<String>),
     /// update (rank, owner, code), expected version
-    Update(String, Option<i64>, Option<Option<String>>, Option<Option<String>>, Option<i64>),
+    Update(
+        String,
+        Option<i64>,
+        Option<Option<String>>,
+        Option<Option<String>>,
+        Option<i64>,
+    ),
     /// replace (with the version given)
     Replace(Specimen),
     /// upsert
@@ -87,7 +93,11 @@ fn key() -> impl Strategy<Value = String> {
 }
 
 fn owner() -> impl Strategy<Value = Option<String>> {
-    prop_oneof![Just(None), Just(Some("ann".to_owned())), Just(Some("bob".to_owned()))]
+    prop_oneof![
+        Just(None),
+        Just(Some("ann".to_owned())),
+        Just(Some("bob".to_owned()))
+    ]
 }
 
 fn code() -> impl Strategy<Value = Option<String>> {
@@ -95,16 +105,22 @@ fn code() -> impl Strategy<Value = Option<String>> {
 }
 
 fn specimen() -> impl Strategy<Value = Specimen> {
-    (key(), -3..4i64, owner(), code(), prop_oneof![Just("lab"), Just("label"), Just("other")], 1..4i64).prop_map(
-        |(id, rank, owner, code, label, version)| {
+    (
+        key(),
+        -3..4i64,
+        owner(),
+        code(),
+        prop_oneof![Just("lab"), Just("label"), Just("other")],
+        1..4i64,
+    )
+        .prop_map(|(id, rank, owner, code, label, version)| {
             let mut s = Specimen::new(&id, rank);
             s.owner = owner;
             s.code = code;
             s.label = format!("{label}-{rank}");
             s.version = version;
             s
-        },
-    )
+        })
 }
 
 fn filter_spec() -> impl Strategy<Value = FilterSpec> {
@@ -115,12 +131,14 @@ fn filter_spec() -> impl Strategy<Value = FilterSpec> {
         (-3..4i64).prop_map(FilterSpec::RankGt),
         Just(FilterSpec::OwnerNull),
         prop_oneof![Just("ann"), Just("bob")].prop_map(|o| FilterSpec::OwnerEq(o.to_owned())),
-        prop_oneof![Just("lab"), Just("label-"), Just("o"), Just("")].prop_map(|p| FilterSpec::LabelPrefix(p.to_owned())),
+        prop_oneof![Just("lab"), Just("label-"), Just("o"), Just("")]
+            .prop_map(|p| FilterSpec::LabelPrefix(p.to_owned())),
     ];
     leaf.prop_recursive(2, 8, 2, |inner| {
         prop_oneof![
             inner.clone().prop_map(|f| FilterSpec::Not(Box::new(f))),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| FilterSpec::And(Box::new(a), Box::new(b))),
+            (inner.clone(), inner.clone())
+                .prop_map(|(a, b)| FilterSpec::And(Box::new(a), Box::new(b))),
             (inner.clone(), inner).prop_map(|(a, b)| FilterSpec::Or(Box::new(a), Box::new(b))),
         ]
     })
@@ -199,7 +217,11 @@ async fn apply(repo: &dyn Repository<Specimen>, op: &Op) -> String {
         Op::List(f, sort, limit) => {
             let mut q = Query::new().filter(f.to_filter()).limit(*limit);
             if let Some((field, asc)) = sort {
-                q = if *asc { q.sort_asc(*field) } else { q.sort_desc(*field) };
+                q = if *asc {
+                    q.sort_asc(*field)
+                } else {
+                    q.sort_desc(*field)
+                };
             }
             // Walk every page, so cursors are compared too.
             let mut items = Vec::new();
@@ -245,7 +267,11 @@ pub fn run_model_test(factory: Factory, cases: u32) -> Result<ModelReport, Strin
         .map_err(|e| e.to_string())?;
     let steps = Arc::new(AtomicUsize::new(0));
     let unsupported = Arc::new(AtomicUsize::new(0));
-    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
     let mut runner = TestRunner::new(config);
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         rt.block_on(async {

@@ -27,9 +27,12 @@ fn sqlite_file() -> Factory {
         Box::pin(async {
             let dir = tempfile::tempdir().expect("temp dir").keep();
             let path = dir.join("conformance.db");
-            let pool = dl_connections::sqlite::connect(path.to_str().expect("utf-8 path"), &pool_settings())
-                .await
-                .expect("open sqlite");
+            let pool = dl_connections::sqlite::connect(
+                path.to_str().expect("utf-8 path"),
+                &pool_settings(),
+            )
+            .await
+            .expect("open sqlite");
             Arc::new(SqliteBackend::new(pool)) as Arc<dyn Backend>
         })
     })
@@ -38,7 +41,9 @@ fn sqlite_file() -> Factory {
 fn sqlite_memory() -> Factory {
     Arc::new(|| {
         Box::pin(async {
-            let pool = dl_connections::sqlite::connect(":memory:", &pool_settings()).await.expect("open sqlite");
+            let pool = dl_connections::sqlite::connect(":memory:", &pool_settings())
+                .await
+                .expect("open sqlite");
             Arc::new(SqliteBackend::new(pool)) as Arc<dyn Backend>
         })
     })
@@ -72,5 +77,8 @@ fn model_sqlite_matches_memory() {
 #[test]
 fn model_memory_matches_itself() {
     let report = run_model_test(memory(), 32).expect("memory diverged from itself");
-    println!("model[memory]: {} sequences, {} steps compared", report.sequences, report.steps);
+    println!(
+        "model[memory]: {} sequences, {} steps compared",
+        report.sequences, report.steps
+    );
 }

@@ -22,7 +22,11 @@ macro_rules! out {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "data-layer", version, about = "One typed data layer over SQLite, PostgreSQL, MongoDB, Redis and ScyllaDB")]
+#[command(
+    name = "data-layer",
+    version,
+    about = "One typed data layer over SQLite, PostgreSQL, MongoDB, Redis and ScyllaDB"
+)]
 struct Cli {
     /// Read settings from this env file (instead of ./.env).
     #[arg(long, global = true, value_name = "PATH")]
@@ -70,9 +74,11 @@ fn main() -> ExitCode {
 }
 
 fn sources(cli: &Cli) -> anyhow::Result<Sources> {
-    let mut sources = Sources::default();
-    sources.file = cli.config.clone();
-    sources.env_file = cli.env_file.clone();
+    let mut sources = Sources {
+        file: cli.config.clone(),
+        env_file: cli.env_file.clone(),
+        ..Sources::default()
+    };
     for pair in &cli.set {
         let Some((k, v)) = pair.split_once('=') else {
             anyhow::bail!("--set takes KEY=VALUE, e.g. --set sqlite.max_connections=2");
@@ -90,7 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(demo(settings))
         }
     }
@@ -106,8 +115,18 @@ fn print_config(settings: &Settings, json: bool) {
         out!("{}", serde_json::Value::Array(rows));
         return;
     }
-    let width = settings.effective.iter().map(|(k, ..)| k.len()).max().unwrap_or(0);
-    let vwidth = settings.effective.iter().map(|(_, v, _)| v.len().min(48)).max().unwrap_or(0);
+    let width = settings
+        .effective
+        .iter()
+        .map(|(k, ..)| k.len())
+        .max()
+        .unwrap_or(0);
+    let vwidth = settings
+        .effective
+        .iter()
+        .map(|(_, v, _)| v.len().min(48))
+        .max()
+        .unwrap_or(0);
     for (k, v, o) in &settings.effective {
         out!("{k:<width$}  {v:<vwidth$}  ({o})");
     }
@@ -134,11 +153,19 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
             mrn: format!("DEMO-{run}-{i:03}"),
             given_name: GIVEN[i % GIVEN.len()].to_owned(),
             family_name: FAMILY[i % FAMILY.len()].to_owned(),
-            date_of_birth: NaiveDate::from_ymd_opt(1950 + i32::try_from(i * 4).unwrap_or(0), 1 + u32::try_from(i % 12).unwrap_or(0), 15)
-                .unwrap_or_default(),
+            date_of_birth: NaiveDate::from_ymd_opt(
+                1950 + i32::try_from(i * 4).unwrap_or(0),
+                1 + u32::try_from(i % 12).unwrap_or(0),
+                15,
+            )
+            .unwrap_or_default(),
             phone: (i % 3 == 0).then(|| format!("+1-555-01{i:02}")),
             email: None,
-            status: if i % 4 == 3 { PatientStatus::Inactive } else { PatientStatus::Active },
+            status: if i % 4 == 3 {
+                PatientStatus::Inactive
+            } else {
+                PatientStatus::Active
+            },
             created_at: now,
             version: 1,
         })
@@ -153,7 +180,11 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
                 patient_id: p.id,
                 starts_at: now + Duration::days(i64::try_from(i).unwrap_or(0) + 7 * k - 3),
                 duration_minutes: 30,
-                kind: if k == 0 { "checkup".into() } else { "follow_up".into() },
+                kind: if k == 0 {
+                    "checkup".into()
+                } else {
+                    "follow_up".into()
+                },
                 status: "scheduled".into(),
                 notes: Some("fake clinical note".into()),
                 version: 1,
@@ -161,9 +192,16 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         })
         .collect();
     appointments.insert_many(&visits).await?;
-    out!("  inserted {} patients and {} appointments (insert_many: one transaction each)", people.len(), visits.len());
+    out!(
+        "  inserted {} patients and {} appointments (insert_many: one transaction each)",
+        people.len(),
+        visits.len()
+    );
 
-    let first = patients.get(&people[0].id).await?.ok_or_else(|| anyhow::anyhow!("patient vanished"))?;
+    let first = patients
+        .get(&people[0].id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("patient vanished"))?;
     out!(
         "  get by id: patient {} found, status {:?}, version {} (names, MRN and birth date are PHI: not printed)",
         short(first.id),
@@ -171,11 +209,19 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         first.version
     );
     let some: Vec<Uuid> = people.iter().take(3).map(|p| p.id).collect();
-    out!("  get_many of {} keys: {} found", some.len(), patients.get_many(&some).await?.len());
+    out!(
+        "  get_many of {} keys: {} found",
+        some.len(),
+        patients.get_many(&some).await?.len()
+    );
 
     // Filtered, sorted, paginated.
-    let active_this_run = Filter::prefix("mrn", format!("DEMO-{run}-")).and(Filter::eq("status", "active"));
-    let mut query = Query::new().filter(active_this_run.clone()).sort_asc("family_name").limit(4);
+    let active_this_run =
+        Filter::prefix("mrn", format!("DEMO-{run}-")).and(Filter::eq("status", "active"));
+    let mut query = Query::new()
+        .filter(active_this_run.clone())
+        .sort_asc("family_name")
+        .limit(4);
     let mut pages = Vec::new();
     let mut seen = std::collections::HashSet::new();
     loop {
@@ -199,7 +245,9 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
     let upcoming = appointments
         .list(
             &Query::new()
-                .filter(Filter::is_in("patient_id", some.clone()).and(Filter::gte("starts_at", now)))
+                .filter(
+                    Filter::is_in("patient_id", some.clone()).and(Filter::gte("starts_at", now)),
+                )
                 .sort_asc("starts_at")
                 .limit(10),
         )
@@ -208,24 +256,52 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         "  upcoming appointments of 3 patients: {} (first: {} on {})",
         upcoming.items.len(),
         upcoming.items.first().map_or("-", |a| a.kind.as_str()),
-        upcoming.items.first().map_or_else(|| "-".to_owned(), |a| a.starts_at.format("%Y-%m-%d %H:%M UTC").to_string())
+        upcoming.items.first().map_or_else(
+            || "-".to_owned(),
+            |a| a.starts_at.format("%Y-%m-%d %H:%M UTC").to_string()
+        )
     );
 
     // Optimistic concurrency: two writers read version 1; the second loses.
     let target = people[1].id;
-    let read_by_both = patients.get(&target).await?.ok_or_else(|| anyhow::anyhow!("patient vanished"))?.version;
+    let read_by_both = patients
+        .get(&target)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("patient vanished"))?
+        .version;
     let won = patients
-        .update(&target, &Patch::new().set("status", "inactive").expect_version(read_by_both))
+        .update(
+            &target,
+            &Patch::new()
+                .set("status", "inactive")
+                .expect_version(read_by_both),
+        )
         .await?
         .ok_or_else(|| anyhow::anyhow!("patient vanished"))?;
-    out!("  writer A updated patient {} with version {read_by_both}: now version {}", short(target), won.version);
-    match patients.update(&target, &Patch::new().set("phone", "+1-555-0199").expect_version(read_by_both)).await {
-        Err(e @ Error::Conflict { .. }) => out!("  writer B, also expecting version {read_by_both}, was refused: {e}"),
+    out!(
+        "  writer A updated patient {} with version {read_by_both}: now version {}",
+        short(target),
+        won.version
+    );
+    match patients
+        .update(
+            &target,
+            &Patch::new()
+                .set("phone", "+1-555-0199")
+                .expect_version(read_by_both),
+        )
+        .await
+    {
+        Err(e @ Error::Conflict { .. }) => {
+            out!("  writer B, also expecting version {read_by_both}, was refused: {e}")
+        }
         Ok(_) => anyhow::bail!("a stale write went through"),
         Err(e) => return Err(e.into()),
     }
 
-    let total = patients.count(&Filter::prefix("mrn", format!("DEMO-{run}-"))).await?;
+    let total = patients
+        .count(&Filter::prefix("mrn", format!("DEMO-{run}-")))
+        .await?;
     let all_rows = patients.count(&Filter::all()).await?;
     out!(
         "done in {} ms: {total} patients written by this run ({all_rows} in the store, earlier runs included)",

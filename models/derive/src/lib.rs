@@ -62,10 +62,16 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         );
     }
     let Data::Struct(data) = &input.data else {
-        return err(ident.span(), "#[derive(Entity)] works on structs with named fields only");
+        return err(
+            ident.span(),
+            "#[derive(Entity)] works on structs with named fields only",
+        );
     };
     let Fields::Named(named) = &data.fields else {
-        return err(ident.span(), "#[derive(Entity)] works on structs with named fields only");
+        return err(
+            ident.span(),
+            "#[derive(Entity)] works on structs with named fields only",
+        );
     };
 
     // Container attributes.
@@ -103,7 +109,9 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     if !valid_identifier(&store_name) {
         return err(
             ident.span(),
-            format!("the derived entity name `{store_name}` is not a valid store name: set #[entity(name = \"...\")]"),
+            format!(
+                "the derived entity name `{store_name}` is not a valid store name: set #[entity(name = \"...\")]"
+            ),
         );
     }
 
@@ -131,7 +139,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             );
         }
     };
-    let versions: Vec<_> = specs.iter().enumerate().filter(|(_, s)| s.version).collect();
+    let versions: Vec<_> = specs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.version)
+        .collect();
     let version_index = match versions.as_slice() {
         [] => None,
         [(i, _)] => Some(*i),
@@ -177,7 +189,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         if type_name_of(&v.ty) != "Int" || v.nullable || v.key {
             return err(
                 v.span,
-                format!("the #[version] field `{}` must be a non-optional integer (i64) and not the key", v.name),
+                format!(
+                    "the #[version] field `{}` must be a non-optional integer (i64) and not the key",
+                    v.name
+                ),
             );
         }
         if v.phi.is_some() {
@@ -283,7 +298,9 @@ fn field_spec(field: &syn::Field) -> syn::Result<FieldSpec> {
     if name.starts_with("r#") || !valid_identifier(&name) {
         return err(
             span,
-            format!("field name `{name}` must match [a-z_][a-z0-9_]* (at most 48 bytes) to be a store column"),
+            format!(
+                "field name `{name}` must match [a-z_][a-z0-9_]* (at most 48 bytes) to be a store column"
+            ),
         );
     }
     let mut spec = FieldSpec {
@@ -402,7 +419,11 @@ fn require_plain(attr: &syn::Attribute, msg: &str) -> syn::Result<()> {
 }
 
 fn type_name_of(ts: &TokenStream2) -> String {
-    ts.to_string().rsplit(' ').next().unwrap_or_default().to_owned()
+    ts.to_string()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn strip_option(ty: &Type) -> (&Type, bool) {
@@ -427,7 +448,12 @@ fn classify(ty: &Type) -> Result<&'static str, String> {
         return Err(unsupported(ty));
     };
     let name = last.ident.to_string();
-    let full: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
+    let full: Vec<String> = p
+        .path
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
     Ok(match name.as_str() {
         "String" => "Text",
         "i64" | "i32" | "i16" | "i8" | "u32" | "u16" | "u8" => "Int",

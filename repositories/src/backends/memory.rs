@@ -33,7 +33,10 @@ impl MemoryBackend {
     fn with_table<R>(&self, schema: &'static EntitySchema, f: impl FnOnce(&mut Table) -> R) -> R {
         // A poisoned lock means a panic mid-update in this process; the map
         // itself is never left half-written by our code, so keep serving.
-        let mut tables = self.tables.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(tables.entry(schema.name).or_default())
     }
 }
@@ -56,7 +59,9 @@ fn check_unique(schema: &'static EntitySchema, table: &Table, record: &Record) -
         if taken {
             return Err(Error::Conflict {
                 entity: schema.name,
-                kind: ConflictKind::Unique { field: Some(field.name) },
+                kind: ConflictKind::Unique {
+                    field: Some(field.name),
+                },
             });
         }
     }
@@ -80,7 +85,11 @@ fn bump(schema: &'static EntitySchema, record: &mut Record, from: i64) {
 pub(crate) fn compare(sort: &[(usize, Direction)], a: &Record, b: &Record) -> std::cmp::Ordering {
     for (i, dir) in sort {
         let ord = a.get(*i).total_cmp(b.get(*i));
-        let ord = if *dir == Direction::Desc { ord.reverse() } else { ord };
+        let ord = if *dir == Direction::Desc {
+            ord.reverse()
+        } else {
+            ord
+        };
         if ord.is_ne() {
             return ord;
         }
@@ -107,7 +116,10 @@ impl Backend for MemoryBackend {
         self.with_table(schema, |t| {
             let k = KeyTok::of(record.get(schema.key));
             if t.contains_key(&k) {
-                return Err(Error::Conflict { entity: schema.name, kind: ConflictKind::DuplicateKey });
+                return Err(Error::Conflict {
+                    entity: schema.name,
+                    kind: ConflictKind::DuplicateKey,
+                });
             }
             check_unique(schema, t, record)?;
             t.insert(k, record.clone());
@@ -122,7 +134,10 @@ impl Backend for MemoryBackend {
             for record in records {
                 let k = KeyTok::of(record.get(schema.key));
                 if scratch.contains_key(&k) {
-                    return Err(Error::Conflict { entity: schema.name, kind: ConflictKind::DuplicateKey });
+                    return Err(Error::Conflict {
+                        entity: schema.name,
+                        kind: ConflictKind::DuplicateKey,
+                    });
                 }
                 check_unique(schema, &scratch, record)?;
                 scratch.insert(k, record.clone());
@@ -138,7 +153,9 @@ impl Backend for MemoryBackend {
 
     async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
         Ok(self.with_table(schema, |t| {
-            keys.iter().filter_map(|k| t.get(&KeyTok::of(k)).cloned()).collect()
+            keys.iter()
+                .filter_map(|k| t.get(&KeyTok::of(k)).cloned())
+                .collect()
         }))
     }
 
@@ -150,7 +167,9 @@ impl Backend for MemoryBackend {
     ) -> Result<Option<Record>> {
         self.with_table(schema, |t| {
             let k = KeyTok::of(key);
-            let Some(stored) = t.get(&k) else { return Ok(None) };
+            let Some(stored) = t.get(&k) else {
+                return Ok(None);
+            };
             let current = version_of(schema, stored);
             if let (Some(expected), Some(actual)) = (patch.expected_version, current)
                 && expected != actual
@@ -182,7 +201,9 @@ impl Backend for MemoryBackend {
         self.with_table(schema, |t| {
             let k = KeyTok::of(record.get(schema.key));
             let Some(stored) = t.get(&k) else {
-                return Err(Error::NotFound { entity: schema.name });
+                return Err(Error::NotFound {
+                    entity: schema.name,
+                });
             };
             if let (Some(expected), Some(actual)) = (expected_version, version_of(schema, stored))
                 && expected != actual
@@ -217,9 +238,17 @@ impl Backend for MemoryBackend {
         Ok(self.with_table(schema, |t| t.remove(&KeyTok::of(key)).is_some()))
     }
 
-    async fn list(&self, schema: &'static EntitySchema, request: &ListRequest) -> Result<Vec<Record>> {
+    async fn list(
+        &self,
+        schema: &'static EntitySchema,
+        request: &ListRequest,
+    ) -> Result<Vec<Record>> {
         Ok(self.with_table(schema, |t| {
-            let mut rows: Vec<Record> = t.values().filter(|r| request.cond.matches(r)).cloned().collect();
+            let mut rows: Vec<Record> = t
+                .values()
+                .filter(|r| request.cond.matches(r))
+                .cloned()
+                .collect();
             rows.sort_by(|a, b| compare(&request.sort, a, b));
             rows.truncate(request.limit);
             rows
@@ -227,7 +256,9 @@ impl Backend for MemoryBackend {
     }
 
     async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
-        Ok(self.with_table(schema, |t| t.values().filter(|r| cond.matches(r)).count() as u64))
+        Ok(self.with_table(schema, |t| {
+            t.values().filter(|r| cond.matches(r)).count() as u64
+        }))
     }
 
     async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {

@@ -50,7 +50,10 @@ impl SqliteBackend {
     /// A backend over a pool (see `dl_connections::sqlite` to build one).
     #[must_use]
     pub fn new(pool: SqlitePool) -> Self {
-        SqliteBackend { pool, statements: Arc::default() }
+        SqliteBackend {
+            pool,
+            statements: Arc::default(),
+        }
     }
 
     /// The pool.
@@ -104,7 +107,10 @@ impl SqliteBackend {
             .map_err(|e| self.err(schema, op, e))?;
         match row {
             None => Ok(None),
-            Some(r) => Ok(Some(Some(r.try_get::<i64, _>(0).map_err(|e| self.err(schema, op, e))?))),
+            Some(r) => Ok(Some(Some(
+                r.try_get::<i64, _>(0)
+                    .map_err(|e| self.err(schema, op, e))?,
+            ))),
         }
     }
 }
@@ -131,28 +137,42 @@ fn render(schema: &'static EntitySchema) -> Statements {
         })
         .collect();
     let upsert = if upsert_sets.is_empty() {
-        format!("INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {key} = excluded.{key} RETURNING {cols}")
+        format!(
+            "INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {key} = excluded.{key} RETURNING {cols}"
+        )
     } else {
         format!(
             "INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {} RETURNING {cols}",
             upsert_sets.join(", ")
         )
     };
-    let replace_sets: Vec<String> = non_key.iter().map(|(_, f)| format!("{} = ?", ident(f.name))).collect();
+    let replace_sets: Vec<String> = non_key
+        .iter()
+        .map(|(_, f)| format!("{} = ?", ident(f.name)))
+        .collect();
     let replace = if replace_sets.is_empty() {
         format!("UPDATE {table} SET {key} = {key} WHERE {key} = ?")
     } else {
-        format!("UPDATE {table} SET {} WHERE {key} = ?", replace_sets.join(", "))
+        format!(
+            "UPDATE {table} SET {} WHERE {key} = ?",
+            replace_sets.join(", ")
+        )
     };
     let replace = match schema.version {
-        Some(vi) => format!("{replace} AND {} = ? RETURNING {cols}", ident(schema.fields[vi].name)),
+        Some(vi) => format!(
+            "{replace} AND {} = ? RETURNING {cols}",
+            ident(schema.fields[vi].name)
+        ),
         None => format!("{replace} RETURNING {cols}"),
     };
     Statements {
         insert_one: format!("INSERT INTO {table} ({cols}) VALUES ({marks})").into(),
         select: format!("SELECT {cols} FROM {table}"),
         get: format!("SELECT {cols} FROM {table} WHERE {key} = ?").into(),
-        get_many: format!("SELECT {cols} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?))").into(),
+        get_many: format!(
+            "SELECT {cols} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?))"
+        )
+        .into(),
         delete: format!("DELETE FROM {table} WHERE {key} = ?").into(),
         exists: format!("SELECT 1 FROM {table} WHERE {key} = ? LIMIT 1").into(),
         upsert: upsert.into(),
@@ -180,7 +200,10 @@ pub fn create_table_sql(schema: &EntitySchema) -> Vec<String> {
         }
         cols.push(col);
     }
-    let mut out = vec![format!("CREATE TABLE IF NOT EXISTS {table} ({}) STRICT", cols.join(", "))];
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({}) STRICT",
+        cols.join(", ")
+    )];
     for (i, f) in schema.fields.iter().enumerate() {
         if i == schema.key || !f.indexed {
             continue;
@@ -242,7 +265,10 @@ fn bind_all<'q>(mut q: Q<'q>, schema: &EntitySchema, binds: &[(Option<usize>, Bo
     q
 }
 
-fn decode_row(schema: &'static EntitySchema, row: &SqliteRow) -> std::result::Result<Record, sqlx::Error> {
+fn decode_row(
+    schema: &'static EntitySchema,
+    row: &SqliteRow,
+) -> std::result::Result<Record, sqlx::Error> {
     let mut values = Vec::with_capacity(schema.fields.len());
     for (i, f) in schema.fields.iter().enumerate() {
         let bad = |what: &str| sqlx::Error::ColumnDecode {
@@ -253,21 +279,31 @@ fn decode_row(schema: &'static EntitySchema, row: &SqliteRow) -> std::result::Re
             FieldType::Text => row.try_get::<Option<String>, _>(i)?.map(Value::Text),
             FieldType::Int => row.try_get::<Option<i64>, _>(i)?.map(Value::Int),
             FieldType::Float => row.try_get::<Option<f64>, _>(i)?.map(Value::Float),
-            FieldType::Bool => row.try_get::<Option<i64>, _>(i)?.map(|b| Value::Bool(b != 0)),
+            FieldType::Bool => row
+                .try_get::<Option<i64>, _>(i)?
+                .map(|b| Value::Bool(b != 0)),
             FieldType::Date => match row.try_get::<Option<String>, _>(i)? {
-                Some(s) => Some(Value::Date(NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| bad("date"))?)),
+                Some(s) => Some(Value::Date(
+                    NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| bad("date"))?,
+                )),
                 None => None,
             },
             FieldType::Timestamp => match row.try_get::<Option<i64>, _>(i)? {
-                Some(ms) => Some(Value::Timestamp(DateTime::from_timestamp_millis(ms).ok_or_else(|| bad("timestamp"))?)),
+                Some(ms) => Some(Value::Timestamp(
+                    DateTime::from_timestamp_millis(ms).ok_or_else(|| bad("timestamp"))?,
+                )),
                 None => None,
             },
             FieldType::Uuid => match row.try_get::<Option<String>, _>(i)? {
-                Some(s) => Some(Value::Uuid(uuid::Uuid::parse_str(&s).map_err(|_| bad("uuid"))?)),
+                Some(s) => Some(Value::Uuid(
+                    uuid::Uuid::parse_str(&s).map_err(|_| bad("uuid"))?,
+                )),
                 None => None,
             },
             FieldType::Json => match row.try_get::<Option<String>, _>(i)? {
-                Some(s) => Some(Value::Json(serde_json::from_str(&s).map_err(|_| bad("json"))?)),
+                Some(s) => Some(Value::Json(
+                    serde_json::from_str(&s).map_err(|_| bad("json"))?,
+                )),
                 None => None,
             },
         };
@@ -287,14 +323,20 @@ impl Backend for SqliteBackend {
     }
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(schema, Operation::Prepare, e))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.err(schema, Operation::Prepare, e))?;
         for stmt in create_table_sql(schema) {
             sqlx::query(AssertSqlSafe(stmt))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.err(schema, Operation::Prepare, e))?;
         }
-        tx.commit().await.map_err(|e| self.err(schema, Operation::Prepare, e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.err(schema, Operation::Prepare, e))?;
         self.statements(schema);
         Ok(())
     }
@@ -305,7 +347,9 @@ impl Backend for SqliteBackend {
         for (f, v) in schema.fields.iter().zip(&record.0) {
             q = bind(q, f.ty, v);
         }
-        q.execute(&self.pool).await.map_err(|e| self.err(schema, Operation::Insert, e))?;
+        q.execute(&self.pool)
+            .await
+            .map_err(|e| self.err(schema, Operation::Insert, e))?;
         Ok(())
     }
 
@@ -315,7 +359,11 @@ impl Backend for SqliteBackend {
         let cols = columns(schema);
         let row_marks = format!("({})", vec!["?"; schema.fields.len()].join(", "));
         let per_chunk = (MAX_VARIABLES / schema.fields.len()).clamp(1, 500);
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(schema, op, e))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
         for chunk in records.chunks(per_chunk) {
             let sql = format!(
                 "INSERT INTO {table} ({cols}) VALUES {}",
@@ -327,7 +375,9 @@ impl Backend for SqliteBackend {
                     q = bind(q, f.ty, v);
                 }
             }
-            q.execute(&mut *tx).await.map_err(|e| self.err(schema, op, e))?;
+            q.execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
         }
         tx.commit().await.map_err(|e| self.err(schema, op, e))?;
         Ok(())
@@ -335,10 +385,14 @@ impl Backend for SqliteBackend {
 
     async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
         let st = self.statements(schema);
-        let row = bind(sqlx::query(AssertSqlSafe(Arc::clone(&st.get))), schema.key_field().ty, key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(schema, Operation::Get, e))?;
+        let row = bind(
+            sqlx::query(AssertSqlSafe(Arc::clone(&st.get))),
+            schema.key_field().ty,
+            key,
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(schema, Operation::Get, e))?;
         row.map(|r| decode_row(schema, &r))
             .transpose()
             .map_err(|e| self.err(schema, Operation::Get, e))
@@ -392,9 +446,14 @@ impl Backend for SqliteBackend {
         if let Some((_, expected)) = check {
             q = q.bind(expected);
         }
-        let row = q.fetch_optional(&self.pool).await.map_err(|e| self.err(schema, op, e))?;
+        let row = q
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
         if let Some(r) = row {
-            return decode_row(schema, &r).map(Some).map_err(|e| self.err(schema, op, e));
+            return decode_row(schema, &r)
+                .map(Some)
+                .map_err(|e| self.err(schema, op, e));
         }
         match (check, self.stored_version(schema, op, key).await?) {
             (_, None) => Ok(None),
@@ -431,12 +490,17 @@ impl Backend for SqliteBackend {
         if schema.version.is_some() {
             q = q.bind(expected_version.unwrap_or_default());
         }
-        let row = q.fetch_optional(&self.pool).await.map_err(|e| self.err(schema, op, e))?;
+        let row = q
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
         if let Some(r) = row {
             return decode_row(schema, &r).map_err(|e| self.err(schema, op, e));
         }
         match self.stored_version(schema, op, key).await? {
-            None => Err(Error::NotFound { entity: schema.name }),
+            None => Err(Error::NotFound {
+                entity: schema.name,
+            }),
             Some(actual) => Err(Error::Conflict {
                 entity: schema.name,
                 kind: ConflictKind::VersionMismatch {
@@ -453,20 +517,31 @@ impl Backend for SqliteBackend {
         for (f, v) in schema.fields.iter().zip(&record.0) {
             q = bind(q, f.ty, v);
         }
-        let row = q.fetch_one(&self.pool).await.map_err(|e| self.err(schema, Operation::Upsert, e))?;
+        let row = q
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(schema, Operation::Upsert, e))?;
         decode_row(schema, &row).map_err(|e| self.err(schema, Operation::Upsert, e))
     }
 
     async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let st = self.statements(schema);
-        let done = bind(sqlx::query(AssertSqlSafe(Arc::clone(&st.delete))), schema.key_field().ty, key)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(schema, Operation::Delete, e))?;
+        let done = bind(
+            sqlx::query(AssertSqlSafe(Arc::clone(&st.delete))),
+            schema.key_field().ty,
+            key,
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(schema, Operation::Delete, e))?;
         Ok(done.rows_affected() > 0)
     }
 
-    async fn list(&self, schema: &'static EntitySchema, request: &ListRequest) -> Result<Vec<Record>> {
+    async fn list(
+        &self,
+        schema: &'static EntitySchema,
+        request: &ListRequest,
+    ) -> Result<Vec<Record>> {
         let st = self.statements(schema);
         let mut w = SqlWriter::new(Dialect::Sqlite, format!("{} WHERE ", st.select));
         w.cond(schema, &request.cond);
@@ -474,7 +549,10 @@ impl Backend for SqliteBackend {
         w.sql.push_str(" LIMIT ?");
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
         let q = bind_all(sqlx::query(AssertSqlSafe(w.sql)), schema, &w.binds).bind(limit);
-        let rows = q.fetch_all(&self.pool).await.map_err(|e| self.err(schema, Operation::List, e))?;
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(schema, Operation::List, e))?;
         rows.iter()
             .map(|r| decode_row(schema, r))
             .collect::<std::result::Result<_, _>>()
@@ -482,22 +560,31 @@ impl Backend for SqliteBackend {
     }
 
     async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
-        let mut w = SqlWriter::new(Dialect::Sqlite, format!("SELECT COUNT(*) FROM {} WHERE ", ident(schema.name)));
+        let mut w = SqlWriter::new(
+            Dialect::Sqlite,
+            format!("SELECT COUNT(*) FROM {} WHERE ", ident(schema.name)),
+        );
         w.cond(schema, cond);
         let row = bind_all(sqlx::query(AssertSqlSafe(w.sql)), schema, &w.binds)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(schema, Operation::Count, e))?;
-        let n: i64 = row.try_get(0).map_err(|e| self.err(schema, Operation::Count, e))?;
+        let n: i64 = row
+            .try_get(0)
+            .map_err(|e| self.err(schema, Operation::Count, e))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let st = self.statements(schema);
-        let row = bind(sqlx::query(AssertSqlSafe(Arc::clone(&st.exists))), schema.key_field().ty, key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(schema, Operation::Exists, e))?;
+        let row = bind(
+            sqlx::query(AssertSqlSafe(Arc::clone(&st.exists))),
+            schema.key_field().ty,
+            key,
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(schema, Operation::Exists, e))?;
         Ok(row.is_some())
     }
 }

@@ -1,0 +1,160 @@
+//! The `data-layer` command, run as a user would: on a fresh folder with no
+//! services, with broken settings, with an env file holding a password.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn data_layer(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_data-layer"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("run data-layer")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_runs_on_a_fresh_folder_with_no_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = data_layer(dir.path(), &["demo"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("data-layer demo on sqlite"), "{stdout}");
+    assert!(
+        stdout.contains("inserted 12 patients and 24 appointments"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("none repeated"), "{stdout}");
+    assert!(
+        stdout.contains("was refused") && stdout.contains("version mismatch"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("data/data-layer.db").is_file());
+    // The demo's fake PHI never reaches the output.
+    for phi in [
+        "Testperson",
+        "Example",
+        "DEMO-",
+        "+1-555",
+        "fake clinical note",
+    ] {
+        assert!(
+            !stdout.contains(phi) && !stderr.contains(phi),
+            "{phi} printed"
+        );
+    }
+    // A second run adds its own rows to the same file.
+    let again = data_layer(dir.path(), &["demo"]);
+    let (stdout, _) = text(&again);
+    assert!(again.status.success());
+    assert!(stdout.contains("(24 in the store"), "{stdout}");
+}
+
+#[test]
+fn config_redacts_secrets_and_honours_env_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("custom.env"),
+        "DATABASE_URL=postgres://app:Do-Not-Print-Me@db:5432/clinic\nDL_POSTGRES__MAX_CONNECTIONS=33\n",
+    )
+    .unwrap();
+    let out = data_layer(dir.path(), &["--env-file", "custom.env", "config"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("Do-Not-Print-Me"), "{stdout}");
+    assert!(
+        stdout.contains("postgres://app:***@db:5432/clinic"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("postgres.max_connections") && stdout.contains("33"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("env file custom.env"), "{stdout}");
+
+    let out = data_layer(
+        dir.path(),
+        &["--env-file", "custom.env", "config", "--json"],
+    );
+    let (stdout, _) = text(&out);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert!(rows.as_array().is_some_and(|r| r.len() > 40));
+    assert!(!stdout.contains("Do-Not-Print-Me"));
+}
+
+#[test]
+fn set_flag_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = data_layer(dir.path(), &["--set", "sqlite.max_connections=2", "config"]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("sqlite.max_connections")
+                && l.contains(" 2 ")
+                && l.contains("(flag)")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn broken_settings_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("data-layer.toml"),
+        "[sqlite]\nmax_connections = \"lots\"\n",
+    )
+    .unwrap();
+    let out = data_layer(dir.path(), &["demo"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("sqlite.max_connections") && stderr.contains("a whole number"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing written");
+
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        &["--env-file", "missing.env", "demo"][..],
+        &["--config", "missing.toml", "config"][..],
+        &["--set", "no-equals-sign", "config"][..],
+        &["--set", "postgres.max_conns=3", "config"][..],
+    ] {
+        let out = data_layer(empty.path(), args);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unopenable_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("blocker"),
+        "a file where a folder should be",
+    )
+    .unwrap();
+    let out = data_layer(
+        dir.path(),
+        &["--set", "database_url=sqlite://blocker/db.sqlite", "demo"],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("sqlite") && stderr.contains("cannot open"),
+        "{stderr}"
+    );
+}
