@@ -252,3 +252,118 @@ pub async fn run_conformance(backend: &str, factory: Factory, parallel: usize) -
     report.failed.sort_by_key(|(n, _)| *n);
     report
 }
+
+/// A backend that declares fewer capabilities than the one it wraps: what
+/// Redis will declare (eq/in on indexed fields only, no sorting, no prefix).
+/// It mocks no store; it proves that the shared layer refuses, before any
+/// I/O, exactly what a backend declares it cannot serve, and that the suite
+/// asserts and counts those refusals.
+#[derive(Debug)]
+pub struct Restricted {
+    inner: Arc<dyn Backend>,
+    caps: Capabilities,
+}
+
+impl Restricted {
+    /// Wraps `inner`, declaring indexed-equality filters only and no sorting.
+    #[must_use]
+    pub fn indexed_equality_only(inner: Arc<dyn Backend>) -> Self {
+        let mut caps = inner.capabilities();
+        caps.filter = FilterSupport::IndexedEquality;
+        caps.sort = false;
+        caps.prefix = false;
+        Restricted { inner, caps }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Restricted {
+    fn store(&self) -> Store {
+        self.inner.store()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+    async fn prepare(&self, s: &'static dl_models::EntitySchema) -> dl_repositories::Result<()> {
+        self.inner.prepare(s).await
+    }
+    async fn insert(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        r: &dl_models::Record,
+    ) -> dl_repositories::Result<()> {
+        self.inner.insert(s, r).await
+    }
+    async fn insert_many(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        r: &[dl_models::Record],
+    ) -> dl_repositories::Result<()> {
+        self.inner.insert_many(s, r).await
+    }
+    async fn get(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        k: &dl_models::Value,
+    ) -> dl_repositories::Result<Option<dl_models::Record>> {
+        self.inner.get(s, k).await
+    }
+    async fn get_many(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        k: &[dl_models::Value],
+    ) -> dl_repositories::Result<Vec<dl_models::Record>> {
+        self.inner.get_many(s, k).await
+    }
+    async fn update(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        k: &dl_models::Value,
+        p: &dl_repositories::ValidPatch,
+    ) -> dl_repositories::Result<Option<dl_models::Record>> {
+        self.inner.update(s, k, p).await
+    }
+    async fn replace(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        r: &dl_models::Record,
+        v: Option<i64>,
+    ) -> dl_repositories::Result<dl_models::Record> {
+        self.inner.replace(s, r, v).await
+    }
+    async fn upsert(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        r: &dl_models::Record,
+    ) -> dl_repositories::Result<dl_models::Record> {
+        self.inner.upsert(s, r).await
+    }
+    async fn delete(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        k: &dl_models::Value,
+    ) -> dl_repositories::Result<bool> {
+        self.inner.delete(s, k).await
+    }
+    async fn list(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        r: &dl_repositories::ListRequest,
+    ) -> dl_repositories::Result<Vec<dl_models::Record>> {
+        self.inner.list(s, r).await
+    }
+    async fn count(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        c: &dl_repositories::Cond,
+    ) -> dl_repositories::Result<u64> {
+        self.inner.count(s, c).await
+    }
+    async fn exists(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        k: &dl_models::Value,
+    ) -> dl_repositories::Result<bool> {
+        self.inner.exists(s, k).await
+    }
+}
