@@ -113,6 +113,18 @@ impl<T: Entity> Repo<T> {
         if !dl_models::is_valid_identifier(schema.name) {
             return Err(Error::invalid(schema.name, None, "invalid entity name"));
         }
+        if !backend.capabilities().unique
+            && let Some(f) = schema.fields.iter().find(|f| f.unique)
+        {
+            return Err(Error::unsupported(
+                backend.store(),
+                Operation::Prepare,
+                format!(
+                    "{} declares `{}` unique, and this store cannot enforce unique values",
+                    schema.rust_name, f.name
+                ),
+            ));
+        }
         backend.prepare(schema).await?;
         Ok(Repo {
             backend,

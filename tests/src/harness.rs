@@ -274,6 +274,14 @@ impl Restricted {
         caps.prefix = false;
         Restricted { inner, caps }
     }
+
+    /// Wraps `inner`, declaring that unique values are not enforced.
+    #[must_use]
+    pub fn without_unique(inner: Arc<dyn Backend>) -> Self {
+        let mut caps = inner.capabilities();
+        caps.unique = false;
+        Restricted { inner, caps }
+    }
 }
 
 #[async_trait::async_trait]

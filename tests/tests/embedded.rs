@@ -124,3 +124,25 @@ fn model_restricted_capabilities() {
         report.sequences, report.steps, report.unsupported_steps
     ));
 }
+
+/// An entity with a unique field cannot be opened on a store that cannot
+/// enforce it: a precise Unsupported error, before anything is created.
+#[tokio::test]
+async fn unique_fields_need_a_store_that_enforces_them() {
+    use dl_repositories::{Error, Operation, Repo, Store};
+    use dl_tests::entities::{Note, Specimen};
+    let backend: Arc<dyn Backend> =
+        Arc::new(Restricted::without_unique(Arc::new(MemoryBackend::new())));
+    match Repo::<Specimen>::open(Arc::clone(&backend)).await {
+        Err(Error::Unsupported {
+            store: Store::Memory,
+            operation: Operation::Prepare,
+            reason,
+        }) => {
+            assert!(reason.contains("`code`"), "{reason}");
+        }
+        other => panic!("expected Unsupported, got {:?}", other.map(|_| ())),
+    }
+    // An entity without unique fields opens fine.
+    Repo::<Note>::open(backend).await.expect("no unique fields");
+}
