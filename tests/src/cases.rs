@@ -1085,15 +1085,25 @@ async fn filter_not_eq_includes_nulls(ctx: Ctx) -> CaseResult {
     PASS
 }
 
-async fn filter_prefix(ctx: Ctx) -> CaseResult {
-    for (i, l) in ["Smith", "Smithers", "smith", "Smyth", "Ωmega", "Ωm"]
-        .iter()
-        .enumerate()
-    {
+/// Inserts s00, s01, ... with the given labels.
+async fn seed_labels(ctx: &Ctx, labels: &[&str]) -> Result<(), String> {
+    for (i, l) in labels.iter().enumerate() {
         let mut s = Specimen::new(&id(i), 0);
         s.label = (*l).to_owned();
-        ok!(ctx.specimens.insert(&s).await);
+        ctx.specimens
+            .insert(&s)
+            .await
+            .map_err(|e| format!("seed: {e}"))?;
     }
+    Ok(())
+}
+
+async fn filter_prefix(ctx: Ctx) -> CaseResult {
+    seed_labels(
+        &ctx,
+        &["Smith", "Smithers", "smith", "Smyth", "Ωmega", "Ωm"],
+    )
+    .await?;
     let got = gated!(
         ctx,
         Need::Prefix,
