@@ -1122,14 +1122,7 @@ async fn filter_prefix(ctx: Ctx) -> CaseResult {
 }
 
 async fn filter_prefix_is_literal(ctx: Ctx) -> CaseResult {
-    for (i, l) in ["100%", "100x", "a_b", "axb", "[ab]", "a.b"]
-        .iter()
-        .enumerate()
-    {
-        let mut s = Specimen::new(&id(i), 0);
-        s.label = (*l).to_owned();
-        ok!(ctx.specimens.insert(&s).await);
-    }
+    seed_labels(&ctx, &["100%", "100x", "a_b", "axb", "[ab]", "a.b"]).await?;
     let got = gated!(
         ctx,
         Need::Prefix,
