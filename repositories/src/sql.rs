@@ -201,3 +201,149 @@ impl SqlWriter {
         }
     }
 }
+
+/// The fixed statements of one entity in one dialect, rendered once.
+/// Placeholders are bound in this order:
+/// - `insert_one`, `upsert`: every field in schema order;
+/// - `get`, `delete`, `exists`, `stored_version`: the key;
+/// - `get_many`: the list of keys;
+/// - `replace`: every non-key field in order, the key, then (with a version
+///   field) the expected version.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub insert_one: std::sync::Arc<str>,
+    pub select: String,
+    pub get: std::sync::Arc<str>,
+    pub get_many: std::sync::Arc<str>,
+    pub delete: std::sync::Arc<str>,
+    pub exists: std::sync::Arc<str>,
+    pub upsert: std::sync::Arc<str>,
+    pub replace: std::sync::Arc<str>,
+    pub stored_version: Option<std::sync::Arc<str>>,
+    pub count: String,
+}
+
+/// Placeholder number `n` (1-based) in a dialect.
+pub(crate) fn mark(d: Dialect, n: usize) -> String {
+    match d {
+        Dialect::Sqlite => "?".to_owned(),
+        Dialect::Postgres => format!("${n}"),
+    }
+}
+
+fn marks(d: Dialect, from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| mark(d, n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Renders the fixed statements; `table` is the (qualified, quoted) table.
+pub(crate) fn statements(d: Dialect, table: &str, schema: &EntitySchema) -> Statements {
+    let cols = columns(schema);
+    let key = ident(schema.key_field().name);
+    let n = schema.fields.len();
+    let all_marks = marks(d, 1, n);
+    let non_key: Vec<(usize, &dl_models::FieldDef)> = schema
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != schema.key)
+        .collect();
+    let upsert_sets: Vec<String> = non_key
+        .iter()
+        .map(|(i, f)| {
+            let c = ident(f.name);
+            if Some(*i) == schema.version {
+                format!("{c} = cur.{c} + 1")
+            } else {
+                format!("{c} = excluded.{c}")
+            }
+        })
+        .collect();
+    let upsert_sets = if upsert_sets.is_empty() {
+        format!("{key} = excluded.{key}")
+    } else {
+        upsert_sets.join(", ")
+    };
+    let replace_sets: Vec<String> = non_key
+        .iter()
+        .enumerate()
+        .map(|(j, (_, f))| format!("{} = {}", ident(f.name), mark(d, j + 1)))
+        .collect();
+    let replace_sets = if replace_sets.is_empty() {
+        format!("{key} = {key}")
+    } else {
+        replace_sets.join(", ")
+    };
+    let key_mark = mark(d, non_key.len() + 1);
+    let mut replace = format!("UPDATE {table} SET {replace_sets} WHERE {key} = {key_mark}");
+    if let Some(vi) = schema.version {
+        replace.push_str(&format!(
+            " AND {} = {}",
+            ident(schema.fields[vi].name),
+            mark(d, non_key.len() + 2)
+        ));
+    }
+    replace.push_str(&format!(" RETURNING {cols}"));
+    let m1 = mark(d, 1);
+    let get_many = match d {
+        Dialect::Sqlite => {
+            format!("SELECT {cols} FROM {table} WHERE {key} IN (SELECT value FROM json_each({m1}))")
+        }
+        Dialect::Postgres => format!("SELECT {cols} FROM {table} WHERE {key} = ANY({m1})"),
+    };
+    Statements {
+        insert_one: format!("INSERT INTO {table} ({cols}) VALUES ({all_marks})").into(),
+        select: format!("SELECT {cols} FROM {table}"),
+        get: format!("SELECT {cols} FROM {table} WHERE {key} = {m1}").into(),
+        get_many: get_many.into(),
+        delete: format!("DELETE FROM {table} WHERE {key} = {m1}").into(),
+        exists: format!("SELECT 1 FROM {table} WHERE {key} = {m1} LIMIT 1").into(),
+        upsert: format!(
+            "INSERT INTO {table} AS cur ({cols}) VALUES ({all_marks}) ON CONFLICT ({key}) DO UPDATE SET {upsert_sets} RETURNING {cols}"
+        )
+        .into(),
+        replace: replace.into(),
+        stored_version: schema.version.map(|vi| {
+            format!("SELECT {} FROM {table} WHERE {key} = {m1}", ident(schema.fields[vi].name)).into()
+        }),
+        count: format!("SELECT COUNT(*) FROM {table}"),
+    }
+}
+
+/// `UPDATE ... SET <patched fields>, version = version + 1 WHERE key = ?
+/// [AND version = ?] RETURNING <all>`. Binds: the patched values in order,
+/// the key, then the expected version if `check_version`.
+pub(crate) fn update_sql(
+    d: Dialect,
+    table: &str,
+    schema: &EntitySchema,
+    patched: &[usize],
+    check_version: bool,
+) -> String {
+    let mut sets: Vec<String> = patched
+        .iter()
+        .enumerate()
+        .map(|(j, i)| format!("{} = {}", ident(schema.fields[*i].name), mark(d, j + 1)))
+        .collect();
+    if let Some(vi) = schema.version {
+        let v = ident(schema.fields[vi].name);
+        sets.push(format!("{v} = {v} + 1"));
+    }
+    let mut sql = format!(
+        "UPDATE {table} SET {} WHERE {} = {}",
+        sets.join(", "),
+        ident(schema.key_field().name),
+        mark(d, patched.len() + 1)
+    );
+    if let (true, Some(vi)) = (check_version, schema.version) {
+        sql.push_str(&format!(
+            " AND {} = {}",
+            ident(schema.fields[vi].name),
+            mark(d, patched.len() + 2)
+        ));
+    }
+    sql.push_str(&format!(" RETURNING {}", columns(schema)));
+    sql
+}

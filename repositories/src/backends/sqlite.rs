@@ -18,26 +18,13 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use crate::backend::{Backend, Capabilities};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
-use crate::sql::{Bound, Dialect, SqlWriter, columns, ident};
+use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, statements, update_sql};
 use crate::sqlx_errors::map_sqlx_error;
 
 /// Most bound values in one statement (SQLite's limit is 32766).
 const MAX_VARIABLES: usize = 30_000;
 
 type Q<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
-
-/// Statements of one entity, rendered once.
-#[derive(Debug)]
-struct Statements {
-    insert_one: Arc<str>,
-    select: String,
-    get: Arc<str>,
-    get_many: Arc<str>,
-    delete: Arc<str>,
-    exists: Arc<str>,
-    upsert: Arc<str>,
-    replace: Arc<str>,
-}
 
 /// The SQLite backend over a sqlx pool.
 #[derive(Debug, Clone)]
@@ -71,7 +58,7 @@ impl SqliteBackend {
         {
             return Arc::clone(s);
         }
-        let s = Arc::new(render(schema));
+        let s = Arc::new(statements(Dialect::Sqlite, &ident(schema.name), schema));
         self.statements
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -91,16 +78,11 @@ impl SqliteBackend {
         op: Operation,
         key: &Value,
     ) -> Result<Option<Option<i64>>> {
-        let Some(vi) = schema.version else {
+        let st = self.statements(schema);
+        let Some(sql) = st.stored_version.clone() else {
             let found = self.exists(schema, key).await?;
             return Ok(found.then_some(None));
         };
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} = ?",
-            ident(schema.fields[vi].name),
-            ident(schema.name),
-            ident(schema.key_field().name)
-        );
         let row = bind(sqlx::query(AssertSqlSafe(sql)), schema.key_field().ty, key)
             .fetch_optional(&self.pool)
             .await
@@ -112,71 +94,6 @@ impl SqliteBackend {
                     .map_err(|e| self.err(schema, op, e))?,
             ))),
         }
-    }
-}
-
-fn render(schema: &'static EntitySchema) -> Statements {
-    let table = ident(schema.name);
-    let cols = columns(schema);
-    let key = ident(schema.key_field().name);
-    let marks = vec!["?"; schema.fields.len()].join(", ");
-    let non_key: Vec<_> = schema
-        .fields
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != schema.key)
-        .collect();
-    let upsert_sets: Vec<String> = non_key
-        .iter()
-        .map(|(i, f)| {
-            if Some(*i) == schema.version {
-                format!("{c} = {table}.{c} + 1", c = ident(f.name))
-            } else {
-                format!("{c} = excluded.{c}", c = ident(f.name))
-            }
-        })
-        .collect();
-    let upsert = if upsert_sets.is_empty() {
-        format!(
-            "INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {key} = excluded.{key} RETURNING {cols}"
-        )
-    } else {
-        format!(
-            "INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {} RETURNING {cols}",
-            upsert_sets.join(", ")
-        )
-    };
-    let replace_sets: Vec<String> = non_key
-        .iter()
-        .map(|(_, f)| format!("{} = ?", ident(f.name)))
-        .collect();
-    let replace = if replace_sets.is_empty() {
-        format!("UPDATE {table} SET {key} = {key} WHERE {key} = ?")
-    } else {
-        format!(
-            "UPDATE {table} SET {} WHERE {key} = ?",
-            replace_sets.join(", ")
-        )
-    };
-    let replace = match schema.version {
-        Some(vi) => format!(
-            "{replace} AND {} = ? RETURNING {cols}",
-            ident(schema.fields[vi].name)
-        ),
-        None => format!("{replace} RETURNING {cols}"),
-    };
-    Statements {
-        insert_one: format!("INSERT INTO {table} ({cols}) VALUES ({marks})").into(),
-        select: format!("SELECT {cols} FROM {table}"),
-        get: format!("SELECT {cols} FROM {table} WHERE {key} = ?").into(),
-        get_many: format!(
-            "SELECT {cols} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?))"
-        )
-        .into(),
-        delete: format!("DELETE FROM {table} WHERE {key} = ?").into(),
-        exists: format!("SELECT 1 FROM {table} WHERE {key} = ? LIMIT 1").into(),
-        upsert: upsert.into(),
-        replace: replace.into(),
     }
 }
 
@@ -418,26 +335,15 @@ impl Backend for SqliteBackend {
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
         let op = Operation::Update;
-        let mut sets: Vec<String> = patch
-            .sets
-            .iter()
-            .map(|(i, _)| format!("{} = ?", ident(schema.fields[*i].name)))
-            .collect();
-        if let Some(vi) = schema.version {
-            let v = ident(schema.fields[vi].name);
-            sets.push(format!("{v} = {v} + 1"));
-        }
-        let mut sql = format!(
-            "UPDATE {} SET {} WHERE {} = ?",
-            ident(schema.name),
-            sets.join(", "),
-            ident(schema.key_field().name)
-        );
         let check = schema.version.zip(patch.expected_version);
-        if let Some((vi, _)) = check {
-            sql.push_str(&format!(" AND {} = ?", ident(schema.fields[vi].name)));
-        }
-        sql.push_str(&format!(" RETURNING {}", columns(schema)));
+        let patched: Vec<usize> = patch.sets.iter().map(|(i, _)| *i).collect();
+        let sql = update_sql(
+            Dialect::Sqlite,
+            &ident(schema.name),
+            schema,
+            &patched,
+            check.is_some(),
+        );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (i, v) in &patch.sets {
             q = bind(q, schema.fields[*i].ty, v);
@@ -560,10 +466,8 @@ impl Backend for SqliteBackend {
     }
 
     async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
-        let mut w = SqlWriter::new(
-            Dialect::Sqlite,
-            format!("SELECT COUNT(*) FROM {} WHERE ", ident(schema.name)),
-        );
+        let st = self.statements(schema);
+        let mut w = SqlWriter::new(Dialect::Sqlite, format!("{} WHERE ", st.count));
         w.cond(schema, cond);
         let row = bind_all(sqlx::query(AssertSqlSafe(w.sql)), schema, &w.binds)
             .fetch_one(&self.pool)
