@@ -27,6 +27,7 @@
 //! assert!(err.contains("a whole number from 1 to 1000"), "{err}");
 //! ```
 
+pub mod postgres;
 pub mod secret;
 pub mod settings;
 pub mod sqlite;

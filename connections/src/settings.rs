@@ -87,7 +87,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 8] = [
+const BASE_KEYS: [KeySpec; 9] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -136,6 +136,13 @@ const BASE_KEYS: [KeySpec; 8] = [
         kind: Kind::Bool,
         default: Some("true"),
         doc: "Fetch cluster schema metadata (false only for test servers that lack it).",
+    },
+    KeySpec {
+        key: "postgres.schema",
+        env: "DL_POSTGRES__SCHEMA",
+        kind: Kind::Name,
+        default: Some("public"),
+        doc: "PostgreSQL schema the tables live in.",
     },
     KeySpec {
         key: "redis.key_prefix",
@@ -362,6 +369,8 @@ pub struct Settings {
     pub mongodb_uri: Option<SecretUrl>,
     /// Redis, if configured.
     pub redis_url: Option<SecretUrl>,
+    /// PostgreSQL schema (namespace) of the tables.
+    pub postgres_schema: String,
     /// Redis key prefix.
     pub redis_key_prefix: String,
     /// ScyllaDB, if configured.
@@ -797,6 +806,7 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
         database_url,
         mongodb_uri: p.url("mongodb_uri")?,
         redis_url: p.url("redis_url")?,
+        postgres_schema: p.name("postgres.schema")?,
         redis_key_prefix: p.name("redis.key_prefix")?,
         scylla,
         sqlite: p.pool("sqlite")?,

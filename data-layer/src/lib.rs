@@ -56,6 +56,7 @@ pub use dl_repositories::{
 
 use dl_connections::DatabaseUrl;
 use dl_repositories::Backend;
+use dl_repositories::backends::postgres::PostgresBackend;
 use dl_repositories::backends::sqlite::SqliteBackend;
 
 /// Why a [`DataLayer`] could not be built.
@@ -75,14 +76,6 @@ pub enum SetupError {
         /// The driver's error.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
-    /// The settings name a store this build does not serve yet.
-    #[error("{store}: {reason}")]
-    NotServed {
-        /// Which store.
-        store: Store,
-        /// Why.
-        reason: String,
     },
 }
 
@@ -111,11 +104,22 @@ impl DataLayer {
                     })?;
                 Arc::new(SqliteBackend::new(pool))
             }
-            DatabaseUrl::Postgres(_) => {
-                return Err(SetupError::NotServed {
-                    store: Store::Postgres,
-                    reason: "the PostgreSQL backend is not part of this build yet; use a sqlite:// DATABASE_URL".into(),
-                });
+            DatabaseUrl::Postgres(url) => {
+                let pool = dl_connections::postgres::connect_lazy(url, &settings.postgres)
+                    .map_err(|e| SetupError::Connect {
+                        store: Store::Postgres,
+                        reason: format!("bad PostgreSQL options in {url}"),
+                        source: Some(Box::new(e)),
+                    })?;
+                let backend =
+                    PostgresBackend::new(pool, &settings.postgres_schema).map_err(|e| {
+                        SetupError::Connect {
+                            store: Store::Postgres,
+                            reason: e.to_string(),
+                            source: None,
+                        }
+                    })?;
+                Arc::new(backend)
             }
         };
         Ok(DataLayer {

@@ -58,8 +58,8 @@ pub mod value;
 pub use dl_models_derive::Entity;
 pub use entity::{CodecError, Entity, KeyValue, decode, encode};
 pub use schema::{
-    DEFAULT_MAX_VALUE_BYTES, EntitySchema, FieldDef, FieldType, Redaction, Sensitivity,
-    is_valid_identifier,
+    DEFAULT_MAX_VALUE_BYTES, EntitySchema, FieldDef, FieldType, MAX_INDEXED_TEXT_BYTES, Redaction,
+    Sensitivity, is_valid_identifier,
 };
 pub use value::{Record, Value};
 

@@ -141,12 +141,20 @@ pub struct FieldDef {
 }
 
 impl FieldDef {
-    /// The effective maximum size of a text or json value, in bytes.
+    /// The effective maximum size of a text or json value, in bytes: the
+    /// field's `max_len`, at most [`DEFAULT_MAX_VALUE_BYTES`], and at most
+    /// [`MAX_INDEXED_TEXT_BYTES`] for an indexed field.
     #[must_use]
     pub fn max_bytes(&self) -> usize {
-        self.max_len
+        let limit = self
+            .max_len
             .map_or(DEFAULT_MAX_VALUE_BYTES, |n| n as usize)
-            .min(DEFAULT_MAX_VALUE_BYTES)
+            .min(DEFAULT_MAX_VALUE_BYTES);
+        if self.indexed {
+            limit.min(MAX_INDEXED_TEXT_BYTES)
+        } else {
+            limit
+        }
     }
 }
 
@@ -156,6 +164,14 @@ impl FieldDef {
 /// bug or an attack; a field that needs more should hold a reference (see
 /// `MediaAsset`).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// The largest value of an indexed text field, in bytes (1 KiB).
+///
+/// Every store limits an index entry (PostgreSQL's btree about 2.7 KB,
+/// MongoDB's and Scylla's index keys likewise); one portable limit, checked
+/// before any I/O, keeps a long value from failing in one store and passing
+/// in another.
+pub const MAX_INDEXED_TEXT_BYTES: usize = 1024;
 
 /// The static description of an entity type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

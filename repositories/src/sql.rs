@@ -11,10 +11,6 @@ use crate::query::{CmpOp, Cond, Direction};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
     Sqlite,
-    #[expect(
-        dead_code,
-        reason = "the PostgreSQL backend arrives with the stores issue"
-    )]
     Postgres,
 }
 

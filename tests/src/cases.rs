@@ -315,23 +315,42 @@ async fn unicode_round_trips(ctx: Ctx) -> CaseResult {
 
 async fn large_value_round_trips(ctx: Ctx) -> CaseResult {
     let mut s = Specimen::new("big", 0);
-    s.label = "x".repeat(512 * 1024);
+    s.body = Some("x".repeat(512 * 1024));
+    s.label = "y".repeat(dl_models::MAX_INDEXED_TEXT_BYTES);
     ok!(ctx.specimens.insert(&s).await);
     let got = ok!(ctx.specimens.get(&"big".to_owned()).await);
-    check!(got.is_some_and(|g| g.label.len() == 512 * 1024));
+    check!(
+        got.as_ref() == Some(&s),
+        "512 KiB body and a 1 KiB indexed label round-trip"
+    );
     PASS
 }
 
 async fn oversize_value_is_rejected(ctx: Ctx) -> CaseResult {
     let mut s = Specimen::new("huge", 0);
-    s.label = "x".repeat(dl_models::DEFAULT_MAX_VALUE_BYTES + 1);
+    s.body = Some("x".repeat(dl_models::DEFAULT_MAX_VALUE_BYTES + 1));
+    let r = ctx.specimens.insert(&s).await;
+    check!(
+        matches!(&r, Err(Error::Invalid { field: Some(f), .. }) if f == "body"),
+        "{r:?}"
+    );
+    check!(is_invalid(&ctx.specimens.upsert(&s).await));
+    // An indexed text field holds at most MAX_INDEXED_TEXT_BYTES.
+    let mut s = Specimen::new("long-label", 0);
+    s.label = "y".repeat(dl_models::MAX_INDEXED_TEXT_BYTES + 1);
     let r = ctx.specimens.insert(&s).await;
     check!(
         matches!(&r, Err(Error::Invalid { field: Some(f), .. }) if f == "label"),
         "{r:?}"
     );
-    let r = ctx.specimens.upsert(&s).await;
-    check!(is_invalid(&r));
+    let r = ctx
+        .specimens
+        .count(&Filter::eq(
+            "label",
+            "y".repeat(dl_models::MAX_INDEXED_TEXT_BYTES + 1),
+        ))
+        .await;
+    check!(is_invalid(&r), "{r:?}");
     check!(count_specimens(&ctx).await? == 0, "nothing written");
     PASS
 }
@@ -461,6 +480,7 @@ fn full_specimen(key: &str) -> Specimen {
         seen_at: Some(ts(2026, 3, 4, 5)),
         ref_id: Some(Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef)),
         tags: vec!["a".into(), "b c".into()],
+        body: Some("long free text".into()),
         owner: Some("Test Owner".into()),
         version: 7,
     }

@@ -39,6 +39,8 @@ pub struct Specimen {
     /// A json document.
     #[field(json)]
     pub tags: Vec<String>,
+    /// Long free text: not indexed, so it may hold up to 1 MiB.
+    pub body: Option<String>,
     /// PHI, nullable, indexed: cursors must not carry it.
     #[indexed]
     #[phi(mask)]
@@ -63,6 +65,7 @@ impl Specimen {
             seen_at: None,
             ref_id: None,
             tags: Vec::new(),
+            body: None,
             owner: None,
             version: 1,
         }

@@ -17,4 +17,5 @@
 pub mod cases;
 pub mod entities;
 pub mod harness;
+pub mod live;
 pub mod model;

@@ -193,7 +193,7 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         .collect();
     appointments.insert_many(&visits).await?;
     out!(
-        "  inserted {} patients and {} appointments (insert_many: one transaction each)",
+        "  inserted {} patients and {} appointments (insert_many: one atomic batch each)",
         people.len(),
         visits.len()
     );

@@ -1,4 +1,5 @@
 //! The backends, one module per store.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;

@@ -1,0 +1,114 @@
+//! Helpers for the live stores of the test stack: where each store is,
+//! a namespace per test, and a loud failure when a configured store does
+//! not answer (never a skip).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dl_connections::{PoolSettings, SecretUrl, Settings, Sources};
+use dl_repositories::Backend;
+use dl_repositories::backends::postgres::PostgresBackend;
+
+use crate::harness::Factory;
+
+/// The PostgreSQL URL of the test stack: `TEST_POSTGRES_URL`, else the
+/// stack's default (written to `.env.test` by `scripts/stack.sh`).
+#[must_use]
+pub fn postgres_url() -> SecretUrl {
+    let raw = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    SecretUrl::parse(&raw).unwrap_or_else(|()| panic!("TEST_POSTGRES_URL is not a URL"))
+}
+
+/// Pool settings for tests: the defaults with a small pool.
+#[must_use]
+pub fn test_pool(max: u32) -> PoolSettings {
+    let mut p = Settings::load(&Sources::isolated())
+        .expect("default settings")
+        .postgres;
+    p.max_connections = max;
+    p
+}
+
+/// A unique prefix for one test's namespaces (`dlt_<8 hex>`).
+#[must_use]
+pub fn unique_prefix(tag: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("dlt_{tag}_{}", &id[..8])
+}
+
+/// PostgreSQL namespaces (schemas) made for one test, dropped by
+/// [`PgNamespaces::drop_all`].
+#[derive(Debug, Clone)]
+pub struct PgNamespaces {
+    prefix: String,
+    next: Arc<AtomicUsize>,
+}
+
+impl PgNamespaces {
+    /// Checks that the server answers (panics naming it otherwise) and
+    /// returns a namespace maker.
+    pub async fn new(tag: &str) -> Self {
+        let url = postgres_url();
+        let pool =
+            dl_connections::postgres::connect_lazy(&url, &test_pool(1)).expect("postgres options");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await;
+        match answer {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!(
+                "PostgreSQL at {url} is configured but does not answer ({e}); bring the stack up: scripts/stack.sh up"
+            ),
+            Err(_) => panic!(
+                "PostgreSQL at {url} is configured but did not answer within 10s; bring the stack up: scripts/stack.sh up"
+            ),
+        }
+        pool.close().await;
+        PgNamespaces {
+            prefix: unique_prefix(tag),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A factory: each call opens a pool and a backend in a fresh namespace.
+    #[must_use]
+    pub fn factory(&self, pool_size: u32) -> Factory {
+        let me = self.clone();
+        Arc::new(move || {
+            let me = me.clone();
+            Box::pin(async move {
+                let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                let pool =
+                    dl_connections::postgres::connect_lazy(&postgres_url(), &test_pool(pool_size))
+                        .expect("postgres options");
+                Arc::new(PostgresBackend::new(pool, &ns).expect("namespace")) as Arc<dyn Backend>
+            })
+        })
+    }
+
+    /// Drops every namespace this maker created.
+    pub async fn drop_all(&self) {
+        let pool = dl_connections::postgres::connect_lazy(&postgres_url(), &test_pool(1))
+            .expect("postgres options");
+        let names: Vec<(String,)> =
+            sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+                .bind(format!("{}_", self.prefix))
+                .fetch_all(&pool)
+                .await
+                .expect("list namespaces");
+        for (name,) in names {
+            assert!(dl_models::is_valid_identifier(&name));
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+            )))
+            .execute(&pool)
+            .await
+            .expect("drop namespace");
+        }
+        pool.close().await;
+    }
+}
