@@ -28,6 +28,7 @@
 //! ```
 
 pub mod postgres;
+pub mod redis;
 pub mod secret;
 pub mod settings;
 pub mod sqlite;

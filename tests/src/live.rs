@@ -9,6 +9,7 @@ use std::time::Duration;
 use dl_connections::{PoolSettings, SecretUrl, Settings, Sources};
 use dl_repositories::Backend;
 use dl_repositories::backends::postgres::PostgresBackend;
+use dl_repositories::backends::redis::RedisBackend;
 
 use crate::harness::Factory;
 
@@ -110,5 +111,93 @@ impl PgNamespaces {
             .expect("drop namespace");
         }
         pool.close().await;
+    }
+}
+
+/// The Redis URL of the test stack: `TEST_REDIS_URL`, else the stack's default.
+#[must_use]
+pub fn redis_url() -> SecretUrl {
+    let raw = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    SecretUrl::parse(&raw).unwrap_or_else(|()| panic!("TEST_REDIS_URL is not a URL"))
+}
+
+/// Redis key prefixes made for one test, removed by [`RedisNamespaces::drop_all`]
+/// (with SCAN, never KEYS).
+#[derive(Debug, Clone)]
+pub struct RedisNamespaces {
+    prefix: String,
+    next: Arc<AtomicUsize>,
+}
+
+impl RedisNamespaces {
+    /// Checks that the server answers (panics naming it otherwise).
+    pub async fn new(tag: &str) -> Self {
+        let url = redis_url();
+        let mut conn =
+            dl_connections::redis::connect_lazy(&url, &test_pool(1)).expect("redis options");
+        let answer: Result<Result<String, _>, _> = tokio::time::timeout(
+            Duration::from_secs(10),
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await;
+        match answer {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!(
+                "Redis at {url} is configured but does not answer ({e}); bring the stack up: scripts/stack.sh up"
+            ),
+            Err(_) => panic!(
+                "Redis at {url} is configured but did not answer within 10s; bring the stack up: scripts/stack.sh up"
+            ),
+        }
+        RedisNamespaces {
+            prefix: unique_prefix(tag),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A factory: each call opens a connection and a backend under a fresh prefix.
+    #[must_use]
+    pub fn factory(&self) -> Factory {
+        let me = self.clone();
+        Arc::new(move || {
+            let me = me.clone();
+            Box::pin(async move {
+                let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                let pool = test_pool(1);
+                let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool)
+                    .expect("redis options");
+                Arc::new(RedisBackend::new(conn, &ns, pool.request_timeout).expect("prefix"))
+                    as Arc<dyn Backend>
+            })
+        })
+    }
+
+    /// Removes every key under this maker's prefixes.
+    pub async fn drop_all(&self) {
+        let mut conn = dl_connections::redis::connect_lazy(&redis_url(), &test_pool(1))
+            .expect("redis options");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}_*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .expect("scan");
+            if !keys.is_empty() {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("unlink");
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod memory;
 pub mod postgres;
+pub mod redis;
 pub mod sqlite;

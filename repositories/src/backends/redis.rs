@@ -1,0 +1,900 @@
+//! The Redis backend (redis-rs, async, one multiplexed connection manager).
+//!
+//! Layout under `<prefix>:<entity>`:
+//! - `:r:<key>` — a hash per entity: `d` (the record as JSON), `rev` (a
+//!   revision bumped by every write), `ix` and `u` (the index entries and
+//!   unique claims the record owns, so a write can move them atomically);
+//! - `:k` — a sorted set of every key in an order-preserving encoding, read
+//!   with `ZRANGEBYLEX` for listing in key order and for cursors;
+//! - `:i:<field>:<value>` — a set of keys per value of an `#[indexed]` field;
+//! - `:u:<field>` — a hash of value → key per `#[indexed(unique)]` field.
+//!
+//! Every write is one Lua script that checks (revision, duplicates, unique
+//! claims) and writes record, key order and index entries atomically;
+//! `update`, `replace` and `upsert` read, compute the new record, and write
+//! only if the revision is unchanged (optimistic compare-and-set, retried).
+//! `insert_many` is one all-or-nothing script; `get_many` one pipeline.
+//! Filters: `eq` and `in` on the key and on `#[indexed]` fields (set
+//! operations); anything else is `Unsupported`. No `KEYS` anywhere.
+//! Single-node Redis (scripts touch keys they compute; not for Cluster).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dl_models::{EntitySchema, FieldType, Record, Value};
+use redis::aio::ConnectionManager;
+
+use crate::backend::{Backend, Capabilities, FilterSupport};
+use crate::error::{ConflictKind, Error, Operation, Result, Store};
+use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
+
+/// How many times a compare-and-set write re-reads after a concurrent write.
+const CAS_ATTEMPTS: usize = 64;
+
+const WRITE: &str = r#"
+local cur_rev = redis.call('HGET', KEYS[1], 'rev')
+if ARGV[1] == 'insert' then
+  if cur_rev then return {'dup'} end
+else
+  if ARGV[2] ~= '' and (cur_rev or '0') ~= ARGV[2] then return {'retry'} end
+  if ARGV[3] == '1' and not cur_rev then return {'missing'} end
+end
+local claims = cjson.decode(ARGV[6])
+for _, c in ipairs(claims) do
+  local owner = redis.call('HGET', c[1], c[2])
+  if owner and owner ~= ARGV[7] and redis.call('EXISTS', ARGV[8] .. owner) == 1 then
+    return {'unique', c[3]}
+  end
+end
+if cur_rev then
+  for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do
+    redis.call('SREM', k, ARGV[7])
+  end
+  for _, c in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'u'))) do
+    if redis.call('HGET', c[1], c[2]) == ARGV[7] then redis.call('HDEL', c[1], c[2]) end
+  end
+end
+for _, k in ipairs(cjson.decode(ARGV[5])) do redis.call('SADD', k, ARGV[7]) end
+for _, c in ipairs(claims) do redis.call('HSET', c[1], c[2], ARGV[7]) end
+local rev = (tonumber(cur_rev) or 0) + 1
+redis.call('HSET', KEYS[1], 'd', ARGV[4], 'rev', rev, 'ix', ARGV[5], 'u', ARGV[6])
+if tonumber(ARGV[9]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
+redis.call('ZADD', KEYS[2], 0, ARGV[7])
+return {'ok', tostring(rev)}
+"#;
+
+const INSERT_MANY: &str = r#"
+local items = cjson.decode(ARGV[3])
+local claimed = {}
+for _, it in ipairs(items) do
+  if redis.call('EXISTS', ARGV[1] .. it[1]) == 1 then return {'dup'} end
+  for _, c in ipairs(cjson.decode(it[4])) do
+    local slot = c[1] .. '\0' .. c[2]
+    if claimed[slot] then return {'unique', c[3]} end
+    claimed[slot] = true
+    local owner = redis.call('HGET', c[1], c[2])
+    if owner and redis.call('EXISTS', ARGV[1] .. owner) == 1 then return {'unique', c[3]} end
+  end
+end
+for _, it in ipairs(items) do
+  local rk = ARGV[1] .. it[1]
+  for _, k in ipairs(cjson.decode(it[3])) do redis.call('SADD', k, it[1]) end
+  for _, c in ipairs(cjson.decode(it[4])) do redis.call('HSET', c[1], c[2], it[1]) end
+  redis.call('HSET', rk, 'd', it[2], 'rev', 1, 'ix', it[3], 'u', it[4])
+  if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', rk, ARGV[2]) end
+  redis.call('ZADD', KEYS[1], 0, it[1])
+end
+return {'ok'}
+"#;
+
+const DELETE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do redis.call('SREM', k, ARGV[1]) end
+for _, c in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'u'))) do
+  if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// The Redis backend.
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    ttl: HashMap<&'static str, Duration>,
+    write: redis::Script,
+    insert_many: redis::Script,
+    delete: redis::Script,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a write script.
+enum Written {
+    Ok,
+    Duplicate,
+    Retry,
+    Missing,
+    Unique(String),
+}
+
+impl RedisBackend {
+    /// A backend over a connection manager (see `dl_connections::redis`),
+    /// writing every key under `prefix` (`[a-z_][a-z0-9_]*`). `timeout` is
+    /// the request timeout the connection enforces, reported in errors.
+    ///
+    /// # Errors
+    /// `Invalid` for a bad prefix.
+    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration) -> Result<Self> {
+        if !dl_models::is_valid_identifier(prefix) {
+            return Err(Error::invalid(
+                "redis",
+                Some(prefix),
+                "a key prefix must match [a-z_][a-z0-9_]* (at most 48 bytes)",
+            ));
+        }
+        Ok(RedisBackend {
+            conn,
+            prefix: prefix.to_owned(),
+            timeout,
+            ttl: HashMap::new(),
+            write: redis::Script::new(WRITE),
+            insert_many: redis::Script::new(INSERT_MANY),
+            delete: redis::Script::new(DELETE),
+        })
+    }
+
+    /// Entities of `entity` (its store name) expire `ttl` after their last
+    /// write. Index entries of expired entities are skipped when read.
+    #[must_use]
+    pub fn with_ttl(mut self, entity: &'static str, ttl: Duration) -> Self {
+        self.ttl.insert(entity, ttl);
+        self
+    }
+
+    fn base(&self, schema: &EntitySchema) -> String {
+        format!("{}:{}", self.prefix, schema.name)
+    }
+
+    fn record_key(&self, schema: &EntitySchema, member: &str) -> String {
+        format!("{}:r:{member}", self.base(schema))
+    }
+
+    fn keys_key(&self, schema: &EntitySchema) -> String {
+        format!("{}:k", self.base(schema))
+    }
+
+    fn index_key(&self, schema: &EntitySchema, field: &str, v: &Value) -> String {
+        format!("{}:i:{field}:{}", self.base(schema), value_token(v))
+    }
+
+    fn ttl_ms(&self, schema: &EntitySchema) -> u64 {
+        self.ttl
+            .get(schema.name)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn err(&self, _schema: &'static EntitySchema, op: Operation, e: redis::RedisError) -> Error {
+        map_redis_error(op, self.timeout, e)
+    }
+
+    /// The index entries and unique claims a record owns.
+    fn entries(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> (Vec<String>, Vec<(String, String, &'static str)>) {
+        let mut ix = Vec::new();
+        let mut claims = Vec::new();
+        for (i, f) in schema.fields.iter().enumerate() {
+            let v = record.get(i);
+            if i == schema.key || !f.indexed || v.is_null() || f.ty == FieldType::Json {
+                continue;
+            }
+            ix.push(self.index_key(schema, f.name, v));
+            if f.unique {
+                claims.push((
+                    format!("{}:u:{}", self.base(schema), f.name),
+                    value_token(v),
+                    f.name,
+                ));
+            }
+        }
+        (ix, claims)
+    }
+
+    async fn run_write(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        mode: &str,
+        expected_rev: &str,
+        must_exist: bool,
+        record: &Record,
+    ) -> Result<Written> {
+        let member = key_token(record.get(schema.key));
+        let (ix, claims) = self.entries(schema, record);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .write
+            .key(self.record_key(schema, &member))
+            .key(self.keys_key(schema))
+            .arg(mode)
+            .arg(expected_rev)
+            .arg(if must_exist { "1" } else { "0" })
+            .arg(encode_record(schema, record))
+            .arg(serde_json::to_string(&ix).unwrap_or_default())
+            .arg(serde_json::to_string(&claims).unwrap_or_default())
+            .arg(&member)
+            .arg(format!("{}:r:", self.base(schema)))
+            .arg(self.ttl_ms(schema))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("ok") => Written::Ok,
+            Some("dup") => Written::Duplicate,
+            Some("retry") => Written::Retry,
+            Some("missing") => Written::Missing,
+            Some("unique") => Written::Unique(reply.get(1).cloned().unwrap_or_default()),
+            _ => return Err(protocol(op, "unexpected reply from the write script")),
+        })
+    }
+
+    /// Reads a record and its revision.
+    async fn read(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        key: &Value,
+    ) -> Result<Option<(Record, String)>> {
+        let mut conn = self.conn.clone();
+        let (d, rev): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.record_key(schema, &key_token(key)))
+            .arg("d")
+            .arg("rev")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        match (d, rev) {
+            (Some(d), Some(rev)) => Ok(Some((decode_record(schema, op, &d)?, rev))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads records by key token, in one pipeline; absent ones are `None`.
+    async fn read_many(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        members: &[String],
+    ) -> Result<Vec<Option<Record>>> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for m in members {
+            pipe.cmd("HGET").arg(self.record_key(schema, m)).arg("d");
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<Option<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        raw.iter()
+            .map(|d| {
+                d.as_deref()
+                    .map(|d| decode_record(schema, op, d))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    fn unique_conflict(schema: &'static EntitySchema, field: &str) -> Error {
+        Error::Conflict {
+            entity: schema.name,
+            kind: ConflictKind::Unique {
+                field: schema.field(field).map(|f| f.name),
+            },
+        }
+    }
+
+    /// Compare-and-set: `compute` gets the current record (if any) and
+    /// returns the record to write (or an early answer); the write applies
+    /// only if nobody wrote in between, else it starts over.
+    async fn cas<F>(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        key: &Value,
+        must_exist: bool,
+        compute: F,
+    ) -> Result<Option<Record>>
+    where
+        F: Fn(Option<&Record>) -> Result<Option<Record>> + Send + Sync,
+    {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.read(schema, op, key).await?;
+            let Some(next) = compute(current.as_ref().map(|(r, _)| r))? else {
+                return Ok(None);
+            };
+            let rev = current.as_ref().map_or("0", |(_, rev)| rev.as_str());
+            match self
+                .run_write(schema, op, "put", rev, must_exist, &next)
+                .await?
+            {
+                Written::Ok => return Ok(Some(next)),
+                Written::Retry => {}
+                Written::Missing => return Ok(None),
+                Written::Unique(f) => return Err(Self::unique_conflict(schema, &f)),
+                Written::Duplicate => return Err(protocol(op, "duplicate on a put")),
+            }
+        }
+        Err(Error::Backend {
+            store: Store::Redis,
+            operation: op,
+            message: format!("gave up after {CAS_ATTEMPTS} concurrent writes to the same entity"),
+            retryable: true,
+            source: None,
+        })
+    }
+
+    /// The keys a condition narrows to, from the index sets; `None` when it
+    /// does not narrow (the whole key order is read and filtered).
+    async fn candidates(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        cond: &Cond,
+    ) -> Result<Option<BTreeSet<String>>> {
+        let mut sets = Vec::new();
+        collect_sets(self, schema, cond, &mut sets);
+        let mut fetched: HashMap<String, BTreeSet<String>> = HashMap::new();
+        if !sets.is_empty() {
+            let mut pipe = redis::pipe();
+            for s in &sets {
+                pipe.cmd("SMEMBERS").arg(s);
+            }
+            let mut conn = self.conn.clone();
+            let members: Vec<Vec<String>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
+            fetched = sets
+                .into_iter()
+                .zip(members)
+                .map(|(k, m)| (k, m.into_iter().collect()))
+                .collect();
+        }
+        Ok(narrow(self, schema, cond, &fetched))
+    }
+}
+
+/// Collects the index sets a condition reads.
+fn collect_sets(b: &RedisBackend, schema: &EntitySchema, cond: &Cond, out: &mut Vec<String>) {
+    match cond {
+        Cond::Cmp(i, CmpOp::Eq, v) if *i != schema.key => {
+            out.push(b.index_key(schema, schema.fields[*i].name, v))
+        }
+        Cond::In(i, vs) if *i != schema.key => {
+            out.extend(
+                vs.iter()
+                    .map(|v| b.index_key(schema, schema.fields[*i].name, v)),
+            );
+        }
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().for_each(|c| collect_sets(b, schema, c, out)),
+        _ => {}
+    }
+}
+
+/// Evaluates a condition over index sets: `None` means "no narrowing".
+fn narrow(
+    b: &RedisBackend,
+    schema: &EntitySchema,
+    cond: &Cond,
+    sets: &HashMap<String, BTreeSet<String>>,
+) -> Option<BTreeSet<String>> {
+    let set = |i: usize, v: &Value| {
+        sets.get(&b.index_key(schema, schema.fields[i].name, v))
+            .cloned()
+            .unwrap_or_default()
+    };
+    match cond {
+        Cond::Cmp(i, CmpOp::Eq, v) if *i == schema.key => Some(BTreeSet::from([key_token(v)])),
+        Cond::In(i, vs) if *i == schema.key => Some(vs.iter().map(key_token).collect()),
+        Cond::Cmp(i, CmpOp::Eq, v) => Some(set(*i, v)),
+        Cond::In(i, vs) => Some(vs.iter().flat_map(|v| set(*i, v)).collect()),
+        Cond::And(cs) => cs
+            .iter()
+            .filter_map(|c| narrow(b, schema, c, sets))
+            .reduce(|a, c| a.intersection(&c).cloned().collect()),
+        Cond::Or(cs) => {
+            let mut all = BTreeSet::new();
+            for c in cs {
+                all.extend(narrow(b, schema, c, sets)?);
+            }
+            Some(all)
+        }
+        _ => None,
+    }
+}
+
+/// The key bound a cursor put into the condition: `key > v` (ascending) or
+/// `key < v` (descending), as `after_anchor` writes it for a key-only sort.
+fn key_bound(schema: &EntitySchema, cond: &Cond) -> Option<(CmpOp, Value)> {
+    match cond {
+        Cond::Cmp(i, op @ (CmpOp::Gt | CmpOp::Lt), v) if *i == schema.key => Some((*op, v.clone())),
+        Cond::And(cs) => cs.iter().find_map(|c| key_bound(schema, c)),
+        Cond::Or(cs) => match cs.as_slice() {
+            [one] => key_bound(schema, one),
+            [first, Cond::IsNull(i)] if *i == schema.key => key_bound(schema, first),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A key as a member of the key order: byte order of the token is the
+/// order of the keys (text as is, integers offset-binary hex, UUIDs
+/// hyphenated lower-case).
+fn key_token(v: &Value) -> String {
+    match v {
+        Value::Int(i) => format!("{:016x}", i.cast_unsigned() ^ 0x8000_0000_0000_0000),
+        other => value_token(other),
+    }
+}
+
+/// A value as part of an index key (exact: equal values, equal tokens).
+fn value_token(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(x) => format!("{:016x}", x.to_bits()),
+        Value::Text(s) => s.clone(),
+        Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+        Value::Timestamp(t) => t.timestamp_millis().to_string(),
+        Value::Uuid(u) => u.hyphenated().to_string(),
+        Value::Json(j) => j.to_string(),
+    }
+}
+
+fn encode_record(schema: &EntitySchema, record: &Record) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = schema
+        .fields
+        .iter()
+        .zip(&record.0)
+        .map(|(f, v)| (f.name.to_owned(), v.to_json()))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+fn decode_record(schema: &'static EntitySchema, op: Operation, d: &str) -> Result<Record> {
+    let bad = |why: String| Error::Backend {
+        store: Store::Redis,
+        operation: op,
+        message: why,
+        retryable: false,
+        source: None,
+    };
+    let serde_json::Value::Object(mut map) =
+        serde_json::from_str(d).map_err(|_| bad("a stored record is not JSON".into()))?
+    else {
+        return Err(bad("a stored record is not a JSON object".into()));
+    };
+    let mut values = Vec::with_capacity(schema.fields.len());
+    for f in schema.fields {
+        let j = map.remove(f.name).unwrap_or(serde_json::Value::Null);
+        values.push(
+            Value::from_json(f.ty, j)
+                .ok_or_else(|| bad(format!("stored field `{}` is not {}", f.name, f.ty)))?,
+        );
+    }
+    Ok(Record(values))
+}
+
+fn protocol(op: Operation, why: &str) -> Error {
+    Error::Backend {
+        store: Store::Redis,
+        operation: op,
+        message: why.to_owned(),
+        retryable: false,
+        source: None,
+    }
+}
+
+fn version_of(schema: &EntitySchema, record: &Record) -> Option<i64> {
+    schema.version.and_then(|vi| match record.get(vi) {
+        Value::Int(v) => Some(*v),
+        _ => None,
+    })
+}
+
+/// Maps a redis-rs error: timeouts and connection faults first (they decide
+/// retry and breaker behaviour), then the driver's own retry advice.
+fn map_redis_error(operation: Operation, timeout: Duration, e: redis::RedisError) -> Error {
+    if e.is_timeout() {
+        return Error::Timeout {
+            store: Store::Redis,
+            operation,
+            after: timeout,
+        };
+    }
+    if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() {
+        return Error::Unavailable {
+            store: Store::Redis,
+            operation,
+            reason: "connection to Redis failed".into(),
+            source: Some(Box::new(e)),
+        };
+    }
+    let retryable = match e.retry_method() {
+        redis::RetryMethod::NoRetry => false,
+        redis::RetryMethod::Reconnect
+        | redis::RetryMethod::RetryImmediately
+        | redis::RetryMethod::WaitAndRetry
+        | redis::RetryMethod::AskRedirect
+        | redis::RetryMethod::MovedRedirect
+        | redis::RetryMethod::ReconnectFromInitialConnections
+        | redis::RetryMethod::RefreshSlotsAndRetry => true,
+        _ => false,
+    };
+    Error::Backend {
+        store: Store::Redis,
+        operation,
+        message: format!("redis error ({:?})", e.kind()),
+        retryable,
+        source: Some(Box::new(e)),
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn store(&self) -> Store {
+        Store::Redis
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            transactions: false,
+            filter: FilterSupport::IndexedEquality,
+            sort: false,
+            prefix: false,
+            atomic_batch: true,
+            native_batch: true,
+            ttl: true,
+            change_feed: false,
+            unique: true,
+        }
+    }
+
+    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+        // Nothing to create; make sure the server answers and runs scripts.
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, Operation::Prepare, e))?;
+        Ok(())
+    }
+
+    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+        match self
+            .run_write(schema, Operation::Insert, "insert", "", false, record)
+            .await?
+        {
+            Written::Ok => Ok(()),
+            Written::Duplicate => Err(Error::Conflict {
+                entity: schema.name,
+                kind: ConflictKind::DuplicateKey,
+            }),
+            Written::Unique(f) => Err(Self::unique_conflict(schema, &f)),
+            Written::Retry | Written::Missing => Err(protocol(
+                Operation::Insert,
+                "unexpected answer to an insert",
+            )),
+        }
+    }
+
+    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+        let op = Operation::InsertMany;
+        let items: Vec<(String, String, String, String)> = records
+            .iter()
+            .map(|r| {
+                let (ix, claims) = self.entries(schema, r);
+                (
+                    key_token(r.get(schema.key)),
+                    encode_record(schema, r),
+                    serde_json::to_string(&ix).unwrap_or_default(),
+                    serde_json::to_string(&claims).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .insert_many
+            .key(self.keys_key(schema))
+            .arg(format!("{}:r:", self.base(schema)))
+            .arg(self.ttl_ms(schema))
+            .arg(serde_json::to_string(&items).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("dup") => Err(Error::Conflict {
+                entity: schema.name,
+                kind: ConflictKind::DuplicateKey,
+            }),
+            Some("unique") => Err(Self::unique_conflict(
+                schema,
+                reply.get(1).map_or("", String::as_str),
+            )),
+            _ => Err(protocol(op, "unexpected reply from the batch script")),
+        }
+    }
+
+    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+        Ok(self
+            .read_many(schema, Operation::Get, &[key_token(key)])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
+        let members: Vec<String> = keys.iter().map(key_token).collect();
+        Ok(self
+            .read_many(schema, Operation::GetMany, &members)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    async fn update(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Record>> {
+        self.cas(schema, Operation::Update, key, true, |current| {
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let stored = version_of(schema, current);
+            if let (Some(expected), Some(actual)) = (patch.expected_version, stored)
+                && expected != actual
+            {
+                return Err(Error::Conflict {
+                    entity: schema.name,
+                    kind: ConflictKind::VersionMismatch { expected, actual },
+                });
+            }
+            let mut next = current.clone();
+            for (i, v) in &patch.sets {
+                next.0[*i] = v.clone();
+            }
+            if let (Some(vi), Some(v)) = (schema.version, stored) {
+                next.0[vi] = Value::Int(v.saturating_add(1));
+            }
+            Ok(Some(next))
+        })
+        .await
+    }
+
+    async fn replace(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+        expected_version: Option<i64>,
+    ) -> Result<Record> {
+        let key = record.get(schema.key).clone();
+        let written = self
+            .cas(schema, Operation::Replace, &key, true, |current| {
+                let Some(current) = current else {
+                    return Err(Error::NotFound {
+                        entity: schema.name,
+                    });
+                };
+                if let (Some(expected), Some(actual)) =
+                    (expected_version, version_of(schema, current))
+                    && expected != actual
+                {
+                    return Err(Error::Conflict {
+                        entity: schema.name,
+                        kind: ConflictKind::VersionMismatch { expected, actual },
+                    });
+                }
+                Ok(Some(record.clone()))
+            })
+            .await?;
+        written.ok_or(Error::NotFound {
+            entity: schema.name,
+        })
+    }
+
+    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+        let key = record.get(schema.key).clone();
+        let written = self
+            .cas(schema, Operation::Upsert, &key, false, |current| {
+                let mut next = record.clone();
+                if let (Some(vi), Some(v)) =
+                    (schema.version, current.and_then(|c| version_of(schema, c)))
+                {
+                    next.0[vi] = Value::Int(v.saturating_add(1));
+                }
+                Ok(Some(next))
+            })
+            .await?;
+        written.ok_or_else(|| protocol(Operation::Upsert, "upsert wrote nothing"))
+    }
+
+    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        let member = key_token(key);
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .delete
+            .key(self.record_key(schema, &member))
+            .key(self.keys_key(schema))
+            .arg(&member)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, Operation::Delete, e))?;
+        Ok(n == 1)
+    }
+
+    async fn list(
+        &self,
+        schema: &'static EntitySchema,
+        request: &ListRequest,
+    ) -> Result<Vec<Record>> {
+        let op = Operation::List;
+        let desc = request.sort.first() == Some(&(schema.key, Direction::Desc));
+        let bound = key_bound(schema, &request.cond).map(|(_, v)| key_token(&v));
+        let chunk = request.limit.clamp(16, 512);
+        let mut out = Vec::with_capacity(request.limit);
+        match self.candidates(schema, op, &request.cond).await? {
+            Some(set) => {
+                let ordered: Vec<String> = if desc {
+                    set.into_iter()
+                        .rev()
+                        .filter(|m| bound.as_ref().is_none_or(|b| m < b))
+                        .collect()
+                } else {
+                    set.into_iter()
+                        .filter(|m| bound.as_ref().is_none_or(|b| m > b))
+                        .collect()
+                };
+                for members in ordered.chunks(chunk) {
+                    for r in self
+                        .read_many(schema, op, members)
+                        .await?
+                        .into_iter()
+                        .flatten()
+                    {
+                        if request.cond.matches(&r) {
+                            out.push(r);
+                            if out.len() == request.limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                let mut from = bound;
+                loop {
+                    let mut conn = self.conn.clone();
+                    let count = i64::try_from(chunk).unwrap_or(512);
+                    let mut cmd = if desc {
+                        let max = from
+                            .as_ref()
+                            .map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+                        let mut c = redis::cmd("ZREVRANGEBYLEX");
+                        c.arg(self.keys_key(schema)).arg(max).arg("-");
+                        c
+                    } else {
+                        let min = from
+                            .as_ref()
+                            .map_or_else(|| "-".to_owned(), |b| format!("({b}"));
+                        let mut c = redis::cmd("ZRANGEBYLEX");
+                        c.arg(self.keys_key(schema)).arg(min).arg("+");
+                        c
+                    };
+                    cmd.arg("LIMIT").arg(0).arg(count);
+                    let members: Vec<String> = cmd
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.err(schema, op, e))?;
+                    let Some(last) = members.last().cloned() else {
+                        return Ok(out);
+                    };
+                    for r in self
+                        .read_many(schema, op, &members)
+                        .await?
+                        .into_iter()
+                        .flatten()
+                    {
+                        if request.cond.matches(&r) {
+                            out.push(r);
+                            if out.len() == request.limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                    if members.len() < chunk {
+                        return Ok(out);
+                    }
+                    from = Some(last);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+        let op = Operation::Count;
+        let expiring = self.ttl.contains_key(schema.name);
+        let members: Vec<String> = match self.candidates(schema, op, cond).await? {
+            // Index sets and the key order move with every write in one
+            // script, so their sizes are exact unless entries expire.
+            Some(set) if !expiring => return Ok(set.len() as u64),
+            None if !expiring && cond.is_always() => {
+                let mut conn = self.conn.clone();
+                let n: u64 = redis::cmd("ZCARD")
+                    .arg(self.keys_key(schema))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.err(schema, op, e))?;
+                return Ok(n);
+            }
+            Some(set) => set.into_iter().collect(),
+            None => {
+                let mut conn = self.conn.clone();
+                redis::cmd("ZRANGE")
+                    .arg(self.keys_key(schema))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.err(schema, op, e))?
+            }
+        };
+        let mut n = 0u64;
+        for chunk in members.chunks(512) {
+            n += self
+                .read_many(schema, op, chunk)
+                .await?
+                .into_iter()
+                .flatten()
+                .filter(|r| cond.matches(r))
+                .count() as u64;
+        }
+        Ok(n)
+    }
+
+    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.record_key(schema, &key_token(key)))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, Operation::Exists, e))?;
+        Ok(n == 1)
+    }
+}
