@@ -27,6 +27,7 @@
 //! assert!(err.contains("a whole number from 1 to 1000"), "{err}");
 //! ```
 
+pub mod mongo;
 pub mod postgres;
 pub mod redis;
 pub mod secret;

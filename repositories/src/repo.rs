@@ -449,12 +449,14 @@ impl<T: Entity> Repository<T> for Repo<T> {
         }
         match self.backend.insert_many(schema, &records).await {
             // As in `insert`: a taken key wins over a taken unique value.
+            // Only for an all-or-nothing batch: after a partial one, a key
+            // that exists may have been written by the batch itself.
             Err(
                 e @ Error::Conflict {
                     kind: ConflictKind::Unique { .. },
                     ..
                 },
-            ) => {
+            ) if self.backend.capabilities().atomic_batch => {
                 let keys: Vec<Value> = records.iter().map(|r| r.get(schema.key).clone()).collect();
                 if self.backend.get_many(schema, &keys).await?.is_empty() {
                     Err(e)

@@ -27,6 +27,7 @@ cases![
     insert_duplicate_key_conflicts,
     unique_field_conflicts_on_insert,
     unique_field_conflicts_on_update,
+    unique_value_freed_by_update,
     unique_allows_many_nulls,
     delete_reports_existence,
     exists_reports_existence,
@@ -239,6 +240,27 @@ async fn unique_field_conflicts_on_update(ctx: Ctx) -> CaseResult {
     );
     let b = ok!(ctx.specimens.get(&"b".to_owned()).await);
     check!(b.is_some_and(|b| b.code.is_none() && b.version == 1));
+    PASS
+}
+
+async fn unique_value_freed_by_update(ctx: Ctx) -> CaseResult {
+    let mut a = Specimen::new("a", 1);
+    a.code = Some("C-1".into());
+    ok!(ctx.specimens.insert(&a).await);
+    ok!(ctx
+        .specimens
+        .update(&"a".to_owned(), &Patch::new().set("code", "C-2"))
+        .await);
+    let mut b = Specimen::new("b", 2);
+    b.code = Some("C-1".into());
+    ok!(ctx.specimens.insert(&b).await);
+    ok!(ctx
+        .specimens
+        .update(&"a".to_owned(), &Patch::new().unset("code"))
+        .await);
+    let mut c = Specimen::new("c", 3);
+    c.code = Some("C-2".into());
+    ok!(ctx.specimens.insert(&c).await);
     PASS
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use dl_connections::{PoolSettings, SecretUrl, Settings, Sources};
 use dl_repositories::Backend;
+use dl_repositories::backends::mongo::MongoBackend;
 use dl_repositories::backends::postgres::PostgresBackend;
 use dl_repositories::backends::redis::RedisBackend;
 
@@ -201,3 +202,106 @@ impl RedisNamespaces {
         }
     }
 }
+
+/// The MongoDB URI of the test stack: `TEST_MONGODB_URI`, else the stack's default.
+#[must_use]
+pub fn mongo_url() -> SecretUrl {
+    let raw = std::env::var("TEST_MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
+    SecretUrl::parse(&raw).unwrap_or_else(|()| panic!("TEST_MONGODB_URI is not a URL"))
+}
+
+/// MongoDB databases made for one test, dropped by [`MongoNamespaces::drop_all`].
+#[derive(Debug, Clone)]
+pub struct MongoNamespaces {
+    prefix: String,
+    next: Arc<AtomicUsize>,
+}
+
+impl MongoNamespaces {
+    /// Checks that the server answers (panics naming it otherwise).
+    pub async fn new(tag: &str) -> Self {
+        let url = mongo_url();
+        let client = dl_connections::mongo::connect(&url, &test_pool(1))
+            .await
+            .expect("mongo options");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(15),
+            client
+                .database("admin")
+                .run_command(mongodb::bson::doc! { "ping": 1 }),
+        )
+        .await;
+        match answer {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!(
+                "MongoDB at {url} is configured but does not answer ({e}); bring the stack up: scripts/stack.sh up"
+            ),
+            Err(_) => panic!(
+                "MongoDB at {url} is configured but did not answer within 15s; bring the stack up: scripts/stack.sh up"
+            ),
+        }
+        MongoNamespaces {
+            prefix: unique_prefix(tag),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A factory: each call opens a client and a backend in a fresh database.
+    #[must_use]
+    pub fn factory(&self) -> Factory {
+        let me = self.clone();
+        Arc::new(move || {
+            let me = me.clone();
+            Box::pin(async move {
+                let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                let pool = test_pool(2);
+                let client = dl_connections::mongo::connect(&mongo_url(), &pool)
+                    .await
+                    .expect("mongo options");
+                Arc::new(
+                    MongoBackend::new(&client, &ns, pool.request_timeout).expect("database name"),
+                ) as Arc<dyn Backend>
+            })
+        })
+    }
+
+    /// Drops every database this maker created.
+    pub async fn drop_all(&self) {
+        let client = dl_connections::mongo::connect(&mongo_url(), &test_pool(1))
+            .await
+            .expect("mongo options");
+        let names = client.list_database_names().await.expect("list databases");
+        for name in names
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{}_", self.prefix)))
+        {
+            client.database(&name).drop().await.expect("drop database");
+        }
+    }
+}
+
+/// Whether the server answering as MongoDB is SecantusDB (its `buildInfo`
+/// carries `secantusVersion`); asked of the server, not configured.
+pub async fn mongo_is_secantusdb() -> bool {
+    let client = dl_connections::mongo::connect(&mongo_url(), &test_pool(1))
+        .await
+        .expect("mongo options");
+    let info = client
+        .database("admin")
+        .run_command(mongodb::bson::doc! { "buildInfo": 1 })
+        .await
+        .expect("buildInfo");
+    info.contains_key("secantusVersion")
+}
+
+/// Defects of SecantusDB 0.5.3-beta.196 that make conformance cases fail
+/// there (not on MongoDB): asserted and counted by the suite.
+pub const SECANTUSDB_DEFECTS: &[crate::harness::KnownDefect] = &[crate::harness::KnownDefect {
+    case: "unique_value_freed_by_update",
+    server: "secantusdb 0.5.3-beta.196",
+    what: "a unique index keeps the old value of a document after any update or replace \
+           (plain, sparse or partial index; $set, $unset or replacement) until the \
+           document is deleted, so the value stays taken; MongoDB frees it",
+    failure_contains: "the value of unique field `code` is already taken",
+}];

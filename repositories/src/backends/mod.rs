@@ -1,6 +1,7 @@
 //! The backends, one module per store.
 
 pub mod memory;
+pub mod mongo;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;

@@ -1,0 +1,667 @@
+//! The MongoDB backend (the official driver).
+//!
+//! One collection per entity in a database (the namespace), the key as
+//! `_id`, typed BSON per field: text as strings, integers as `Int64`, floats
+//! as `Double`, dates as `YYYY-MM-DD` strings (their order is the date
+//! order), timestamps as BSON datetimes, UUIDs as binary subtype 4, json as
+//! embedded documents, null stored as null. A unique index (partial on the
+//! field's BSON type, so nulls are not indexed and many entities may hold
+//! null) per `#[indexed(unique)]` field and an index per `#[indexed]` field.
+//!
+//! Filters become query documents built from typed values, never from
+//! caller text: `$ne` also excludes null (two-valued semantics), `prefix` is
+//! an anchored, fully escaped `$regex`, `not` is `$nor`. Strings compare by
+//! bytes (no collation). `update` and `replace` check the version in the
+//! filter of one `findOneAndUpdate` / `findOneAndReplace`; `upsert` of a
+//! versioned entity is a compare-and-set loop. `insert_many` is one
+//! unordered `insertMany` (not all-or-nothing: the others are written) and
+//! `get_many` one `$in` query.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use dl_models::{EntitySchema, FieldType, Record, Value};
+use futures::TryStreamExt as _;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+
+use crate::backend::{Backend, Capabilities, FilterSupport};
+use crate::error::{ConflictKind, Error, Operation, Result, Store};
+use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
+
+const CAS_ATTEMPTS: usize = 64;
+
+/// The MongoDB backend over one database.
+#[derive(Debug, Clone)]
+pub struct MongoBackend {
+    db: Database,
+    timeout: Duration,
+}
+
+impl MongoBackend {
+    /// A backend over `client`, with collections in database `database`
+    /// (`[a-z_][a-z0-9_]*`). `timeout` is the request timeout the client
+    /// enforces, reported in errors.
+    ///
+    /// # Errors
+    /// `Invalid` for a bad database name.
+    pub fn new(client: &mongodb::Client, database: &str, timeout: Duration) -> Result<Self> {
+        if !dl_models::is_valid_identifier(database) {
+            return Err(Error::invalid(
+                "mongo",
+                Some(database),
+                "a database name must match [a-z_][a-z0-9_]* (at most 48 bytes)",
+            ));
+        }
+        Ok(MongoBackend {
+            db: client.database(database),
+            timeout,
+        })
+    }
+
+    /// The database.
+    #[must_use]
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn coll(&self, schema: &EntitySchema) -> Collection<Document> {
+        self.db.collection(schema.name)
+    }
+
+    fn err(&self, schema: &'static EntitySchema, op: Operation, e: mongodb::error::Error) -> Error {
+        map_mongo_error(schema, op, self.timeout, e)
+    }
+
+    fn by_key(key: &Value) -> Document {
+        doc! { "_id": to_bson(key) }
+    }
+
+    /// After a conditional write matched nothing: absent (`None`) or the
+    /// version stored now.
+    async fn stored_version(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        key: &Value,
+    ) -> Result<Option<Option<i64>>> {
+        let found = self
+            .coll(schema)
+            .find_one(Self::by_key(key))
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        Ok(found.map(|d| {
+            schema
+                .version
+                .and_then(|vi| d.get_i64(schema.fields[vi].name).ok())
+        }))
+    }
+}
+
+fn field_name(schema: &EntitySchema, i: usize) -> &'static str {
+    if i == schema.key {
+        "_id"
+    } else {
+        schema.fields[i].name
+    }
+}
+
+/// A value as BSON (its field type is implied by the value's kind).
+fn to_bson(v: &Value) -> Bson {
+    match v {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Int(i) => Bson::Int64(*i),
+        Value::Float(x) => Bson::Double(*x),
+        Value::Text(s) => Bson::String(s.clone()),
+        Value::Date(d) => Bson::String(d.format("%Y-%m-%d").to_string()),
+        Value::Timestamp(t) => Bson::DateTime(bson::DateTime::from_millis(t.timestamp_millis())),
+        Value::Uuid(u) => Bson::Binary(bson::Binary {
+            subtype: bson::spec::BinarySubtype::Uuid,
+            bytes: u.as_bytes().to_vec(),
+        }),
+        Value::Json(j) => bson::to_bson(j).unwrap_or(Bson::Null),
+    }
+}
+
+/// BSON read back as a value of type `ty`; `None` when it does not fit.
+fn from_bson(ty: FieldType, b: Bson) -> Option<Value> {
+    Some(match (ty, b) {
+        (_, Bson::Null) => Value::Null,
+        (FieldType::Json, b) => Value::Json(bson::from_bson::<serde_json::Value>(b).ok()?),
+        (FieldType::Text, Bson::String(s)) => Value::Text(s),
+        (FieldType::Int, Bson::Int64(i)) => Value::Int(i),
+        (FieldType::Int, Bson::Int32(i)) => Value::Int(i64::from(i)),
+        (FieldType::Float, Bson::Double(x)) => Value::Float(x),
+        (FieldType::Bool, Bson::Boolean(b)) => Value::Bool(b),
+        (FieldType::Date, Bson::String(s)) => {
+            Value::Date(NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok()?)
+        }
+        (FieldType::Timestamp, Bson::DateTime(t)) => Value::Timestamp(
+            chrono::DateTime::from_timestamp_millis(t.timestamp_millis())?,
+        ),
+        (FieldType::Uuid, Bson::Binary(b)) if b.subtype == bson::spec::BinarySubtype::Uuid => {
+            Value::Uuid(uuid::Uuid::from_slice(&b.bytes).ok()?)
+        }
+        _ => return None,
+    })
+}
+
+/// The BSON type name values of a field type are stored as.
+fn bson_type(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::Text | FieldType::Date => "string",
+        FieldType::Int => "long",
+        FieldType::Float => "double",
+        FieldType::Bool => "bool",
+        FieldType::Timestamp => "date",
+        FieldType::Uuid => "binData",
+        FieldType::Json => "object",
+    }
+}
+
+fn to_doc(schema: &EntitySchema, record: &Record) -> Document {
+    let mut d = Document::new();
+    for (i, v) in record.0.iter().enumerate() {
+        d.insert(field_name(schema, i), to_bson(v));
+    }
+    d
+}
+
+fn from_doc(schema: &'static EntitySchema, op: Operation, mut d: Document) -> Result<Record> {
+    let mut values = Vec::with_capacity(schema.fields.len());
+    for (i, f) in schema.fields.iter().enumerate() {
+        let b = d.remove(field_name(schema, i)).unwrap_or(Bson::Null);
+        values.push(from_bson(f.ty, b).ok_or_else(|| Error::Backend {
+            store: Store::Mongo,
+            operation: op,
+            message: format!("stored field `{}` is not {}", f.name, f.ty),
+            retryable: false,
+            source: None,
+        })?);
+    }
+    Ok(Record(values))
+}
+
+/// Escapes text for a PCRE regex: every non-alphanumeric ASCII character
+/// is escaped, so the caller's text matches literally.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A checked condition as a query document (two-valued semantics).
+fn query(schema: &EntitySchema, cond: &Cond) -> Document {
+    let never = || doc! { "_id": { "$exists": false } };
+    match cond {
+        Cond::Cmp(i, op, v) => {
+            let name = field_name(schema, *i);
+            let b = to_bson(v);
+            match op {
+                CmpOp::Eq => doc! { name: { "$eq": b } },
+                // `$ne` alone matches null and missing: exclude them.
+                CmpOp::Ne => {
+                    doc! { "$and": [ { name: { "$ne": b } }, { name: { "$ne": Bson::Null } } ] }
+                }
+                CmpOp::Lt => doc! { name: { "$lt": b } },
+                CmpOp::Lte => doc! { name: { "$lte": b } },
+                CmpOp::Gt => doc! { name: { "$gt": b } },
+                CmpOp::Gte => doc! { name: { "$gte": b } },
+            }
+        }
+        Cond::In(i, vs) => {
+            if vs.is_empty() {
+                return never();
+            }
+            let list: Vec<Bson> = vs.iter().map(to_bson).collect();
+            doc! { field_name(schema, *i): { "$in": list } }
+        }
+        Cond::IsNull(i) => doc! { field_name(schema, *i): Bson::Null },
+        Cond::Prefix(i, p) => {
+            doc! { field_name(schema, *i): { "$regex": format!("^{}", regex_escape(p)) } }
+        }
+        Cond::And(cs) if cs.is_empty() => Document::new(),
+        Cond::And(cs) => {
+            doc! { "$and": cs.iter().map(|c| Bson::Document(query(schema, c))).collect::<Vec<_>>() }
+        }
+        Cond::Or(cs) if cs.is_empty() => never(),
+        Cond::Or(cs) => {
+            doc! { "$or": cs.iter().map(|c| Bson::Document(query(schema, c))).collect::<Vec<_>>() }
+        }
+        Cond::Not(c) => doc! { "$nor": [ query(schema, c) ] },
+    }
+}
+
+fn sort_doc(schema: &EntitySchema, sort: &[(usize, Direction)]) -> Document {
+    let mut d = Document::new();
+    for (i, dir) in sort {
+        d.insert(
+            field_name(schema, *i),
+            if *dir == Direction::Asc { 1 } else { -1 },
+        );
+    }
+    d
+}
+
+/// The index a duplicate-key error names (`index: <name> dup key: ...`); the
+/// message also quotes the value, which may be PHI, so only the name is kept.
+fn dup_kind(schema: &'static EntitySchema, message: &str) -> ConflictKind {
+    let index = message
+        .split("index: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    if index == "_id_" {
+        return ConflictKind::DuplicateKey;
+    }
+    let field = schema
+        .fields
+        .iter()
+        .find(|f| index == format!("{}__{}", schema.name, f.name))
+        .map(|f| f.name);
+    ConflictKind::Unique { field }
+}
+
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Maps a driver error. Connection faults first; then the server's codes
+/// and labels. A conflict drops the driver's error: its message quotes the
+/// duplicated value.
+fn map_mongo_error(
+    schema: &'static EntitySchema,
+    operation: Operation,
+    timeout: Duration,
+    e: mongodb::error::Error,
+) -> Error {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let unavailable = |reason: &str, e: mongodb::error::Error| Error::Unavailable {
+        store: Store::Mongo,
+        operation,
+        reason: reason.to_owned(),
+        source: Some(Box::new(e)),
+    };
+    let transient =
+        e.contains_label("TransientTransactionError") || e.contains_label("RetryableWriteError");
+    let code = match e.kind.as_ref() {
+        ErrorKind::Io(_) => return unavailable("connection i/o failed", e),
+        ErrorKind::ConnectionPoolCleared { .. } => {
+            return unavailable("the connection pool was cleared", e);
+        }
+        ErrorKind::ServerSelection { .. } => {
+            return unavailable("no server could be selected in time", e);
+        }
+        ErrorKind::DnsResolve { .. } => return unavailable("DNS resolution failed", e),
+        ErrorKind::Shutdown => return unavailable("the client was shut down", e),
+        ErrorKind::Write(WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY => {
+            return Error::Conflict {
+                entity: schema.name,
+                kind: dup_kind(schema, &we.message),
+            };
+        }
+        ErrorKind::InsertMany(im) => {
+            if let Some(we) = im
+                .write_errors
+                .as_ref()
+                .and_then(|w| w.iter().find(|w| w.code == DUPLICATE_KEY))
+            {
+                return Error::Conflict {
+                    entity: schema.name,
+                    kind: dup_kind(schema, &we.message),
+                };
+            }
+            im.write_errors
+                .as_ref()
+                .and_then(|w| w.first())
+                .map(|w| w.code)
+        }
+        ErrorKind::Command(ce) if ce.code == DUPLICATE_KEY => {
+            return Error::Conflict {
+                entity: schema.name,
+                kind: dup_kind(schema, &ce.message),
+            };
+        }
+        ErrorKind::Command(ce) => Some(ce.code),
+        ErrorKind::Write(WriteFailure::WriteError(we)) => Some(we.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(wc)) => Some(wc.code),
+        _ => None,
+    };
+    match code {
+        // MaxTimeMSExpired.
+        Some(50) => Error::Timeout {
+            store: Store::Mongo,
+            operation,
+            after: timeout,
+        },
+        // Host unreachable / not found, network timeout, socket exception,
+        // shutting down, primary stepped down, not writable primary.
+        Some(6 | 7 | 89 | 9001 | 91 | 189 | 11600 | 11602 | 10107 | 13435 | 13436) => unavailable(
+            &format!("server not available (code {})", code.unwrap_or_default()),
+            e,
+        ),
+        // WriteConflict, LockTimeout, and anything labelled transient.
+        Some(112 | 24) => backend(operation, code, true, e),
+        _ => backend(operation, code, transient, e),
+    }
+}
+
+fn backend(
+    operation: Operation,
+    code: Option<i32>,
+    retryable: bool,
+    e: mongodb::error::Error,
+) -> Error {
+    Error::Backend {
+        store: Store::Mongo,
+        operation,
+        message: match code {
+            Some(c) => format!("server error (code {c})"),
+            None => "driver error".to_owned(),
+        },
+        retryable,
+        source: Some(Box::new(e)),
+    }
+}
+
+fn version_of(schema: &EntitySchema, record: &Record) -> Option<i64> {
+    schema.version.and_then(|vi| match record.get(vi) {
+        Value::Int(v) => Some(*v),
+        _ => None,
+    })
+}
+
+#[async_trait]
+impl Backend for MongoBackend {
+    fn store(&self) -> Store {
+        Store::Mongo
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            transactions: false,
+            filter: FilterSupport::Any,
+            sort: true,
+            prefix: true,
+            atomic_batch: false,
+            native_batch: true,
+            ttl: false,
+            change_feed: false,
+            unique: true,
+        }
+    }
+
+    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+        let op = Operation::Prepare;
+        let coll = self.coll(schema);
+        let models: Vec<IndexModel> = schema
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| *i != schema.key && f.indexed)
+            .map(|(_, f)| {
+                // Unique over non-null values only (MongoDB's unique indexes
+                // count null as a value): partial on the field's BSON type,
+                // so many entities may hold null.
+                let partial = f
+                    .unique
+                    .then(|| doc! { f.name: { "$type": bson_type(f.ty) } });
+                let opts = IndexOptions::builder()
+                    .name(format!("{}__{}", schema.name, f.name))
+                    .unique(f.unique.then_some(true))
+                    .partial_filter_expression(partial)
+                    .build();
+                IndexModel::builder()
+                    .keys(doc! { f.name: 1 })
+                    .options(opts)
+                    .build()
+            })
+            .collect();
+        if models.is_empty() {
+            // Make sure the server answers.
+            self.db
+                .run_command(doc! { "ping": 1 })
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
+        } else {
+            coll.create_indexes(models)
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+        self.coll(schema)
+            .insert_one(to_doc(schema, record))
+            .await
+            .map_err(|e| self.err(schema, Operation::Insert, e))?;
+        Ok(())
+    }
+
+    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+        let docs: Vec<Document> = records.iter().map(|r| to_doc(schema, r)).collect();
+        self.coll(schema)
+            .insert_many(docs)
+            .ordered(false)
+            .await
+            .map_err(|e| self.err(schema, Operation::InsertMany, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+        let op = Operation::Get;
+        let found = self
+            .coll(schema)
+            .find_one(Self::by_key(key))
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        found.map(|d| from_doc(schema, op, d)).transpose()
+    }
+
+    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
+        let op = Operation::GetMany;
+        let list: Vec<Bson> = keys.iter().map(to_bson).collect();
+        let cursor = self
+            .coll(schema)
+            .find(doc! { "_id": { "$in": list } })
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        let docs: Vec<Document> = cursor
+            .try_collect()
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        docs.into_iter().map(|d| from_doc(schema, op, d)).collect()
+    }
+
+    async fn update(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Record>> {
+        let op = Operation::Update;
+        let mut filter = Self::by_key(key);
+        let check = schema.version.zip(patch.expected_version);
+        if let Some((vi, expected)) = check {
+            filter.insert(schema.fields[vi].name, expected);
+        }
+        let mut set = Document::new();
+        for (i, v) in &patch.sets {
+            set.insert(schema.fields[*i].name, to_bson(v));
+        }
+        let mut change = doc! { "$set": set };
+        if let Some(vi) = schema.version {
+            change.insert("$inc", doc! { schema.fields[vi].name: 1_i64 });
+        }
+        let updated = self
+            .coll(schema)
+            .find_one_and_update(filter, change)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        if let Some(d) = updated {
+            return from_doc(schema, op, d).map(Some);
+        }
+        match (check, self.stored_version(schema, op, key).await?) {
+            (_, None) => Ok(None),
+            (Some((_, expected)), Some(Some(actual))) => Err(Error::Conflict {
+                entity: schema.name,
+                kind: ConflictKind::VersionMismatch { expected, actual },
+            }),
+            (_, Some(_)) => Err(backend_plain(
+                op,
+                "the entity exists but the update matched nothing",
+            )),
+        }
+    }
+
+    async fn replace(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+        expected_version: Option<i64>,
+    ) -> Result<Record> {
+        let op = Operation::Replace;
+        let key = record.get(schema.key);
+        let mut filter = Self::by_key(key);
+        if let (Some(vi), Some(expected)) = (schema.version, expected_version) {
+            filter.insert(schema.fields[vi].name, expected);
+        }
+        let replaced = self
+            .coll(schema)
+            .find_one_and_replace(filter, to_doc(schema, record))
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        if let Some(d) = replaced {
+            return from_doc(schema, op, d);
+        }
+        match self.stored_version(schema, op, key).await? {
+            None => Err(Error::NotFound {
+                entity: schema.name,
+            }),
+            Some(actual) => Err(Error::Conflict {
+                entity: schema.name,
+                kind: ConflictKind::VersionMismatch {
+                    expected: expected_version.unwrap_or_default(),
+                    actual: actual.unwrap_or_default(),
+                },
+            }),
+        }
+    }
+
+    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+        let op = Operation::Upsert;
+        let key = record.get(schema.key);
+        let Some(vi) = schema.version else {
+            self.coll(schema)
+                .replace_one(Self::by_key(key), to_doc(schema, record))
+                .upsert(true)
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
+            return Ok(record.clone());
+        };
+        // Version: as given when inserted, stored + 1 when overwritten; a
+        // compare-and-set on the stored version, retried on a race.
+        for _ in 0..CAS_ATTEMPTS {
+            match self.get(schema, key).await? {
+                None => match self.coll(schema).insert_one(to_doc(schema, record)).await {
+                    Ok(_) => return Ok(record.clone()),
+                    Err(e) => match self.err(schema, op, e) {
+                        Error::Conflict {
+                            kind: ConflictKind::DuplicateKey,
+                            ..
+                        } => {}
+                        other => return Err(other),
+                    },
+                },
+                Some(current) => {
+                    let stored = version_of(schema, &current).unwrap_or_default();
+                    let mut next = record.clone();
+                    next.0[vi] = Value::Int(stored.saturating_add(1));
+                    let mut filter = Self::by_key(key);
+                    filter.insert(schema.fields[vi].name, stored);
+                    let done = self
+                        .coll(schema)
+                        .replace_one(filter, to_doc(schema, &next))
+                        .await
+                        .map_err(|e| self.err(schema, op, e))?;
+                    if done.matched_count == 1 {
+                        return Ok(next);
+                    }
+                }
+            }
+        }
+        Err(Error::Backend {
+            store: Store::Mongo,
+            operation: op,
+            message: format!("gave up after {CAS_ATTEMPTS} concurrent writes to the same entity"),
+            retryable: true,
+            source: None,
+        })
+    }
+
+    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        let done = self
+            .coll(schema)
+            .delete_one(Self::by_key(key))
+            .await
+            .map_err(|e| self.err(schema, Operation::Delete, e))?;
+        Ok(done.deleted_count == 1)
+    }
+
+    async fn list(
+        &self,
+        schema: &'static EntitySchema,
+        request: &ListRequest,
+    ) -> Result<Vec<Record>> {
+        let op = Operation::List;
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let cursor = self
+            .coll(schema)
+            .find(query(schema, &request.cond))
+            .sort(sort_doc(schema, &request.sort))
+            .limit(limit)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        let docs: Vec<Document> = cursor
+            .try_collect()
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        docs.into_iter().map(|d| from_doc(schema, op, d)).collect()
+    }
+
+    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+        self.coll(schema)
+            .count_documents(query(schema, cond))
+            .await
+            .map_err(|e| self.err(schema, Operation::Count, e))
+    }
+
+    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        let n = self
+            .coll(schema)
+            .count_documents(Self::by_key(key))
+            .limit(1)
+            .await
+            .map_err(|e| self.err(schema, Operation::Exists, e))?;
+        Ok(n > 0)
+    }
+}
+
+fn backend_plain(op: Operation, why: &str) -> Error {
+    Error::Backend {
+        store: Store::Mongo,
+        operation: op,
+        message: why.to_owned(),
+        retryable: true,
+        source: None,
+    }
+}
