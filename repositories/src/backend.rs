@@ -52,6 +52,12 @@ pub struct Capabilities {
     pub change_feed: bool,
     /// `#[indexed(unique)]` is enforced by the store.
     pub unique: bool,
+    /// Listing without a sort returns key order (else the store's own stable
+    /// order, such as Scylla's token order, and sorting is unsupported).
+    pub ordered: bool,
+    /// `list` continues with the store's own cursor (a paging state) rather
+    /// than a keyset position.
+    pub native_cursor: bool,
 }
 
 impl Capabilities {
@@ -68,6 +74,8 @@ impl Capabilities {
             ttl: false,
             change_feed: false,
             unique: true,
+            ordered: true,
+            native_cursor: false,
         }
     }
 }

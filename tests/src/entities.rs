@@ -17,8 +17,8 @@ pub struct Specimen {
     /// Indexed text.
     #[indexed]
     pub label: String,
-    /// Unique, nullable.
-    #[indexed(unique)]
+    /// Indexed, nullable, at most 64 bytes (unique in [`UniqueSpecimen`]).
+    #[indexed]
     #[field(max_len = 64)]
     pub code: Option<String>,
     /// Indexed integer.
@@ -82,4 +82,79 @@ pub struct Note {
     /// Body, at most 256 bytes.
     #[field(max_len = 256)]
     pub body: String,
+}
+
+/// [`Specimen`] with `code` unique: for the cases and the model test that
+/// need a store-enforced unique value (stores that cannot enforce one refuse
+/// to open it, with a precise `Unsupported`).
+#[derive(Clone, PartialEq, Serialize, Deserialize, Entity)]
+#[entity(name = "unique_specimens")]
+pub struct UniqueSpecimen {
+    /// Text key.
+    #[key]
+    pub id: String,
+    /// Indexed text.
+    #[indexed]
+    pub label: String,
+    /// Unique, nullable.
+    #[indexed(unique)]
+    #[field(max_len = 64)]
+    pub code: Option<String>,
+    /// Indexed integer.
+    #[indexed]
+    pub rank: i64,
+    /// Nullable float.
+    pub score: Option<f64>,
+    /// Indexed bool.
+    #[indexed]
+    pub active: bool,
+    /// Nullable date.
+    pub born: Option<NaiveDate>,
+    /// Nullable timestamp.
+    #[indexed]
+    pub seen_at: Option<DateTime<Utc>>,
+    /// Nullable uuid.
+    pub ref_id: Option<Uuid>,
+    /// A json document.
+    #[field(json)]
+    pub tags: Vec<String>,
+    /// Long free text.
+    pub body: Option<String>,
+    /// PHI, nullable, indexed.
+    #[indexed]
+    #[phi(mask)]
+    pub owner: Option<String>,
+    /// Optimistic-concurrency version.
+    #[version]
+    pub version: i64,
+}
+
+impl From<Specimen> for UniqueSpecimen {
+    fn from(s: Specimen) -> Self {
+        UniqueSpecimen {
+            id: s.id,
+            label: s.label,
+            code: s.code,
+            rank: s.rank,
+            score: s.score,
+            active: s.active,
+            born: s.born,
+            seen_at: s.seen_at,
+            ref_id: s.ref_id,
+            tags: s.tags,
+            body: s.body,
+            owner: s.owner,
+            version: s.version,
+        }
+    }
+}
+
+impl UniqueSpecimen {
+    /// A unique specimen with the given key, rank and code.
+    #[must_use]
+    pub fn new(id: &str, rank: i64, code: Option<&str>) -> Self {
+        let mut s = Specimen::new(id, rank);
+        s.code = code.map(str::to_owned);
+        s.into()
+    }
 }

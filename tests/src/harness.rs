@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dl_repositories::{Backend, Capabilities, Error, FilterSupport, Repo, Store};
 
-use crate::entities::{Note, Specimen};
+use crate::entities::{Note, Specimen, UniqueSpecimen};
 
 /// Makes a backend over a fresh, empty namespace (a new database, schema,
 /// key prefix or keyspace), so cases run in parallel without seeing each
@@ -27,6 +27,8 @@ pub enum Need {
     Sort,
     /// All-or-nothing `insert_many`.
     AtomicBatch,
+    /// Store-enforced unique values.
+    Unique,
 }
 
 /// The outcome of a case that did not fail.
@@ -55,6 +57,8 @@ pub struct Ctx {
     pub specimens: Arc<Repo<Specimen>>,
     /// The note repository.
     pub notes: Arc<Repo<Note>>,
+    /// The unique-specimen repository, or why it could not be opened.
+    pub uniques: Arc<Result<Repo<UniqueSpecimen>, Error>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -74,6 +78,7 @@ impl Ctx {
         let specimens = Repo::<Specimen>::open(Arc::clone(&backend))
             .await
             .map_err(|e| format!("open specimens: {e}"))?;
+        let uniques = Repo::<UniqueSpecimen>::open(Arc::clone(&backend)).await;
         let notes = Repo::<Note>::open(Arc::clone(&backend))
             .await
             .map_err(|e| format!("open notes: {e}"))?;
@@ -83,6 +88,7 @@ impl Ctx {
             backend,
             specimens: Arc::new(specimens),
             notes: Arc::new(notes),
+            uniques: Arc::new(uniques),
         })
     }
 
@@ -94,7 +100,39 @@ impl Ctx {
             Need::Prefix => !self.caps.prefix || self.caps.filter != FilterSupport::Any,
             Need::Sort => !self.caps.sort,
             Need::AtomicBatch => !self.caps.atomic_batch,
+            Need::Unique => !self.caps.unique,
         }
+    }
+
+    /// The unique-specimen repository; on a store that cannot enforce unique
+    /// values, asserts that opening it failed with the precise `Unsupported`
+    /// and ends the case with `Outcome::Unsupported`.
+    ///
+    /// # Errors
+    /// The case's outcome, when it ends here.
+    pub fn uniques(&self) -> Result<&Repo<UniqueSpecimen>, CaseResult> {
+        match (&*self.uniques, self.lacks(Need::Unique)) {
+            (Ok(repo), false) => Ok(repo),
+            (
+                Err(Error::Unsupported {
+                    store,
+                    operation: dl_repositories::Operation::Prepare,
+                    reason,
+                }),
+                true,
+            ) if *store == self.store && reason.contains("unique") => Err(Ok(Outcome::Unsupported)),
+            (Ok(_), true) => Err(Err(
+                "the store declares no unique support but opened a unique entity".into(),
+            )),
+            (Err(e), _) => Err(Err(format!("open unique_specimens: {e}"))),
+        }
+    }
+
+    /// Whether listing without a sort returns key order (else the store's
+    /// own stable order, e.g. Scylla's token order).
+    #[must_use]
+    pub fn ordered(&self) -> bool {
+        self.caps.ordered
     }
 
     /// Asserts the precise `Unsupported` error of this store.

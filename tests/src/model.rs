@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use dl_models::Entity;
 use dl_repositories::backends::memory::MemoryBackend;
 use dl_repositories::{Error, Filter, FilterSupport, Patch, Query, Repo, Repository};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::entities::Specimen;
+use crate::entities::{Specimen, UniqueSpecimen};
 use crate::harness::Factory;
 
 /// One random operation.
@@ -100,21 +101,18 @@ fn owner() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
-/// Values of the unique field; all null when `unique_codes` is off.
-fn code(unique_codes: bool) -> BoxedStrategy<Option<String>> {
-    if unique_codes {
-        prop_oneof![3 => Just(None), 1 => Just(Some("c1".to_owned())), 1 => Just(Some("c2".to_owned()))].boxed()
-    } else {
-        Just(None).boxed()
-    }
+/// Values of `code` (unique in [`UniqueSpecimen`]): few, so they collide.
+fn code() -> BoxedStrategy<Option<String>> {
+    prop_oneof![3 => Just(None), 1 => Just(Some("c1".to_owned())), 1 => Just(Some("c2".to_owned()))]
+        .boxed()
 }
 
-fn specimen(unique_codes: bool) -> impl Strategy<Value = Specimen> {
+fn specimen() -> impl Strategy<Value = Specimen> {
     (
         key(),
         -3..4i64,
         owner(),
-        code(unique_codes),
+        code(),
         prop_oneof![Just("lab"), Just("label"), Just("other")],
         1..4i64,
     )
@@ -149,16 +147,16 @@ fn filter_spec() -> impl Strategy<Value = FilterSpec> {
     })
 }
 
-fn op(unique_codes: bool) -> impl Strategy<Value = Op> {
+fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => specimen(unique_codes).prop_map(Op::Insert),
-        1 => proptest::collection::vec(specimen(unique_codes), 0..4).prop_map(Op::InsertMany),
+        4 => specimen().prop_map(Op::Insert),
+        1 => proptest::collection::vec(specimen(), 0..4).prop_map(Op::InsertMany),
         2 => key().prop_map(Op::Get),
         1 => proptest::collection::vec(key(), 0..5).prop_map(Op::GetMany),
-        3 => (key(), proptest::option::of(-3..4i64), proptest::option::of(owner()), proptest::option::of(code(unique_codes)), proptest::option::of(1..5i64))
+        3 => (key(), proptest::option::of(-3..4i64), proptest::option::of(owner()), proptest::option::of(code()), proptest::option::of(1..5i64))
             .prop_map(|(k, r, o, c, v)| Op::Update(k, r, o, c, v)),
-        2 => specimen(unique_codes).prop_map(Op::Replace),
-        2 => specimen(unique_codes).prop_map(Op::Upsert),
+        2 => specimen().prop_map(Op::Replace),
+        2 => specimen().prop_map(Op::Upsert),
         2 => key().prop_map(Op::Delete),
         1 => key().prop_map(Op::Exists),
         3 => (filter_spec(), proptest::option::of((prop_oneof![Just("rank"), Just("owner")], any::<bool>())), 1..5u32)
@@ -186,7 +184,13 @@ fn has_repeated_key(v: &[Specimen]) -> bool {
     v.iter().any(|s| !seen.insert(s.id.as_str()))
 }
 
-async fn list_all(repo: &dyn Repository<Specimen>) -> Result<Vec<Specimen>, Error> {
+/// The entities a model test runs on: [`Specimen`] or [`UniqueSpecimen`].
+trait Subject: Entity<Key = String> + From<Specimen> + serde::Serialize {}
+impl<T: Entity<Key = String> + From<Specimen> + serde::Serialize> Subject for T {}
+
+/// Everything, in key order (sorted here for a store whose listing is in its
+/// own order).
+async fn list_all<T: Subject>(repo: &dyn Repository<T>) -> Result<Vec<T>, Error> {
     let mut out = Vec::new();
     let mut q = Query::new().limit(1000);
     loop {
@@ -194,7 +198,10 @@ async fn list_all(repo: &dyn Repository<Specimen>) -> Result<Vec<Specimen>, Erro
         out.extend(page.items);
         match page.next {
             Some(c) => q = q.after(c),
-            None => return Ok(out),
+            None => {
+                out.sort_by_key(Entity::key);
+                return Ok(out);
+            }
         }
     }
 }
@@ -202,13 +209,20 @@ async fn list_all(repo: &dyn Repository<Specimen>) -> Result<Vec<Specimen>, Erro
 /// Applies an operation. `atomic_batch: false` makes `insert_many` one
 /// insert per entity, continuing past failures and reporting the first
 /// error: what a store that declares non-atomic batches does.
-async fn apply(repo: &dyn Repository<Specimen>, op: &Op, atomic_batch: bool) -> String {
+async fn apply<T: Subject>(
+    repo: &dyn Repository<T>,
+    op: &Op,
+    atomic_batch: bool,
+    ordered: bool,
+) -> String {
+    let one = |s: &Specimen| T::from(s.clone());
+    let many = |v: &[Specimen]| v.iter().cloned().map(T::from).collect::<Vec<T>>();
     match op {
-        Op::Insert(s) => observe(&repo.insert(s).await),
+        Op::Insert(s) => observe(&repo.insert(&one(s)).await),
         Op::InsertMany(v) if !atomic_batch && !has_repeated_key(v) => {
             let mut first: Result<(), Error> = Ok(());
             for s in v {
-                if let Err(e) = repo.insert(s).await
+                if let Err(e) = repo.insert(&one(s)).await
                     && first.is_ok()
                 {
                     first = Err(e);
@@ -216,7 +230,7 @@ async fn apply(repo: &dyn Repository<Specimen>, op: &Op, atomic_batch: bool) -> 
             }
             observe(&first)
         }
-        Op::InsertMany(v) => observe(&repo.insert_many(v).await),
+        Op::InsertMany(v) => observe(&repo.insert_many(&many(v)).await),
         Op::Get(k) => observe(&repo.get(k).await),
         Op::GetMany(ks) => observe(&repo.get_many(ks).await),
         Op::Update(k, rank, owner, code, expected) => {
@@ -235,8 +249,8 @@ async fn apply(repo: &dyn Repository<Specimen>, op: &Op, atomic_batch: bool) -> 
             }
             observe(&repo.update(k, &p).await)
         }
-        Op::Replace(s) => observe(&repo.replace(s).await),
-        Op::Upsert(s) => observe(&repo.upsert(s).await),
+        Op::Replace(s) => observe(&repo.replace(&one(s)).await),
+        Op::Upsert(s) => observe(&repo.upsert(&one(s)).await),
         Op::Delete(k) => observe(&repo.delete(k).await),
         Op::Exists(k) => observe(&repo.exists(k).await),
         Op::List(f, sort, limit) => {
@@ -256,7 +270,14 @@ async fn apply(repo: &dyn Repository<Specimen>, op: &Op, atomic_batch: bool) -> 
                         items.extend(page.items);
                         match page.next {
                             Some(c) => q = q.after(c),
-                            None => break observe::<Vec<Specimen>>(&Ok(items)),
+                            None => {
+                                // A store without key order lists in its own
+                                // order: compare the set, in key order.
+                                if !ordered && sort.is_none() {
+                                    items.sort_by_key(Entity::key);
+                                }
+                                break observe::<Vec<T>>(&Ok(items));
+                            }
                         }
                     }
                     Err(e) => break observe::<()>(&Err(e)),
@@ -288,16 +309,25 @@ pub fn run_model_test(factory: Factory, cases: u32) -> Result<ModelReport, Strin
     run_model_test_with(factory, cases, true)
 }
 
-/// [`run_model_test`], optionally with unique values switched off (every
-/// `code` null) for a test server whose unique indexes are known to be wrong.
+/// [`run_model_test`] on [`UniqueSpecimen`] (`unique`: a store-enforced
+/// unique `code`, colliding often) or on [`Specimen`] (no unique field: for
+/// stores that cannot enforce one, or test servers that enforce it wrongly).
 ///
 /// # Errors
 /// As [`run_model_test`].
 pub fn run_model_test_with(
     factory: Factory,
     cases: u32,
-    unique_codes: bool,
+    unique: bool,
 ) -> Result<ModelReport, String> {
+    if unique {
+        run_model::<UniqueSpecimen>(factory, cases)
+    } else {
+        run_model::<Specimen>(factory, cases)
+    }
+}
+
+fn run_model<T: Subject>(factory: Factory, cases: u32) -> Result<ModelReport, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -311,19 +341,19 @@ pub fn run_model_test_with(
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&proptest::collection::vec(op(unique_codes), 1..40), |ops| {
+    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         rt.block_on(async {
             let backend = factory().await;
             let caps = backend.capabilities();
-            let subject = Repo::<Specimen>::open(backend)
+            let subject = Repo::<T>::open(backend)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("open: {e}")))?;
-            let model = Repo::<Specimen>::open(Arc::new(MemoryBackend::new()))
+            let model = Repo::<T>::open(Arc::new(MemoryBackend::new()))
                 .await
                 .map_err(|e| TestCaseError::fail(format!("open model: {e}")))?;
             for (n, op) in ops.iter().enumerate() {
-                let got = apply(&subject, op, true).await;
-                let want = apply(&model, op, caps.atomic_batch).await;
+                let got = apply(&subject, op, true, caps.ordered).await;
+                let want = apply(&model, op, caps.atomic_batch, caps.ordered).await;
                 steps.fetch_add(1, Ordering::Relaxed);
                 if got == "unsupported" && want != "unsupported" {
                     let declared = caps.filter != FilterSupport::Any || !caps.sort || !caps.prefix;

@@ -130,10 +130,10 @@ fn model_restricted_capabilities() {
 #[tokio::test]
 async fn unique_fields_need_a_store_that_enforces_them() {
     use dl_repositories::{Error, Operation, Repo, Store};
-    use dl_tests::entities::{Note, Specimen};
+    use dl_tests::entities::{Note, UniqueSpecimen};
     let backend: Arc<dyn Backend> =
         Arc::new(Restricted::without_unique(Arc::new(MemoryBackend::new())));
-    match Repo::<Specimen>::open(Arc::clone(&backend)).await {
+    match Repo::<UniqueSpecimen>::open(Arc::clone(&backend)).await {
         Err(Error::Unsupported {
             store: Store::Memory,
             operation: Operation::Prepare,

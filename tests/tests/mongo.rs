@@ -47,7 +47,7 @@ fn model_mongo_matches_memory() {
         if unique_codes {
             ""
         } else {
-            " (unique values off: known secantusdb defect)"
+            " (on Specimen, no unique field: known secantusdb defect)"
         }
     ));
 }

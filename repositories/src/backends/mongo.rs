@@ -394,6 +394,8 @@ impl Backend for MongoBackend {
             ttl: false,
             change_feed: false,
             unique: true,
+            ordered: true,
+            native_cursor: false,
         }
     }
 

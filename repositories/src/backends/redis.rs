@@ -579,6 +579,8 @@ impl Backend for RedisBackend {
             ttl: true,
             change_feed: false,
             unique: true,
+            ordered: true,
+            native_cursor: false,
         }
     }
 
