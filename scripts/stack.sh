@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test stack: PostgreSQL, Redis, MongoDB (SecantusDB's secantusd-rs) and,
-# once it exists, the CQL test server, on this machine.
+# The test stack: PostgreSQL, Redis, MongoDB (SecantusDB's secantusd-rs) and
+# ScyllaDB (the CQL test server of tests/, on the kassandra engine).
 #
 #   scripts/stack.sh up       bring every store up, wait until each answers,
 #                             write .env.test, say what runs where
@@ -12,7 +12,9 @@
 # processes: PostgreSQL and Redis are used as they are when they answer,
 # started when installed but stopped, installed from Debian's packages when
 # absent; MongoDB is SecantusDB's secantusd-rs, built once with cargo install
-# and reused; its data and logs live in .stack/ (git-ignored).
+# and reused; ScyllaDB is the CQL test server built from this workspace
+# (cargo build -p dl-tests --bin cql-test-server). Data and logs live in
+# .stack/ (git-ignored).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +27,7 @@ REDIS_URL_DEFAULT="redis://127.0.0.1:6379/0"
 MONGO_PORT=27017
 MONGO_URL_DEFAULT="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
 SECANTUS_VERSION="0.5.3-beta.196"
+SCYLLA_PORT=9042
 
 say() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
@@ -144,6 +147,29 @@ mongo_up() {
   MONGO_URL=${TEST_MONGODB_URI:-$MONGO_URL_DEFAULT}
 }
 
+# ---------------------------------------------------------------- ScyllaDB (CQL test server)
+scylla_up() {
+  if port_open 127.0.0.1 "$SCYLLA_PORT"; then
+    say "scylla: answering on 127.0.0.1:$SCYLLA_PORT (used as it is)"
+    SCYLLA_URI=127.0.0.1:$SCYLLA_PORT
+    # A server found running is taken for the CQL test server unless
+    # TEST_SCYLLA_LWT=true says it is a ScyllaDB.
+    SCYLLA_LWT=${TEST_SCYLLA_LWT:-false}
+    return
+  fi
+  say "scylla: building the CQL test server (cargo build -p dl-tests --bin cql-test-server)"
+  cargo build -q -p dl-tests --bin cql-test-server >"$STATE/cql-build.log" 2>&1 \
+    || die "scylla: building the CQL test server failed; see $STATE/cql-build.log"
+  local dir
+  dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  say "scylla: starting the CQL test server on 127.0.0.1:$SCYLLA_PORT (in memory)"
+  nohup "$dir/debug/cql-test-server" --port "$SCYLLA_PORT" >"$STATE/scylla.log" 2>&1 &
+  echo $! > "$STATE/scylla.pid"
+  wait_for "scylla (cql-test-server)" 60 port_open 127.0.0.1 "$SCYLLA_PORT"
+  SCYLLA_URI=127.0.0.1:$SCYLLA_PORT
+  SCYLLA_LWT=false
+}
+
 # ---------------------------------------------------------------- commands
 write_env() {
   cat > "$ROOT/.env.test" <<EOF
@@ -151,6 +177,9 @@ write_env() {
 TEST_POSTGRES_URL=$PG_URL
 TEST_REDIS_URL=$REDIS_URL
 TEST_MONGODB_URI=$MONGO_URL
+TEST_SCYLLA_URI=$SCYLLA_URI
+# Lightweight transactions: true for ScyllaDB, false for the CQL test server.
+TEST_SCYLLA_LWT=$SCYLLA_LWT
 EOF
 }
 
@@ -162,10 +191,13 @@ up() {
     PG_URL="postgres://postgres:postgres@127.0.0.1:5432/test"
     REDIS_URL=$REDIS_URL_DEFAULT
     MONGO_URL="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
+    SCYLLA_URI=127.0.0.1:$SCYLLA_PORT
+    SCYLLA_LWT=true
   else
     postgres_up
     redis_up
     mongo_up
+    scylla_up
   fi
   write_env
   say "ready in $((SECONDS - started))s; settings in .env.test"
@@ -179,6 +211,10 @@ down() {
     kill "$(cat "$STATE/mongo.pid")" 2>/dev/null && say "mongo: stopped" || true
     rm -f "$STATE/mongo.pid"
   fi
+  if [ -f "$STATE/scylla.pid" ]; then
+    kill "$(cat "$STATE/scylla.pid")" 2>/dev/null && say "scylla: stopped" || true
+    rm -f "$STATE/scylla.pid"
+  fi
   if [ -f "$STATE/redis.ours" ] && [ -f "$STATE/redis.pid" ]; then
     kill "$(cat "$STATE/redis.pid")" 2>/dev/null && say "redis: stopped" || true
     rm -f "$STATE/redis.ours" "$STATE/redis.pid"
@@ -189,6 +225,7 @@ status() {
   pg_answers "${TEST_POSTGRES_URL:-$PG_URL_DEFAULT}" && say "postgres: up" || say "postgres: down"
   redis_answers "${TEST_REDIS_URL:-$REDIS_URL_DEFAULT}" && say "redis: up" || say "redis: down"
   port_open 127.0.0.1 "$MONGO_PORT" && say "mongo: up" || say "mongo: down"
+  port_open 127.0.0.1 "$SCYLLA_PORT" && say "scylla: up" || say "scylla: down"
 }
 
 case "${1:-}" in

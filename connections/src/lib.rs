@@ -30,6 +30,7 @@
 pub mod mongo;
 pub mod postgres;
 pub mod redis;
+pub mod scylla;
 pub mod secret;
 pub mod settings;
 pub mod sqlite;

@@ -87,7 +87,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 9] = [
+const BASE_KEYS: [KeySpec; 10] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -136,6 +136,13 @@ const BASE_KEYS: [KeySpec; 9] = [
         kind: Kind::Bool,
         default: Some("true"),
         doc: "Fetch cluster schema metadata (false only for test servers that lack it).",
+    },
+    KeySpec {
+        key: "scylla.lightweight_transactions",
+        env: "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
+        kind: Kind::Bool,
+        default: Some("true"),
+        doc: "Check duplicates and versions with LWT (IF ...); false only for test servers without LWT (then read-then-write, not atomic).",
     },
     KeySpec {
         key: "postgres.schema",
@@ -358,6 +365,8 @@ pub struct ScyllaSettings {
     pub auto_await_schema_agreement: bool,
     /// Fetch schema metadata.
     pub fetch_schema_metadata: bool,
+    /// Use lightweight transactions for duplicate and version checks.
+    pub lightweight_transactions: bool,
 }
 
 /// The effective settings.
@@ -797,6 +806,7 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
                 keyspace: p.name("scylla.keyspace")?,
                 auto_await_schema_agreement: p.boolean("scylla.auto_await_schema_agreement")?,
                 fetch_schema_metadata: p.boolean("scylla.fetch_schema_metadata")?,
+                lightweight_transactions: p.boolean("scylla.lightweight_transactions")?,
             })
         }
         _ => None,

@@ -150,4 +150,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Whether the key exists.
     async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool>;
+
+    /// For a store that declares `native_cursor`: at most `limit` records
+    /// matching `cond`, in the store's own order, continuing from `state`
+    /// (`None`: from the start), and the state of the next page (`None`:
+    /// this was the last). The default refuses.
+    async fn list_page(
+        &self,
+        schema: &'static EntitySchema,
+        cond: &Cond,
+        limit: usize,
+        state: Option<&[u8]>,
+    ) -> Result<(Vec<Record>, Option<Vec<u8>>)> {
+        let _ = (schema, cond, limit, state);
+        Err(crate::error::Error::unsupported(
+            self.store(),
+            crate::error::Operation::List,
+            "this store has no native cursor",
+        ))
+    }
 }

@@ -204,6 +204,91 @@ impl<T: Entity> Repo<T> {
         Ok(Some(expected))
     }
 
+    /// A page through the store's own cursor (its paging state).
+    async fn list_native(&self, cond: &Cond, query: &Query) -> Result<Page<T>> {
+        let schema = Self::schema();
+        let fp = Self::native_fingerprint(cond);
+        let state = match &query.after {
+            None => None,
+            Some(cursor) => Some(Self::decode_native(cursor, &fp)?),
+        };
+        let (records, next) = self
+            .backend
+            .list_page(schema, cond, query.limit as usize, state.as_deref())
+            .await?;
+        let items = records
+            .iter()
+            .map(|r| self.decode_record(Operation::List, r))
+            .collect::<Result<Vec<T>>>()?;
+        let next = next.map(|state| {
+            let body = serde_json::json!({
+                "f": fp,
+                "p": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(state),
+            });
+            Cursor(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string()))
+        });
+        Ok(Page { items, next })
+    }
+
+    /// The fingerprint of a native-cursor query: the entity and the filter's
+    /// shape (fields and operators; never values, which may be PHI).
+    fn native_fingerprint(cond: &Cond) -> String {
+        fn shape(c: &Cond, out: &mut String) {
+            match c {
+                Cond::Cmp(i, op, _) => out.push_str(&format!("c{i}{}", op.name())),
+                Cond::In(i, vs) => out.push_str(&format!("i{i}:{}", vs.len())),
+                Cond::IsNull(i) => out.push_str(&format!("n{i}")),
+                Cond::Prefix(i, _) => out.push_str(&format!("p{i}")),
+                Cond::And(cs) | Cond::Or(cs) => {
+                    out.push(if matches!(c, Cond::And(_)) { '&' } else { '|' });
+                    out.push('(');
+                    for c in cs {
+                        shape(c, out);
+                        out.push(',');
+                    }
+                    out.push(')');
+                }
+                Cond::Not(c) => {
+                    out.push('!');
+                    shape(c, out);
+                }
+            }
+        }
+        let mut text = format!("native:{}:", Self::schema().name);
+        shape(cond, &mut text);
+        let digest = Sha256::digest(text.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn decode_native(cursor: &Cursor, fingerprint: &str) -> Result<Vec<u8>> {
+        let schema = Self::schema();
+        let bad = |why: &'static str| {
+            Error::invalid(schema.name, None, format!("malformed cursor: {why}"))
+        };
+        if cursor.0.len() > MAX_CURSOR_BYTES {
+            return Err(bad("too long"));
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor.0.as_bytes())
+            .map_err(|_| bad("not base64url"))?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| bad("not json"))?;
+        if body.get("f").and_then(|f| f.as_str()) != Some(fingerprint) {
+            return Err(Error::invalid(
+                schema.name,
+                None,
+                "this cursor belongs to another query (or another entity)",
+            ));
+        }
+        let state = body
+            .get("p")
+            .and_then(|p| p.as_str())
+            .ok_or_else(|| bad("no position"))?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(state.as_bytes())
+            .map_err(|_| bad("position is not base64url"))
+    }
+
     fn fingerprint(sort: &[(usize, Direction)]) -> String {
         let schema = Self::schema();
         let mut h = Sha256::new();
@@ -584,6 +669,17 @@ impl<T: Entity> Repository<T> for Repo<T> {
             sort.push((i, *dir));
         }
         let caps = self.backend.capabilities();
+        if !caps.ordered && !sort.is_empty() {
+            return Err(Error::unsupported(
+                self.backend.store(),
+                Operation::List,
+                "this store lists in its own order (no key order, no sorting)",
+            ));
+        }
+        if caps.native_cursor {
+            self.check_capabilities(Operation::List, &cond)?;
+            return self.list_native(&cond, query).await;
+        }
         if !caps.sort && sort.iter().any(|(i, _)| *i != schema.key) {
             return Err(Error::unsupported(
                 self.backend.store(),

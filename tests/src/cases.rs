@@ -451,10 +451,22 @@ async fn injection_value_is_data(ctx: Ctx) -> CaseResult {
         let mut s = Specimen::new(&id(i), 0);
         s.label = (*inj).to_owned();
         ok!(ctx.specimens.insert(&s).await);
-        let n = ok!(ctx.specimens.count(&Filter::eq("label", *inj)).await);
-        check!(n == 1, "injection #{i} matched {n}");
+        let back = ok!(ctx.specimens.get(&id(i)).await);
+        check!(
+            back.is_some_and(|b| b.label == *inj),
+            "injection #{i} changed"
+        );
     }
     check!(count_specimens(&ctx).await? == INJECTIONS.len() as u64);
+    for (i, inj) in INJECTIONS.iter().enumerate() {
+        let n = gated!(
+            ctx,
+            Need::IndexedFilter,
+            Op::Count,
+            ctx.specimens.count(&Filter::eq("label", *inj)).await
+        );
+        check!(n == 1, "injection #{i} matched {n}");
+    }
     PASS
 }
 
@@ -647,6 +659,11 @@ async fn update_unsets_nullable(ctx: Ctx) -> CaseResult {
         .await)
     .ok_or("None")?;
     check!(got.score.is_none() && got.owner.is_none() && got.code.is_some());
+    let stored = ok!(ctx.specimens.get(&"f".to_owned()).await).ok_or("missing")?;
+    check!(
+        stored == got,
+        "the stored entity differs from the one update returned"
+    );
     PASS
 }
 
@@ -922,7 +939,12 @@ async fn upsert_inserts_then_overwrites(ctx: Ctx) -> CaseResult {
 
 async fn filter_eq(ctx: Ctx) -> CaseResult {
     seed(&ctx, 6).await?;
-    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::eq("rank", 3))).await?);
+    let got = gated!(
+        ctx,
+        Need::IndexedFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::eq("rank", 3))).await?
+    );
     check!(got == vec![id(3)]);
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::eq("active", true))).await?);
     check!(got == vec![id(0), id(2), id(4)], "{got:?}");
@@ -1040,24 +1062,38 @@ async fn filter_float_accepts_int(ctx: Ctx) -> CaseResult {
 
 async fn filter_in(ctx: Ctx) -> CaseResult {
     seed(&ctx, 6).await?;
-    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("rank", [1, 4, 99]))).await?);
-    check!(got == vec![id(1), id(4)]);
     let got = ok!(list_ids(
         &ctx,
         Query::new().filter(Filter::is_in("id", [id(5), id(0)]))
     )
     .await?);
     check!(got == vec![id(0), id(5)]);
+    let got = gated!(
+        ctx,
+        Need::IndexedFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(Filter::is_in("rank", [1, 4, 99]))).await?
+    );
+    check!(got == vec![id(1), id(4)]);
     PASS
 }
 
 async fn filter_in_empty_matches_nothing(ctx: Ctx) -> CaseResult {
     seed(&ctx, 3).await?;
-    let got = ok!(list_ids(
-        &ctx,
-        Query::new().filter(Filter::is_in("rank", Vec::<i64>::new()))
-    )
-    .await?);
+    let none: Vec<String> = Vec::new();
+    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("id", none.clone()))).await?);
+    check!(got.is_empty());
+    check!(ok!(ctx.specimens.count(&Filter::is_in("id", none)).await) == 0);
+    let got = gated!(
+        ctx,
+        Need::IndexedFilter,
+        Op::List,
+        list_ids(
+            &ctx,
+            Query::new().filter(Filter::is_in("rank", Vec::<i64>::new()))
+        )
+        .await?
+    );
     check!(got.is_empty());
     check!(
         ok!(ctx
@@ -1071,14 +1107,26 @@ async fn filter_in_empty_matches_nothing(ctx: Ctx) -> CaseResult {
 
 async fn filter_in_large_list(ctx: Ctx) -> CaseResult {
     seed(&ctx, 10).await?;
-    let values: Vec<i64> = (5..10_005).collect();
+    let keys: Vec<String> = (5..10_005).map(id).collect();
     check!(
         ok!(ctx
             .specimens
-            .count(&Filter::is_in("rank", values.clone()))
+            .count(&Filter::is_in("id", keys.clone()))
             .await)
             == 5
     );
+    let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("id", keys))).await?);
+    check!(got == (5..10).map(id).collect::<Vec<_>>());
+    let values: Vec<i64> = (5..10_005).collect();
+    let n = gated!(
+        ctx,
+        Need::IndexedFilter,
+        Op::Count,
+        ctx.specimens
+            .count(&Filter::is_in("rank", values.clone()))
+            .await
+    );
+    check!(n == 5);
     let got = ok!(list_ids(&ctx, Query::new().filter(Filter::is_in("rank", values))).await?);
     check!(got == (5..10).map(id).collect::<Vec<_>>());
     PASS
@@ -1209,11 +1257,22 @@ async fn filter_prefix_is_literal(ctx: Ctx) -> CaseResult {
 
 async fn filter_and_or_nested(ctx: Ctx) -> CaseResult {
     seed(&ctx, 10).await?;
+    // On the key: (id in [1,2,3] and id in [2,3]) or id = 8
+    let f = Filter::is_in("id", [id(1), id(2), id(3)])
+        .and(Filter::is_in("id", [id(2), id(9)]))
+        .or(Filter::eq("id", id(8)));
+    let got = ok!(list_ids(&ctx, Query::new().filter(f)).await?);
+    check!(got == vec![id(2), id(8)], "{got:?}");
     // (rank in [1,2,3] and active) or (rank = 8)
     let f = Filter::is_in("rank", [1, 2, 3])
         .and(Filter::eq("active", true))
         .or(Filter::eq("rank", 8));
-    let got = ok!(list_ids(&ctx, Query::new().filter(f)).await?);
+    let got = gated!(
+        ctx,
+        Need::IndexedFilter,
+        Op::List,
+        list_ids(&ctx, Query::new().filter(f)).await?
+    );
     check!(got == vec![id(2), id(8)], "{got:?}");
     let f = Filter::Or(vec![
         Filter::eq("rank", 1),
@@ -1320,7 +1379,13 @@ async fn filter_uuid(ctx: Ctx) -> CaseResult {
 
 async fn count_with_filter(ctx: Ctx) -> CaseResult {
     seed(&ctx, 7).await?;
-    check!(ok!(ctx.specimens.count(&Filter::eq("active", true)).await) == 4);
+    let n = gated!(
+        ctx,
+        Need::IndexedFilter,
+        Op::Count,
+        ctx.specimens.count(&Filter::eq("active", true)).await
+    );
+    check!(n == 4);
     let n = gated!(
         ctx,
         Need::AnyFilter,
@@ -1618,16 +1683,19 @@ async fn limit_out_of_range_is_rejected(ctx: Ctx) -> CaseResult {
 
 async fn list_with_filter_and_limit(ctx: Ctx) -> CaseResult {
     seed(&ctx, 12).await?;
-    let page = ok!(ctx
-        .specimens
-        .list(&Query::new().filter(Filter::eq("active", false)).limit(4))
-        .await);
+    let f = || Filter::eq("active", false);
+    let page = gated!(
+        ctx,
+        Need::IndexedFilter,
+        Op::List,
+        ctx.specimens.list(&Query::new().filter(f()).limit(4)).await
+    );
     check!(ids(&page.items) == vec![id(1), id(3), id(5), id(7)]);
     let next = ok!(ctx
         .specimens
         .list(
             &Query::new()
-                .filter(Filter::eq("active", false))
+                .filter(f())
                 .limit(4)
                 .after(page.next.ok_or("no next")?)
         )

@@ -21,6 +21,8 @@ pub type Factory =
 pub enum Need {
     /// Filters on any field (not only indexed equality).
     AnyFilter,
+    /// `eq`/`in` filters on `#[indexed]` fields (not only the key).
+    IndexedFilter,
     /// Prefix filters.
     Prefix,
     /// Sorting on fields other than the key.
@@ -97,6 +99,7 @@ impl Ctx {
     pub fn lacks(&self, need: Need) -> bool {
         match need {
             Need::AnyFilter => self.caps.filter != FilterSupport::Any,
+            Need::IndexedFilter => self.caps.filter == FilterSupport::KeyOnly,
             Need::Prefix => !self.caps.prefix || self.caps.filter != FilterSupport::Any,
             Need::Sort => !self.caps.sort,
             Need::AtomicBatch => !self.caps.atomic_batch,

@@ -11,6 +11,7 @@ use dl_repositories::Backend;
 use dl_repositories::backends::mongo::MongoBackend;
 use dl_repositories::backends::postgres::PostgresBackend;
 use dl_repositories::backends::redis::RedisBackend;
+use dl_repositories::backends::scylla::ScyllaBackend;
 
 use crate::harness::Factory;
 
@@ -305,3 +306,97 @@ pub const SECANTUSDB_DEFECTS: &[crate::harness::KnownDefect] = &[crate::harness:
            document is deleted, so the value stays taken; MongoDB frees it",
     failure_contains: "the value of unique field `code` is already taken",
 }];
+
+/// The CQL contact point of the test stack: `TEST_SCYLLA_URI`, else the
+/// stack's default (the CQL test server on 127.0.0.1:9042).
+#[must_use]
+pub fn scylla_settings() -> dl_connections::ScyllaSettings {
+    let nodes = std::env::var("TEST_SCYLLA_URI").unwrap_or_else(|_| "127.0.0.1:9042".into());
+    let settings = Settings::load(
+        &Sources::isolated()
+            .var("SCYLLA_URI", &nodes)
+            .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
+            .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
+            .var(
+                "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
+                &std::env::var("TEST_SCYLLA_LWT").unwrap_or_else(|_| "false".into()),
+            ),
+    )
+    .unwrap_or_else(|e| panic!("TEST_SCYLLA_URI: {e}"));
+    settings.scylla.expect("SCYLLA_URI is set")
+}
+
+/// Scylla keyspaces made for one test.
+#[derive(Debug, Clone)]
+pub struct ScyllaNamespaces {
+    prefix: String,
+    next: Arc<AtomicUsize>,
+    session: Arc<scylla::client::session::Session>,
+}
+
+impl ScyllaNamespaces {
+    /// Connects (panics naming the server when it does not answer).
+    pub async fn new(tag: &str) -> Self {
+        let settings = scylla_settings();
+        let session = match tokio::time::timeout(
+            Duration::from_secs(15),
+            dl_connections::scylla::connect(&settings, &test_pool(1)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => panic!(
+                "Scylla at {:?} is configured but does not answer ({e}); bring the stack up: scripts/stack.sh up",
+                settings.nodes
+            ),
+            Err(_) => panic!(
+                "Scylla at {:?} is configured but did not answer within 15s; bring the stack up: scripts/stack.sh up",
+                settings.nodes
+            ),
+        };
+        ScyllaNamespaces {
+            prefix: unique_prefix(tag),
+            next: Arc::new(AtomicUsize::new(0)),
+            session,
+        }
+    }
+
+    /// A factory: each call a backend in a fresh keyspace, on one shared session.
+    #[must_use]
+    pub fn factory(&self, lightweight_transactions: bool) -> Factory {
+        let me = self.clone();
+        Arc::new(move || {
+            let me = me.clone();
+            Box::pin(async move {
+                let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                Arc::new(
+                    ScyllaBackend::new(
+                        Arc::clone(&me.session),
+                        &ns,
+                        lightweight_transactions,
+                        Duration::from_secs(10),
+                    )
+                    .expect("keyspace"),
+                ) as Arc<dyn Backend>
+            })
+        })
+    }
+
+    /// The session (for tests that talk CQL directly).
+    #[must_use]
+    pub fn session(&self) -> &Arc<scylla::client::session::Session> {
+        &self.session
+    }
+}
+
+/// Defects of the CQL test server (kassandra 0.14) that make conformance
+/// cases fail there (not on ScyllaDB): asserted and counted by the suite.
+pub const CQL_TEST_SERVER_DEFECTS: &[crate::harness::KnownDefect] =
+    &[crate::harness::KnownDefect {
+        case: "update_unsets_nullable",
+        server: "cql-test-server (kassandra 0.14)",
+        what: "a null bound in UPDATE or INSERT is ignored, so a column cannot be cleared \
+           (a literal null or a column DELETE would, but it cannot prepare column deletes); \
+           ScyllaDB clears the column",
+        failure_contains: "the stored entity differs",
+    }];

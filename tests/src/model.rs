@@ -64,6 +64,10 @@ pub enum FilterSpec {
     OwnerEq(String),
     /// label prefix
     LabelPrefix(String),
+    /// key = k (the key may not exist)
+    KeyEq(String),
+    /// key in keys (some may not exist)
+    KeyIn(Vec<String>),
     /// not
     Not(Box<FilterSpec>),
     /// and
@@ -82,6 +86,8 @@ impl FilterSpec {
             FilterSpec::OwnerNull => Filter::is_null("owner"),
             FilterSpec::OwnerEq(o) => Filter::eq("owner", o.as_str()),
             FilterSpec::LabelPrefix(p) => Filter::prefix("label", p.as_str()),
+            FilterSpec::KeyEq(k) => Filter::eq("id", k.as_str()),
+            FilterSpec::KeyIn(ks) => Filter::is_in("id", ks.clone()),
             FilterSpec::Not(f) => Filter::not(f.to_filter()),
             FilterSpec::And(a, b) => Filter::And(vec![a.to_filter(), b.to_filter()]),
             FilterSpec::Or(a, b) => Filter::Or(vec![a.to_filter(), b.to_filter()]),
@@ -93,26 +99,34 @@ fn key() -> impl Strategy<Value = String> {
     (0..6u8).prop_map(|k| format!("k{k}"))
 }
 
-fn owner() -> impl Strategy<Value = Option<String>> {
-    prop_oneof![
-        Just(None),
-        Just(Some("ann".to_owned())),
-        Just(Some("bob".to_owned()))
-    ]
+fn owner(nulls: bool) -> BoxedStrategy<Option<String>> {
+    if nulls {
+        prop_oneof![
+            Just(None),
+            Just(Some("ann".to_owned())),
+            Just(Some("bob".to_owned()))
+        ]
+        .boxed()
+    } else {
+        prop_oneof![Just(Some("ann".to_owned())), Just(Some("bob".to_owned()))].boxed()
+    }
 }
 
 /// Values of `code` (unique in [`UniqueSpecimen`]): few, so they collide.
-fn code() -> BoxedStrategy<Option<String>> {
-    prop_oneof![3 => Just(None), 1 => Just(Some("c1".to_owned())), 1 => Just(Some("c2".to_owned()))]
-        .boxed()
+fn code(nulls: bool) -> BoxedStrategy<Option<String>> {
+    if nulls {
+        prop_oneof![3 => Just(None), 1 => Just(Some("c1".to_owned())), 1 => Just(Some("c2".to_owned()))].boxed()
+    } else {
+        prop_oneof![Just(Some("c1".to_owned())), Just(Some("c2".to_owned()))].boxed()
+    }
 }
 
-fn specimen() -> impl Strategy<Value = Specimen> {
+fn specimen(nulls: bool) -> impl Strategy<Value = Specimen> {
     (
         key(),
         -3..4i64,
-        owner(),
-        code(),
+        owner(nulls),
+        code(nulls),
         prop_oneof![Just("lab"), Just("label"), Just("other")],
         1..4i64,
     )
@@ -133,6 +147,8 @@ fn filter_spec() -> impl Strategy<Value = FilterSpec> {
         proptest::collection::vec(-3..4i64, 0..4).prop_map(FilterSpec::RankIn),
         (-3..4i64).prop_map(FilterSpec::RankGt),
         Just(FilterSpec::OwnerNull),
+        key().prop_map(FilterSpec::KeyEq),
+        proptest::collection::vec(key(), 0..4).prop_map(FilterSpec::KeyIn),
         prop_oneof![Just("ann"), Just("bob")].prop_map(|o| FilterSpec::OwnerEq(o.to_owned())),
         prop_oneof![Just("lab"), Just("label-"), Just("o"), Just("")]
             .prop_map(|p| FilterSpec::LabelPrefix(p.to_owned())),
@@ -147,16 +163,16 @@ fn filter_spec() -> impl Strategy<Value = FilterSpec> {
     })
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op(nulls: bool) -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => specimen().prop_map(Op::Insert),
-        1 => proptest::collection::vec(specimen(), 0..4).prop_map(Op::InsertMany),
+        4 => specimen(nulls).prop_map(Op::Insert),
+        1 => proptest::collection::vec(specimen(nulls), 0..4).prop_map(Op::InsertMany),
         2 => key().prop_map(Op::Get),
         1 => proptest::collection::vec(key(), 0..5).prop_map(Op::GetMany),
-        3 => (key(), proptest::option::of(-3..4i64), proptest::option::of(owner()), proptest::option::of(code()), proptest::option::of(1..5i64))
+        3 => (key(), proptest::option::of(-3..4i64), proptest::option::of(owner(nulls)), proptest::option::of(code(nulls)), proptest::option::of(1..5i64))
             .prop_map(|(k, r, o, c, v)| Op::Update(k, r, o, c, v)),
-        2 => specimen().prop_map(Op::Replace),
-        2 => specimen().prop_map(Op::Upsert),
+        2 => specimen(nulls).prop_map(Op::Replace),
+        2 => specimen(nulls).prop_map(Op::Upsert),
         2 => key().prop_map(Op::Delete),
         1 => key().prop_map(Op::Exists),
         3 => (filter_spec(), proptest::option::of((prop_oneof![Just("rank"), Just("owner")], any::<bool>())), 1..5u32)
@@ -320,14 +336,48 @@ pub fn run_model_test_with(
     cases: u32,
     unique: bool,
 ) -> Result<ModelReport, String> {
-    if unique {
-        run_model::<UniqueSpecimen>(factory, cases)
+    run_model_test_opts(
+        factory,
+        cases,
+        ModelOptions {
+            unique,
+            nulls: true,
+        },
+    )
+}
+
+/// What a model test generates.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelOptions {
+    /// Run on [`UniqueSpecimen`] (a store-enforced unique `code`) rather
+    /// than [`Specimen`].
+    pub unique: bool,
+    /// Generate null `owner` and `code` values, so that writes clear fields
+    /// to null; off only for a test server known to ignore bound nulls.
+    pub nulls: bool,
+}
+
+/// [`run_model_test`] with explicit options.
+///
+/// # Errors
+/// As [`run_model_test`].
+pub fn run_model_test_opts(
+    factory: Factory,
+    cases: u32,
+    opts: ModelOptions,
+) -> Result<ModelReport, String> {
+    if opts.unique {
+        run_model::<UniqueSpecimen>(factory, cases, opts)
     } else {
-        run_model::<Specimen>(factory, cases)
+        run_model::<Specimen>(factory, cases, opts)
     }
 }
 
-fn run_model<T: Subject>(factory: Factory, cases: u32) -> Result<ModelReport, String> {
+fn run_model<T: Subject>(
+    factory: Factory,
+    cases: u32,
+    opts: ModelOptions,
+) -> Result<ModelReport, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -341,7 +391,7 @@ fn run_model<T: Subject>(factory: Factory, cases: u32) -> Result<ModelReport, St
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
+    let result = runner.run(&proptest::collection::vec(op(opts.nulls), 1..40), |ops| {
         rt.block_on(async {
             let backend = factory().await;
             let caps = backend.capabilities();

@@ -4,4 +4,5 @@ pub mod memory;
 pub mod mongo;
 pub mod postgres;
 pub mod redis;
+pub mod scylla;
 pub mod sqlite;

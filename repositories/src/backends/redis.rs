@@ -852,10 +852,13 @@ impl Backend for RedisBackend {
     async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
         let op = Operation::Count;
         let expiring = self.ttl.contains_key(schema.name);
+        // Keys named by the filter may not exist: then each is checked.
+        let mut names_keys = false;
+        cond.for_each_field(&mut |i, _| names_keys |= i == schema.key);
         let members: Vec<String> = match self.candidates(schema, op, cond).await? {
             // Index sets and the key order move with every write in one
             // script, so their sizes are exact unless entries expire.
-            Some(set) if !expiring => return Ok(set.len() as u64),
+            Some(set) if !expiring && !names_keys => return Ok(set.len() as u64),
             None if !expiring && cond.is_always() => {
                 let mut conn = self.conn.clone();
                 let n: u64 = redis::cmd("ZCARD")
