@@ -85,6 +85,7 @@ pub enum SetupError {
 pub struct DataLayer {
     settings: Arc<Settings>,
     relational: Arc<dyn Backend>,
+    others: Vec<Arc<dyn Backend>>,
 }
 
 impl DataLayer {
@@ -122,9 +123,11 @@ impl DataLayer {
                 Arc::new(backend)
             }
         };
+        let others = connect_others(&settings).await?;
         Ok(DataLayer {
             settings: Arc::new(settings),
             relational,
+            others,
         })
     }
 
@@ -138,6 +141,38 @@ impl DataLayer {
     #[must_use]
     pub fn relational(&self) -> &Arc<dyn Backend> {
         &self.relational
+    }
+
+    /// The repository of `T` on another configured store (MongoDB, Redis,
+    /// ScyllaDB; or the relational one), creating what it needs there.
+    ///
+    /// # Errors
+    /// `Unsupported` when that store is not configured, or cannot hold `T`
+    /// (unique fields on ScyllaDB, say).
+    pub async fn repository_in<T: Entity>(
+        &self,
+        store: Store,
+    ) -> Result<Arc<dyn Repository<T>>, Error> {
+        let backend = std::iter::once(&self.relational)
+            .chain(&self.others)
+            .find(|b| b.store() == store)
+            .ok_or_else(|| {
+                Error::unsupported(
+                    store,
+                    dl_repositories::Operation::Prepare,
+                    format!("{store} is not configured: set its URL (see .env.example)"),
+                )
+            })?;
+        Ok(Arc::new(Repo::<T>::open(Arc::clone(backend)).await?))
+    }
+
+    /// The stores this data layer reaches.
+    #[must_use]
+    pub fn stores(&self) -> Vec<Store> {
+        std::iter::once(&self.relational)
+            .chain(&self.others)
+            .map(|b| b.store())
+            .collect()
     }
 
     /// The repository of `T` on the relational store, creating its table and
@@ -156,3 +191,72 @@ impl DataLayer {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// Opens the optional stores the settings name (MongoDB, Redis, ScyllaDB).
+async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, SetupError> {
+    use dl_repositories::backends::{
+        mongo::MongoBackend, redis::RedisBackend, scylla::ScyllaBackend,
+    };
+    let mut out: Vec<Arc<dyn Backend>> = Vec::new();
+    let connect_err =
+        |store: Store, reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
+            SetupError::Connect {
+                store,
+                reason,
+                source,
+            }
+        };
+    if let Some(url) = &settings.mongodb_uri {
+        let client = dl_connections::mongo::connect(url, &settings.mongo)
+            .await
+            .map_err(|e| {
+                connect_err(
+                    Store::Mongo,
+                    format!("bad MongoDB options in {url}"),
+                    Some(Box::new(e)),
+                )
+            })?;
+        let database = client
+            .default_database()
+            .map_or_else(|| "data_layer".to_owned(), |d| d.name().to_owned());
+        let backend = MongoBackend::new(&client, &database, settings.mongo.request_timeout)
+            .map_err(|e| connect_err(Store::Mongo, e.to_string(), None))?;
+        out.push(Arc::new(backend));
+    }
+    if let Some(url) = &settings.redis_url {
+        let conn = dl_connections::redis::connect_lazy(url, &settings.redis).map_err(|e| {
+            connect_err(
+                Store::Redis,
+                format!("bad Redis options in {url}"),
+                Some(Box::new(e)),
+            )
+        })?;
+        let backend = RedisBackend::new(
+            conn,
+            &settings.redis_key_prefix,
+            settings.redis.request_timeout,
+        )
+        .map_err(|e| connect_err(Store::Redis, e.to_string(), None))?;
+        out.push(Arc::new(backend));
+    }
+    if let Some(scylla) = &settings.scylla {
+        let session = dl_connections::scylla::connect(scylla, &settings.scylla_pool)
+            .await
+            .map_err(|e| {
+                connect_err(
+                    Store::Scylla,
+                    format!("no contact point of {:?} answered", scylla.nodes),
+                    Some(Box::new(e)),
+                )
+            })?;
+        let backend = ScyllaBackend::new(
+            session,
+            &scylla.keyspace,
+            scylla.lightweight_transactions,
+            settings.scylla_pool.request_timeout,
+        )
+        .map_err(|e| connect_err(Store::Scylla, e.to_string(), None))?;
+        out.push(Arc::new(backend));
+    }
+    Ok(out)
+}
