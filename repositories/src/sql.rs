@@ -163,6 +163,12 @@ impl SqlWriter {
         }
     }
 
+    /// Writes ` LIMIT <placeholder>` for `n` rows.
+    pub(crate) fn limit(&mut self, n: usize) {
+        self.sql.push_str(" LIMIT ");
+        self.placeholder(None, Bound::Len(i64::try_from(n).unwrap_or(i64::MAX)));
+    }
+
     /// Writes `ORDER BY ...` with null as the smallest value.
     pub(crate) fn order_by(&mut self, schema: &EntitySchema, sort: &[(usize, Direction)]) {
         if sort.is_empty() {

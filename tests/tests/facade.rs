@@ -24,10 +24,7 @@ fn appointment() -> Appointment {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_data_layer_reaches_every_store() {
     let ns = unique_prefix("facade");
-    let mongo = format!(
-        "{}",
-        mongo_url().expose().replacen("/?", &format!("/{ns}?"), 1)
-    );
+    let mongo = mongo_url().expose().replacen("/?", &format!("/{ns}?"), 1);
     let scylla = scylla_settings();
     let settings = Settings::load(
         &Sources::isolated()

@@ -5,4 +5,6 @@ pub mod mongo;
 pub mod postgres;
 pub mod redis;
 pub mod scylla;
+#[macro_use]
+mod sql_common;
 pub mod sqlite;
