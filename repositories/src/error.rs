@@ -153,6 +153,15 @@ impl fmt::Display for ConflictKind {
     }
 }
 
+/// One entity of a batch that was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchFailure {
+    /// Its position in the batch.
+    pub index: usize,
+    /// Why it was not written.
+    pub kind: ConflictKind,
+}
+
 /// The repository layer's error.
 ///
 /// Messages never contain field values (they may be PHI): they name the
@@ -175,6 +184,15 @@ pub enum Error {
         entity: &'static str,
         /// What conflicted.
         kind: ConflictKind,
+    },
+    /// Some entities of an `insert_many` on a store whose batches are not
+    /// all-or-nothing conflicted; every other entity was written.
+    #[error("{entity}: {} of the batch not written (first at index {}: {})", failures.len(), failures.first().map_or(0, |f| f.index), failures.first().map_or_else(String::new, |f| f.kind.to_string()))]
+    Batch {
+        /// The entity's store name.
+        entity: &'static str,
+        /// The entities not written, in batch order.
+        failures: Vec<BatchFailure>,
     },
     /// The input is malformed: checked before any I/O, nothing was written.
     #[error("{entity}: invalid input{}: {reason}", field.as_ref().map(|f| format!(" in `{f}`")).unwrap_or_default())]
@@ -252,6 +270,7 @@ impl Error {
             Error::Backend { retryable, .. } => *retryable,
             Error::NotFound { .. }
             | Error::Conflict { .. }
+            | Error::Batch { .. }
             | Error::Invalid { .. }
             | Error::Unsupported { .. }
             | Error::CircuitOpen { .. } => false,

@@ -40,8 +40,10 @@ pub trait Repository<T: Entity>: Send + Sync {
     async fn insert(&self, entity: &T) -> Result<()>;
 
     /// Inserts many entities (up to [`MAX_BATCH`]). All are checked first;
-    /// a batch with a repeated key is a `Conflict` before any I/O. Whether a
-    /// store-side failure leaves some written is `capabilities().atomic_batch`.
+    /// a batch with a repeated key is a `Conflict` before any I/O. On a store
+    /// with `capabilities().atomic_batch` a conflict writes nothing
+    /// (`Conflict`); on the others every entity that does not conflict is
+    /// written and `Error::Batch` lists the ones that did, by position.
     async fn insert_many(&self, entities: &[T]) -> Result<()>;
 
     /// Reads one entity.

@@ -3,7 +3,9 @@
 //! precise `Unsupported` error instead (see [`gated!`](crate::gated)).
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use dl_repositories::{ConflictKind, Error, Filter, Operation as Op, Patch, Query, Repository};
+use dl_repositories::{
+    BatchFailure, ConflictKind, Error, Filter, Operation as Op, Patch, Query, Repository,
+};
 use uuid::Uuid;
 
 use crate::entities::{Note, Specimen, UniqueSpecimen};
@@ -1759,22 +1761,49 @@ async fn insert_many_repeated_key_conflicts(ctx: Ctx) -> CaseResult {
 
 async fn insert_many_existing_key(ctx: Ctx) -> CaseResult {
     ok!(ctx.specimens.insert(&Specimen::new("b", 0)).await);
+    ok!(ctx.specimens.insert(&Specimen::new("d", 0)).await);
     let batch = vec![
         Specimen::new("a", 1),
         Specimen::new("b", 2),
         Specimen::new("c", 3),
+        Specimen::new("d", 4),
     ];
     let r = ctx.specimens.insert_many(&batch).await;
-    check!(matches!(r, Err(Error::Conflict { .. })), "{r:?}");
     check!(
         ok!(ctx.specimens.get(&"b".to_owned()).await).is_some_and(|b| b.rank == 0),
         "existing row kept"
     );
     let n = count_specimens(&ctx).await?;
     if ctx.lacks(Need::AtomicBatch) {
-        check!(n == 3, "non-atomic batch writes the others: {n}");
+        // Every entity that does not conflict is written; each failure is
+        // reported by its position in the batch.
+        let want = vec![
+            BatchFailure {
+                index: 1,
+                kind: ConflictKind::DuplicateKey,
+            },
+            BatchFailure {
+                index: 3,
+                kind: ConflictKind::DuplicateKey,
+            },
+        ];
+        check!(
+            matches!(&r, Err(Error::Batch { failures, .. }) if *failures == want),
+            "{r:?}"
+        );
+        check!(n == 4, "non-atomic batch writes the others: {n}");
     } else {
-        check!(n == 1, "atomic batch writes nothing: {n}");
+        check!(
+            matches!(
+                r,
+                Err(Error::Conflict {
+                    kind: ConflictKind::DuplicateKey,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        check!(n == 2, "atomic batch writes nothing: {n}");
     }
     PASS
 }

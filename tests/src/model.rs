@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dl_models::Entity;
 use dl_repositories::backends::memory::MemoryBackend;
-use dl_repositories::{Error, Filter, FilterSupport, Patch, Query, Repo, Repository};
+use dl_repositories::{BatchFailure, Error, Filter, FilterSupport, Patch, Query, Repo, Repository};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -187,6 +187,7 @@ fn observe<T: serde::Serialize>(r: &Result<T, Error>) -> String {
     match r {
         Ok(v) => serde_json::to_string(v).unwrap_or_else(|e| format!("unserializable: {e}")),
         Err(Error::Conflict { kind, .. }) => format!("conflict: {kind}"),
+        Err(Error::Batch { failures, .. }) => format!("batch: {failures:?}"),
         Err(Error::NotFound { .. }) => "not found".into(),
         Err(Error::Invalid { .. }) => "invalid".into(),
         Err(Error::Unsupported { .. }) => "unsupported".into(),
@@ -236,15 +237,26 @@ async fn apply<T: Subject>(
     match op {
         Op::Insert(s) => observe(&repo.insert(&one(s)).await),
         Op::InsertMany(v) if !atomic_batch && !has_repeated_key(v) => {
-            let mut first: Result<(), Error> = Ok(());
-            for s in v {
-                if let Err(e) = repo.insert(&one(s)).await
-                    && first.is_ok()
-                {
-                    first = Err(e);
+            // A non-atomic batch: each entity on its own; the conflicts are
+            // reported by position, anything else ends the batch.
+            let mut failures = Vec::new();
+            for (index, s) in v.iter().enumerate() {
+                match repo.insert(&one(s)).await {
+                    Ok(()) => {}
+                    Err(Error::Conflict { kind, .. }) => {
+                        failures.push(BatchFailure { index, kind })
+                    }
+                    Err(e) => return observe::<()>(&Err(e)),
                 }
             }
-            observe(&first)
+            if failures.is_empty() {
+                observe::<()>(&Ok(()))
+            } else {
+                observe::<()>(&Err(Error::Batch {
+                    entity: T::schema().name,
+                    failures,
+                }))
+            }
         }
         Op::InsertMany(v) => observe(&repo.insert_many(&many(v)).await),
         Op::Get(k) => observe(&repo.get(k).await),

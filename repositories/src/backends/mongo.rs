@@ -28,7 +28,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 
 use crate::backend::{Backend, Capabilities, FilterSupport};
-use crate::error::{ConflictKind, Error, Operation, Result, Store};
+use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
 
 const CAS_ATTEMPTS: usize = 64;
@@ -448,13 +448,33 @@ impl Backend for MongoBackend {
     }
 
     async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+        let op = Operation::InsertMany;
         let docs: Vec<Document> = records.iter().map(|r| to_doc(schema, r)).collect();
-        self.coll(schema)
-            .insert_many(docs)
-            .ordered(false)
-            .await
-            .map_err(|e| self.err(schema, Operation::InsertMany, e))?;
-        Ok(())
+        let Err(e) = self.coll(schema).insert_many(docs).ordered(false).await else {
+            return Ok(());
+        };
+        // Unordered: every document that did not fail was written. Report
+        // the duplicate-key failures per document; anything else whole.
+        if let mongodb::error::ErrorKind::InsertMany(im) = e.kind.as_ref()
+            && im.write_concern_error.is_none()
+            && let Some(errors) = &im.write_errors
+            && !errors.is_empty()
+            && errors.iter().all(|w| w.code == DUPLICATE_KEY)
+        {
+            let mut failures: Vec<BatchFailure> = errors
+                .iter()
+                .map(|w| BatchFailure {
+                    index: w.index,
+                    kind: dup_kind(schema, &w.message),
+                })
+                .collect();
+            failures.sort_by_key(|f| f.index);
+            return Err(Error::Batch {
+                entity: schema.name,
+                failures,
+            });
+        }
+        Err(self.err(schema, op, e))
     }
 
     async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {

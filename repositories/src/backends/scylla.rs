@@ -13,7 +13,7 @@
 //! `lightweight_transactions = false` (for test servers without LWT) they
 //! become read-then-write: correct for one writer, not atomic.
 //! `insert_many` writes the new entities in unlogged batches of prepared
-//! inserts and reports a taken key after writing the others.
+//! inserts and reports the taken keys, by position, after writing the others.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -30,7 +30,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlTimestamp, CqlValue, Row};
 
 use crate::backend::{Backend, Capabilities, FilterSupport};
-use crate::error::{ConflictKind, Error, Operation, Result, Store};
+use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{CmpOp, Cond, ListRequest, ValidPatch};
 
@@ -817,10 +817,19 @@ impl Backend for ScyllaBackend {
                 .await
                 .map_err(|e| self.err(op, e))?;
         }
-        if fresh.len() < records.len() {
-            return Err(Error::Conflict {
-                entity: schema.name,
+        let failures: Vec<BatchFailure> = existing
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_some())
+            .map(|(index, _)| BatchFailure {
+                index,
                 kind: ConflictKind::DuplicateKey,
+            })
+            .collect();
+        if !failures.is_empty() {
+            return Err(Error::Batch {
+                entity: schema.name,
+                failures,
             });
         }
         Ok(())
