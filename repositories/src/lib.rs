@@ -36,6 +36,7 @@
 pub mod backend;
 pub mod backends;
 pub mod error;
+pub mod guard;
 pub mod keys;
 pub mod query;
 mod repo;

@@ -1,0 +1,842 @@
+//! The guard: one decorator around every backend — circuit breaker, then
+//! retry, then a deadline — so no backend carries its own copy.
+//!
+//! ```text
+//! call ──► breaker (open? fail at once) ──► retry (idempotent, retryable,
+//!          within budget) ──► deadline (request timeout) ──► backend
+//! ```
+//!
+//! Time is tokio's: breaker windows, backoff sleeps and deadlines all read
+//! `tokio::time`, so tests run on paused time (`start_paused`, `advance`)
+//! and never sleep.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::BackoffBuilder as _;
+use dl_models::{EntitySchema, Record, Value};
+use tokio::time::Instant;
+
+use crate::backend::{Backend, Capabilities};
+use crate::error::{Error, Operation, Result, Store};
+use crate::query::{Cond, ListRequest, ValidPatch};
+
+/// Circuit breaker settings. Defaults suit a store answering in
+/// milliseconds; each line says its trade-off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerSettings {
+    /// Calls in the sliding window (count-based). Default 20: larger reacts
+    /// slower and steadier.
+    pub window: usize,
+    /// Calls needed in the window before rates count. Default 10: fewer
+    /// opens on a handful of errors.
+    pub min_calls: usize,
+    /// Transient-failure share that opens the breaker. Default 0.5.
+    pub failure_rate: f64,
+    /// Share of slow calls that opens it. Default 0.8.
+    pub slow_call_rate: f64,
+    /// A call slower than this is slow. Default 2 s.
+    pub slow_call: Duration,
+    /// Time open before half-open probes. Default 5 s: shorter recovers
+    /// sooner, longer spares a struggling store.
+    pub wait_in_open: Duration,
+    /// Probes allowed while half-open; all must succeed to close. Default 3.
+    pub half_open_probes: usize,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            window: 20,
+            min_calls: 10,
+            failure_rate: 0.5,
+            slow_call_rate: 0.8,
+            slow_call: Duration::from_secs(2),
+            wait_in_open: Duration::from_secs(5),
+            half_open_probes: 3,
+        }
+    }
+}
+
+/// A breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls fail at once with `CircuitOpen`.
+    Open,
+    /// A limited number of probes pass; their outcome decides.
+    HalfOpen,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    failed: bool,
+    slow: bool,
+}
+
+#[derive(Debug)]
+struct BreakerInner {
+    state: BreakerState,
+    window: VecDeque<Outcome>,
+    opened_at: Instant,
+    probes_started: usize,
+    probes_succeeded: usize,
+    transitions: u64,
+}
+
+/// A circuit breaker for one store: closed, open, half-open, over a
+/// count-based sliding window of failure and slow-call rates. Only
+/// transient faults (`Unavailable`, `Timeout`, retryable backend errors)
+/// count as failures: a `NotFound`, `Conflict` or `Invalid` is the store
+/// answering.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    store: Store,
+    settings: BreakerSettings,
+    inner: Mutex<BreakerInner>,
+}
+
+/// Leave to make one call through a breaker.
+#[derive(Debug)]
+#[must_use]
+pub struct Permit {
+    started: Instant,
+    probe: bool,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    #[must_use]
+    pub fn new(store: Store, settings: BreakerSettings) -> Self {
+        CircuitBreaker {
+            store,
+            inner: Mutex::new(BreakerInner {
+                state: BreakerState::Closed,
+                window: VecDeque::with_capacity(settings.window),
+                opened_at: Instant::now(),
+                probes_started: 0,
+                probes_succeeded: 0,
+                transitions: 0,
+            }),
+            settings,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current state (an open breaker whose wait is over reports
+    /// half-open).
+    #[must_use]
+    pub fn state(&self) -> BreakerState {
+        let inner = self.lock();
+        match inner.state {
+            BreakerState::Open if inner.opened_at.elapsed() >= self.settings.wait_in_open => {
+                BreakerState::HalfOpen
+            }
+            s => s,
+        }
+    }
+
+    /// How many times the state changed.
+    #[must_use]
+    pub fn transitions(&self) -> u64 {
+        self.lock().transitions
+    }
+
+    fn set(&self, inner: &mut BreakerInner, to: BreakerState) {
+        if inner.state != to {
+            tracing::warn!(store = %self.store, from = ?inner.state, to = ?to, "circuit breaker changed state");
+            inner.state = to;
+            inner.transitions += 1;
+        }
+    }
+
+    /// Asks to make a call.
+    ///
+    /// # Errors
+    /// `CircuitOpen` when the breaker is open, or half-open with every probe
+    /// already in flight.
+    pub fn acquire(&self) -> Result<Permit> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if inner.state == BreakerState::Open
+            && now.duration_since(inner.opened_at) >= self.settings.wait_in_open
+        {
+            self.set(&mut inner, BreakerState::HalfOpen);
+            inner.probes_started = 0;
+            inner.probes_succeeded = 0;
+        }
+        match inner.state {
+            BreakerState::Closed => Ok(Permit {
+                started: now,
+                probe: false,
+            }),
+            BreakerState::Open => Err(Error::CircuitOpen { store: self.store }),
+            BreakerState::HalfOpen => {
+                if inner.probes_started < self.settings.half_open_probes {
+                    inner.probes_started += 1;
+                    Ok(Permit {
+                        started: now,
+                        probe: true,
+                    })
+                } else {
+                    Err(Error::CircuitOpen { store: self.store })
+                }
+            }
+        }
+    }
+
+    /// Records how a permitted call ended.
+    pub fn record(&self, permit: Permit, result: std::result::Result<(), &Error>) {
+        let failed = result.is_err_and(is_transient);
+        let slow = permit.started.elapsed() >= self.settings.slow_call;
+        let mut inner = self.lock();
+        if permit.probe {
+            if inner.state != BreakerState::HalfOpen {
+                return;
+            }
+            if failed || slow {
+                self.set(&mut inner, BreakerState::Open);
+                inner.opened_at = Instant::now();
+            } else {
+                inner.probes_succeeded += 1;
+                if inner.probes_succeeded >= self.settings.half_open_probes {
+                    inner.window.clear();
+                    self.set(&mut inner, BreakerState::Closed);
+                }
+            }
+            return;
+        }
+        if inner.state != BreakerState::Closed {
+            return;
+        }
+        if inner.window.len() == self.settings.window.max(1) {
+            inner.window.pop_front();
+        }
+        inner.window.push_back(Outcome { failed, slow });
+        let n = inner.window.len();
+        if n >= self.settings.min_calls.max(1) {
+            #[allow(clippy::cast_precision_loss)] // window sizes are small
+            let rate = |count: usize| count as f64 / n as f64;
+            let failures = inner.window.iter().filter(|o| o.failed).count();
+            let slows = inner.window.iter().filter(|o| o.slow).count();
+            if rate(failures) >= self.settings.failure_rate
+                || rate(slows) >= self.settings.slow_call_rate
+            {
+                self.set(&mut inner, BreakerState::Open);
+                inner.opened_at = Instant::now();
+                inner.window.clear();
+            }
+        }
+    }
+}
+
+/// Whether an error is a transient fault of the store (what a breaker counts
+/// and a retry may fix).
+#[must_use]
+pub fn is_transient(e: &Error) -> bool {
+    e.is_retryable()
+}
+
+/// Retry settings: exponential backoff with full jitter, a budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySettings {
+    /// Retries after the first attempt. Default 2.
+    pub max_retries: usize,
+    /// First backoff ceiling. Default 20 ms.
+    pub min_delay: Duration,
+    /// Largest backoff ceiling. Default 500 ms.
+    pub max_delay: Duration,
+    /// Retries allowed per call made, over time (the budget). Default 0.2:
+    /// a failing store sees at most 20% extra load from retries.
+    pub budget_ratio: f64,
+    /// Retries always allowed per second, whatever the ratio. Default 5.
+    pub budget_floor_per_sec: f64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_retries: 2,
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(500),
+            budget_ratio: 0.2,
+            budget_floor_per_sec: 5.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The guard around one backend.
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Arc<dyn Backend>,
+    breaker: Arc<CircuitBreaker>,
+    deadline: Duration,
+    retry: RetrySettings,
+    budget: Mutex<Budget>,
+}
+
+impl Guarded {
+    /// Wraps `inner`: every call passes the breaker, may be retried, and
+    /// fails with `Timeout` after `deadline` (the request timeout).
+    #[must_use]
+    pub fn new(
+        inner: Arc<dyn Backend>,
+        deadline: Duration,
+        breaker: BreakerSettings,
+        retry: RetrySettings,
+    ) -> Self {
+        let store = inner.store();
+        Guarded {
+            inner,
+            breaker: Arc::new(CircuitBreaker::new(store, breaker)),
+            deadline,
+            budget: Mutex::new(Budget {
+                tokens: retry.budget_floor_per_sec,
+                last: Instant::now(),
+            }),
+            retry,
+        }
+    }
+
+    /// The breaker (for health and metrics).
+    #[must_use]
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    /// Takes a retry token if the budget allows; every call adds a share.
+    fn budget(&self, call_made: bool) -> bool {
+        let mut b = self
+            .budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let cap = (self.retry.budget_floor_per_sec * 10.0).max(10.0);
+        b.tokens = (b.tokens
+            + now.duration_since(b.last).as_secs_f64() * self.retry.budget_floor_per_sec)
+            .min(cap);
+        b.last = now;
+        if call_made {
+            b.tokens = (b.tokens + self.retry.budget_ratio).min(cap);
+            return true;
+        }
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// One attempt: breaker permit, deadline, outcome recorded.
+    async fn attempt<T, F, Fut>(&self, op: Operation, f: &F) -> Result<T>
+    where
+        F: Fn() -> Fut + Sync,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        let permit = self.breaker.acquire()?;
+        let result = match tokio::time::timeout(self.deadline, f()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                store: self.inner.store(),
+                operation: op,
+                after: self.deadline,
+            }),
+        };
+        self.breaker.record(permit, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// Runs a call through the guard: retried only when the operation is
+    /// idempotent and the error retryable, within the budget.
+    async fn call<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut + Sync,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        self.budget(true);
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_retries)
+            .build();
+        loop {
+            match self.attempt(op, &f).await {
+                Ok(v) => return Ok(v),
+                Err(e) if op.is_idempotent() && e.is_retryable() => {
+                    let Some(ceiling) = delays.next() else {
+                        return Err(e);
+                    };
+                    if !self.budget(false) {
+                        return Err(e);
+                    }
+                    // Full jitter: anywhere from zero to the ceiling.
+                    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling_ms))).await;
+                    tracing::debug!(store = %self.inner.store(), operation = %op, "retrying after a transient fault");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Guarded {
+    fn store(&self) -> Store {
+        self.inner.store()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+        self.call(Operation::Prepare, || self.inner.prepare(schema))
+            .await
+    }
+    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+        self.call(Operation::Insert, || self.inner.insert(schema, record))
+            .await
+    }
+    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+        self.call(Operation::InsertMany, || {
+            self.inner.insert_many(schema, records)
+        })
+        .await
+    }
+    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+        self.call(Operation::Get, || self.inner.get(schema, key))
+            .await
+    }
+    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
+        self.call(Operation::GetMany, || self.inner.get_many(schema, keys))
+            .await
+    }
+    async fn update(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Record>> {
+        self.call(Operation::Update, || self.inner.update(schema, key, patch))
+            .await
+    }
+    async fn replace(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+        expected_version: Option<i64>,
+    ) -> Result<Record> {
+        self.call(Operation::Replace, || {
+            self.inner.replace(schema, record, expected_version)
+        })
+        .await
+    }
+    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+        self.call(Operation::Upsert, || self.inner.upsert(schema, record))
+            .await
+    }
+    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        self.call(Operation::Delete, || self.inner.delete(schema, key))
+            .await
+    }
+    async fn list(
+        &self,
+        schema: &'static EntitySchema,
+        request: &ListRequest,
+    ) -> Result<Vec<Record>> {
+        self.call(Operation::List, || self.inner.list(schema, request))
+            .await
+    }
+    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+        self.call(Operation::Count, || self.inner.count(schema, cond))
+            .await
+    }
+    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        self.call(Operation::Exists, || self.inner.exists(schema, key))
+            .await
+    }
+    async fn list_page(
+        &self,
+        schema: &'static EntitySchema,
+        cond: &Cond,
+        limit: usize,
+        state: Option<&[u8]>,
+    ) -> Result<(Vec<Record>, Option<Vec<u8>>)> {
+        self.call(Operation::List, || {
+            self.inner.list_page(schema, cond, limit, state)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use dl_models::{Entity, FieldType};
+
+    use super::*;
+    use crate::backends::memory::MemoryBackend;
+
+    /// What the scripted backend does on its next call.
+    #[derive(Debug, Clone, Copy)]
+    enum Act {
+        Fail,
+        NotFound,
+        Slow(Duration),
+        Hang,
+    }
+
+    /// A backend that follows a script, then behaves (the memory model):
+    /// the guard's cases a live server cannot show on demand. The live
+    /// fault tests put a proxy between the client and each real store.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        inner: MemoryBackend,
+        script: Mutex<VecDeque<Act>>,
+        calls: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn then(&self, acts: &[Act]) {
+            self.script.lock().unwrap().extend(acts.iter().copied());
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+        async fn act(&self, op: Operation) -> Result<()> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let next = self.script.lock().unwrap().pop_front();
+            match next {
+                None => Ok(()),
+                Some(Act::Fail) => Err(Error::Unavailable {
+                    store: Store::Memory,
+                    operation: op,
+                    reason: "scripted".into(),
+                    source: None,
+                }),
+                Some(Act::NotFound) => Err(Error::NotFound { entity: "notes" }),
+                Some(Act::Slow(d)) => {
+                    tokio::time::sleep(d).await;
+                    Ok(())
+                }
+                Some(Act::Hang) => std::future::pending().await,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Scripted {
+        fn store(&self) -> Store {
+            Store::Memory
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+        async fn prepare(&self, s: &'static EntitySchema) -> Result<()> {
+            self.inner.prepare(s).await
+        }
+        async fn insert(&self, s: &'static EntitySchema, r: &Record) -> Result<()> {
+            self.act(Operation::Insert).await?;
+            self.inner.insert(s, r).await
+        }
+        async fn insert_many(&self, s: &'static EntitySchema, r: &[Record]) -> Result<()> {
+            self.act(Operation::InsertMany).await?;
+            self.inner.insert_many(s, r).await
+        }
+        async fn get(&self, s: &'static EntitySchema, k: &Value) -> Result<Option<Record>> {
+            self.act(Operation::Get).await?;
+            self.inner.get(s, k).await
+        }
+        async fn get_many(&self, s: &'static EntitySchema, k: &[Value]) -> Result<Vec<Record>> {
+            self.act(Operation::GetMany).await?;
+            self.inner.get_many(s, k).await
+        }
+        async fn update(
+            &self,
+            s: &'static EntitySchema,
+            k: &Value,
+            p: &ValidPatch,
+        ) -> Result<Option<Record>> {
+            self.act(Operation::Update).await?;
+            self.inner.update(s, k, p).await
+        }
+        async fn replace(
+            &self,
+            s: &'static EntitySchema,
+            r: &Record,
+            v: Option<i64>,
+        ) -> Result<Record> {
+            self.act(Operation::Replace).await?;
+            self.inner.replace(s, r, v).await
+        }
+        async fn upsert(&self, s: &'static EntitySchema, r: &Record) -> Result<Record> {
+            self.act(Operation::Upsert).await?;
+            self.inner.upsert(s, r).await
+        }
+        async fn delete(&self, s: &'static EntitySchema, k: &Value) -> Result<bool> {
+            self.act(Operation::Delete).await?;
+            self.inner.delete(s, k).await
+        }
+        async fn list(&self, s: &'static EntitySchema, r: &ListRequest) -> Result<Vec<Record>> {
+            self.act(Operation::List).await?;
+            self.inner.list(s, r).await
+        }
+        async fn count(&self, s: &'static EntitySchema, c: &Cond) -> Result<u64> {
+            self.act(Operation::Count).await?;
+            self.inner.count(s, c).await
+        }
+        async fn exists(&self, s: &'static EntitySchema, k: &Value) -> Result<bool> {
+            self.act(Operation::Exists).await?;
+            self.inner.exists(s, k).await
+        }
+    }
+
+    #[derive(Clone, serde::Serialize, serde::Deserialize, dl_models::Entity)]
+    #[entity(name = "notes")]
+    struct Note {
+        #[key]
+        id: i64,
+        body: String,
+    }
+
+    fn schema() -> &'static EntitySchema {
+        let s = Note::schema();
+        assert_eq!(s.key_field().ty, FieldType::Int);
+        s
+    }
+
+    fn record(id: i64) -> Record {
+        Record(vec![Value::Int(id), Value::Text("fake".into())])
+    }
+
+    fn no_retry() -> RetrySettings {
+        RetrySettings {
+            max_retries: 0,
+            ..RetrySettings::default()
+        }
+    }
+
+    fn guard(script: &Arc<Scripted>, retry: RetrySettings) -> Guarded {
+        let breaker = BreakerSettings {
+            window: 10,
+            min_calls: 4,
+            ..BreakerSettings::default()
+        };
+        Guarded::new(
+            Arc::clone(script) as Arc<dyn Backend>,
+            Duration::from_secs(1),
+            breaker,
+            retry,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_on_transient_failures_and_fails_fast() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, no_retry());
+        script.then(&[Act::Fail; 4]);
+        for _ in 0..4 {
+            assert!(matches!(
+                g.get(schema(), &Value::Int(1)).await,
+                Err(Error::Unavailable { .. })
+            ));
+        }
+        assert_eq!(g.breaker().state(), BreakerState::Open);
+        let before = script.calls();
+        let started = Instant::now();
+        let r = g.get(schema(), &Value::Int(1)).await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::CircuitOpen {
+                    store: Store::Memory
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            script.calls(),
+            before,
+            "an open breaker does not call the store"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "fails at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_probes_close_it_again() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, no_retry());
+        script.then(&[Act::Fail; 4]);
+        for _ in 0..4 {
+            let _ = g.get(schema(), &Value::Int(1)).await;
+        }
+        assert_eq!(g.breaker().state(), BreakerState::Open);
+        tokio::time::advance(BreakerSettings::default().wait_in_open).await;
+        assert_eq!(g.breaker().state(), BreakerState::HalfOpen);
+        for _ in 0..3 {
+            assert!(g.get(schema(), &Value::Int(1)).await.is_ok());
+        }
+        assert_eq!(g.breaker().state(), BreakerState::Closed);
+        assert_eq!(
+            g.breaker().transitions(),
+            3,
+            "closed → open → half-open → closed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_it_again() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, no_retry());
+        script.then(&[Act::Fail; 4]);
+        for _ in 0..4 {
+            let _ = g.get(schema(), &Value::Int(1)).await;
+        }
+        tokio::time::advance(BreakerSettings::default().wait_in_open).await;
+        script.then(&[Act::Fail]);
+        assert!(g.get(schema(), &Value::Int(1)).await.is_err());
+        assert_eq!(g.breaker().state(), BreakerState::Open);
+        assert!(matches!(
+            g.get(schema(), &Value::Int(1)).await,
+            Err(Error::CircuitOpen { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_that_are_not_faults_do_not_open_it() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, no_retry());
+        script.then(&[Act::NotFound; 10]);
+        for _ in 0..10 {
+            assert!(matches!(
+                g.get(schema(), &Value::Int(1)).await,
+                Err(Error::NotFound { .. })
+            ));
+        }
+        assert_eq!(g.breaker().state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_calls_open_it() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, no_retry());
+        script.then(&[Act::Slow(Duration::from_millis(2500)); 4]);
+        let deadline = Duration::from_secs(3);
+        let g = Guarded { deadline, ..g };
+        for _ in 0..4 {
+            assert!(g.get(schema(), &Value::Int(1)).await.is_ok());
+        }
+        assert_eq!(g.breaker().state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_store_fails_at_the_deadline() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, no_retry());
+        script.then(&[Act::Hang]);
+        let started = Instant::now();
+        let r = g.get(schema(), &Value::Int(1)).await;
+        assert!(
+            matches!(r, Err(Error::Timeout { after, .. }) if after == Duration::from_secs(1)),
+            "{r:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        // The next call is served normally.
+        assert!(g.get(schema(), &Value::Int(1)).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotent_calls_are_retried_with_backoff() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, RetrySettings::default());
+        g.insert(schema(), &record(7)).await.unwrap();
+        let before = script.calls();
+        script.then(&[Act::Fail, Act::Fail]);
+        let started = Instant::now();
+        let got = g.get(schema(), &Value::Int(7)).await.unwrap();
+        assert!(got.is_some());
+        assert_eq!(script.calls() - before, 3, "two retries");
+        assert!(
+            started.elapsed() <= Duration::from_millis(20 + 40),
+            "full jitter stays under the ceilings"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inserts_and_non_transient_errors_are_not_retried() {
+        let script = Arc::new(Scripted::default());
+        // A breaker that stays closed, so only the retry rules show.
+        let breaker = BreakerSettings {
+            min_calls: 1000,
+            window: 1000,
+            ..BreakerSettings::default()
+        };
+        let g = Guarded::new(
+            Arc::clone(&script) as Arc<dyn Backend>,
+            Duration::from_secs(1),
+            breaker,
+            RetrySettings::default(),
+        );
+        script.then(&[Act::Fail]);
+        assert!(g.insert(schema(), &record(1)).await.is_err());
+        assert_eq!(script.calls(), 1, "insert is not idempotent");
+        script.then(&[Act::NotFound]);
+        assert!(matches!(
+            g.get(schema(), &Value::Int(1)).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert_eq!(script.calls(), 2, "NotFound is an answer");
+        script.then(&[Act::Fail, Act::Fail, Act::Fail]);
+        assert!(matches!(
+            g.get(schema(), &Value::Int(1)).await,
+            Err(Error::Unavailable { .. })
+        ));
+        assert_eq!(script.calls(), 5, "at most max_retries retries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_budget_caps_extra_load() {
+        let script = Arc::new(Scripted::default());
+        let retry = RetrySettings {
+            budget_ratio: 0.0,
+            budget_floor_per_sec: 1.0,
+            ..RetrySettings::default()
+        };
+        let breaker = BreakerSettings {
+            min_calls: 1000,
+            window: 1000,
+            ..BreakerSettings::default()
+        };
+        let g = Guarded::new(
+            Arc::clone(&script) as Arc<dyn Backend>,
+            Duration::from_secs(1),
+            breaker,
+            retry,
+        );
+        script.then(&[Act::Fail; 100]);
+        for _ in 0..20 {
+            let _ = g.get(schema(), &Value::Int(1)).await;
+        }
+        // 20 calls; the budget held about one token (plus refill while the
+        // retries slept), so far fewer than 2 retries per call were made.
+        let retries = script.calls() - 20;
+        assert!(retries < 10, "{retries} retries");
+    }
+}
