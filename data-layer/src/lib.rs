@@ -80,7 +80,8 @@ pub enum SetupError {
 }
 
 /// The entry point a service holds: its settings and one backend per
-/// configured store.
+/// configured store, each behind the guard (circuit breaker, retry of
+/// idempotent calls, request deadline).
 #[derive(Debug, Clone)]
 pub struct DataLayer {
     settings: Arc<Settings>,
@@ -123,7 +124,12 @@ impl DataLayer {
                 Arc::new(backend)
             }
         };
-        let others = connect_others(&settings).await?;
+        let relational = guarded(relational, &settings);
+        let others = connect_others(&settings)
+            .await?
+            .into_iter()
+            .map(|b| guarded(b, &settings))
+            .collect();
         Ok(DataLayer {
             settings: Arc::new(settings),
             relational,
@@ -259,4 +265,27 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
         out.push(Arc::new(backend));
     }
     Ok(out)
+}
+
+/// Wraps a backend in the guard (breaker, retry, deadline) with its store's
+/// request timeout.
+fn guarded(backend: Arc<dyn Backend>, settings: &Settings) -> Arc<dyn Backend> {
+    use dl_repositories::guard::{BreakerSettings, Guarded, RetrySettings};
+    let pool = match backend.store() {
+        Store::Postgres => &settings.postgres,
+        Store::Mongo => &settings.mongo,
+        Store::Redis => &settings.redis,
+        Store::Scylla => &settings.scylla_pool,
+        _ => &settings.sqlite,
+    };
+    let breaker = BreakerSettings {
+        slow_call: pool.request_timeout / 2,
+        ..BreakerSettings::default()
+    };
+    Arc::new(Guarded::new(
+        backend,
+        pool.request_timeout,
+        breaker,
+        RetrySettings::default(),
+    ))
 }

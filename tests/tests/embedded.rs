@@ -146,3 +146,26 @@ async fn unique_fields_need_a_store_that_enforces_them() {
     // An entity without unique fields opens fine.
     Repo::<Note>::open(backend).await.expect("no unique fields");
 }
+
+/// The guard changes no semantics: the suite passes on SQLite behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_sqlite_behind_the_guard() {
+    use dl_repositories::guard::{BreakerSettings, Guarded, RetrySettings};
+    let inner = sqlite_file();
+    let factory: Factory = Arc::new(move || {
+        let inner = Arc::clone(&inner);
+        Box::pin(async move {
+            let backend = inner().await;
+            Arc::new(Guarded::new(
+                backend,
+                std::time::Duration::from_secs(10),
+                BreakerSettings::default(),
+                RetrySettings::default(),
+            )) as Arc<dyn Backend>
+        })
+    });
+    let report = run_conformance("sqlite behind the guard", factory, 8).await;
+    say(&report.summary());
+    assert!(report.failed.is_empty(), "{}", report.summary());
+    assert!(report.passed >= 90, "{}", report.summary());
+}
