@@ -277,6 +277,22 @@ impl Error {
         }
     }
 
+    /// The error's kind as a metric label (`"not_found"`, `"timeout"`, ...).
+    #[must_use]
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::Conflict { .. } => "conflict",
+            Error::Batch { .. } => "batch",
+            Error::Invalid { .. } => "invalid",
+            Error::Unsupported { .. } => "unsupported",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Timeout { .. } => "timeout",
+            Error::CircuitOpen { .. } => "circuit_open",
+            Error::Backend { .. } => "backend",
+        }
+    }
+
     /// Shorthand for an [`Error::Invalid`].
     pub fn invalid(
         entity: &'static str,

@@ -156,6 +156,13 @@ impl CircuitBreaker {
             tracing::warn!(store = %self.store, from = ?inner.state, to = ?to, "circuit breaker changed state");
             inner.state = to;
             inner.transitions += 1;
+            let (code, name) = match to {
+                BreakerState::Closed => (0.0, "closed"),
+                BreakerState::HalfOpen => (1.0, "half_open"),
+                BreakerState::Open => (2.0, "open"),
+            };
+            metrics::gauge!("dl_breaker_state", "store" => self.store.name()).set(code);
+            metrics::counter!("dl_breaker_transitions_total", "store" => self.store.name(), "to" => name).increment(1);
         }
     }
 
@@ -343,28 +350,59 @@ impl Guarded {
         }
     }
 
-    /// One attempt: breaker permit, deadline, outcome recorded.
+    /// One attempt: breaker permit, deadline, outcome recorded (breaker and
+    /// metrics).
     async fn attempt<T, F, Fut>(&self, op: Operation, f: &F) -> Result<T>
     where
         F: Fn() -> Fut + Sync,
         Fut: Future<Output = Result<T>> + Send,
     {
-        let permit = self.breaker.acquire()?;
-        let result = match tokio::time::timeout(self.deadline, f()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
-                store: self.inner.store(),
-                operation: op,
-                after: self.deadline,
-            }),
+        let store = self.inner.store().name();
+        let started = Instant::now();
+        let result = match self.breaker.acquire() {
+            Err(e) => Err(e),
+            Ok(permit) => {
+                let result = match tokio::time::timeout(self.deadline, f()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout {
+                        store: self.inner.store(),
+                        operation: op,
+                        after: self.deadline,
+                    }),
+                };
+                self.breaker.record(permit, result.as_ref().map(|_| ()));
+                metrics::histogram!("dl_call_seconds", "store" => store, "operation" => op.name())
+                    .record(started.elapsed().as_secs_f64());
+                result
+            }
         };
-        self.breaker.record(permit, result.as_ref().map(|_| ()));
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind_name(),
+        };
+        metrics::counter!("dl_calls_total", "store" => store, "operation" => op.name(), "outcome" => outcome).increment(1);
         result
     }
 
-    /// Runs a call through the guard: retried only when the operation is
-    /// idempotent and the error retryable, within the budget.
-    async fn call<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    /// Runs a call through the guard in a span (store, entity, operation;
+    /// never field values): retried only when the operation is idempotent
+    /// and the error retryable, within the budget.
+    async fn call<T, F, Fut>(&self, op: Operation, entity: &'static str, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut + Sync,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        use tracing::Instrument as _;
+        let span = tracing::debug_span!(
+            "dl.call",
+            store = self.inner.store().name(),
+            entity,
+            operation = op.name()
+        );
+        self.call_inner(op, f).instrument(span).await
+    }
+
+    async fn call_inner<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
     where
         F: Fn() -> Fut + Sync,
         Fut: Future<Output = Result<T>> + Send,
@@ -405,26 +443,32 @@ impl Backend for Guarded {
         self.inner.capabilities()
     }
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
-        self.call(Operation::Prepare, || self.inner.prepare(schema))
-            .await
+        self.call(Operation::Prepare, schema.name, || {
+            self.inner.prepare(schema)
+        })
+        .await
     }
     async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
-        self.call(Operation::Insert, || self.inner.insert(schema, record))
-            .await
+        self.call(Operation::Insert, schema.name, || {
+            self.inner.insert(schema, record)
+        })
+        .await
     }
     async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
-        self.call(Operation::InsertMany, || {
+        self.call(Operation::InsertMany, schema.name, || {
             self.inner.insert_many(schema, records)
         })
         .await
     }
     async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
-        self.call(Operation::Get, || self.inner.get(schema, key))
+        self.call(Operation::Get, schema.name, || self.inner.get(schema, key))
             .await
     }
     async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
-        self.call(Operation::GetMany, || self.inner.get_many(schema, keys))
-            .await
+        self.call(Operation::GetMany, schema.name, || {
+            self.inner.get_many(schema, keys)
+        })
+        .await
     }
     async fn update(
         &self,
@@ -432,8 +476,10 @@ impl Backend for Guarded {
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
-        self.call(Operation::Update, || self.inner.update(schema, key, patch))
-            .await
+        self.call(Operation::Update, schema.name, || {
+            self.inner.update(schema, key, patch)
+        })
+        .await
     }
     async fn replace(
         &self,
@@ -441,34 +487,44 @@ impl Backend for Guarded {
         record: &Record,
         expected_version: Option<i64>,
     ) -> Result<Record> {
-        self.call(Operation::Replace, || {
+        self.call(Operation::Replace, schema.name, || {
             self.inner.replace(schema, record, expected_version)
         })
         .await
     }
     async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
-        self.call(Operation::Upsert, || self.inner.upsert(schema, record))
-            .await
+        self.call(Operation::Upsert, schema.name, || {
+            self.inner.upsert(schema, record)
+        })
+        .await
     }
     async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        self.call(Operation::Delete, || self.inner.delete(schema, key))
-            .await
+        self.call(Operation::Delete, schema.name, || {
+            self.inner.delete(schema, key)
+        })
+        .await
     }
     async fn list(
         &self,
         schema: &'static EntitySchema,
         request: &ListRequest,
     ) -> Result<Vec<Record>> {
-        self.call(Operation::List, || self.inner.list(schema, request))
-            .await
+        self.call(Operation::List, schema.name, || {
+            self.inner.list(schema, request)
+        })
+        .await
     }
     async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
-        self.call(Operation::Count, || self.inner.count(schema, cond))
-            .await
+        self.call(Operation::Count, schema.name, || {
+            self.inner.count(schema, cond)
+        })
+        .await
     }
     async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        self.call(Operation::Exists, || self.inner.exists(schema, key))
-            .await
+        self.call(Operation::Exists, schema.name, || {
+            self.inner.exists(schema, key)
+        })
+        .await
     }
     async fn list_page(
         &self,
@@ -477,7 +533,7 @@ impl Backend for Guarded {
         limit: usize,
         state: Option<&[u8]>,
     ) -> Result<(Vec<Record>, Option<Vec<u8>>)> {
-        self.call(Operation::List, || {
+        self.call(Operation::List, schema.name, || {
             self.inner.list_page(schema, cond, limit, state)
         })
         .await
@@ -838,5 +894,66 @@ mod tests {
         // retries slept), so far fewer than 2 retries per call were made.
         let retries = script.calls() - 20;
         assert!(retries < 10, "{retries} retries");
+    }
+
+    #[test]
+    fn calls_are_counted_by_store_operation_and_outcome() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let script = Arc::new(Scripted::default());
+                let g = guard(&script, no_retry());
+                g.insert(schema(), &record(1)).await.unwrap();
+                assert!(g.get(schema(), &Value::Int(1)).await.unwrap().is_some());
+                script.then(&[Act::NotFound]);
+                assert!(g.get(schema(), &Value::Int(1)).await.is_err());
+            });
+        });
+        let counters: Vec<(Vec<String>, DebugValue)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == "dl_calls_total")
+            .map(|(key, _, _, value)| {
+                (
+                    key.key()
+                        .labels()
+                        .map(|l| format!("{}={}", l.key(), l.value()))
+                        .collect(),
+                    value,
+                )
+            })
+            .collect();
+        let count = |op: &str, outcome: &str| {
+            counters
+                .iter()
+                .find(|(l, _)| {
+                    l.contains(&"store=memory".to_owned())
+                        && l.contains(&format!("operation={op}"))
+                        && l.contains(&format!("outcome={outcome}"))
+                })
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            count("insert", "ok"),
+            Some(&DebugValue::Counter(1)),
+            "{counters:?}"
+        );
+        assert_eq!(
+            count("get", "ok"),
+            Some(&DebugValue::Counter(1)),
+            "{counters:?}"
+        );
+        assert_eq!(
+            count("get", "not_found"),
+            Some(&DebugValue::Counter(1)),
+            "{counters:?}"
+        );
     }
 }
