@@ -158,3 +158,67 @@ fn unopenable_database_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn health_reports_up_degraded_and_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = data_layer(dir.path(), &["health"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("data-layer: up")
+            && stdout.contains("sqlite")
+            && stdout.contains("breaker closed"),
+        "{stdout}"
+    );
+
+    // An optional store that is down (a closed loopback port) degrades.
+    let closed = "redis://127.0.0.1:1";
+    let out = data_layer(
+        dir.path(),
+        &[
+            "--set",
+            &format!("redis_url={closed}"),
+            "--set",
+            "redis.optional=true",
+            "--set",
+            "redis.request_timeout=500ms",
+            "health",
+            "--json",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["status"], "degraded", "{stdout}");
+    let redis = report["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"] == "redis")
+        .unwrap();
+    assert_eq!(redis["status"], "down");
+    assert!(
+        redis["latency_ms"].as_f64().unwrap() < 2000.0,
+        "fails within its timeout: {stdout}"
+    );
+
+    // A required store that is down: non-zero exit, a clear line.
+    let out = data_layer(
+        dir.path(),
+        &[
+            "--set",
+            &format!("redis_url={closed}"),
+            "--set",
+            "redis.request_timeout=500ms",
+            "health",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stdout.starts_with("data-layer: down") && stdout.contains("redis    down"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("a required store is down"), "{stderr}");
+}

@@ -80,6 +80,19 @@ impl Capabilities {
     }
 }
 
+/// A pool's occupancy, where the driver exposes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    /// Connections open.
+    pub size: u32,
+    /// Of which idle.
+    pub idle: u32,
+    /// Of which in use.
+    pub in_use: u32,
+    /// The pool's maximum.
+    pub max: u32,
+}
+
 /// One store's implementation of the repository operations.
 ///
 /// Contracts every backend keeps (the conformance suite checks them):
@@ -150,6 +163,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Whether the key exists.
     async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool>;
+
+    /// One real round trip to the store (`SELECT 1`, `PING`, `ping`...).
+    async fn ping(&self) -> Result<()>;
+
+    /// Pool occupancy, where the driver exposes it.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+
+    /// The circuit breaker's state, when this backend is guarded.
+    fn breaker_state(&self) -> Option<crate::guard::BreakerState> {
+        None
+    }
 
     /// For a store that declares `native_cursor`: at most `limit` records
     /// matching `cond`, in the store's own order, continuing from `state`

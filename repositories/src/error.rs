@@ -55,6 +55,8 @@ impl fmt::Display for Store {
 pub enum Operation {
     /// Creating the table, collection or index set of an entity.
     Prepare,
+    /// A health probe's round trip.
+    Ping,
     /// `insert`.
     Insert,
     /// `insert_many`.
@@ -85,6 +87,7 @@ impl Operation {
     pub const fn name(self) -> &'static str {
         match self {
             Operation::Prepare => "prepare",
+            Operation::Ping => "ping",
             Operation::Insert => "insert",
             Operation::InsertMany => "insert_many",
             Operation::Get => "get",

@@ -62,7 +62,8 @@ impl Default for BreakerSettings {
 }
 
 /// A breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls pass; outcomes are counted.
     Closed,
@@ -442,6 +443,24 @@ impl Backend for Guarded {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    /// A health probe: the deadline applies, the breaker and retries do not
+    /// (health must see the store as it is).
+    async fn ping(&self) -> Result<()> {
+        match tokio::time::timeout(self.deadline, self.inner.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                store: self.inner.store(),
+                operation: Operation::Ping,
+                after: self.deadline,
+            }),
+        }
+    }
+    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+        self.inner.pool_stats()
+    }
+    fn breaker_state(&self) -> Option<BreakerState> {
+        Some(self.breaker.state())
+    }
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         self.call(Operation::Prepare, schema.name, || {
             self.inner.prepare(schema)
@@ -607,6 +626,9 @@ mod tests {
         }
         async fn prepare(&self, s: &'static EntitySchema) -> Result<()> {
             self.inner.prepare(s).await
+        }
+        async fn ping(&self) -> Result<()> {
+            self.act(Operation::Ping).await
         }
         async fn insert(&self, s: &'static EntitySchema, r: &Record) -> Result<()> {
             self.act(Operation::Insert).await?;

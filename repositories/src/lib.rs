@@ -43,7 +43,7 @@ mod repo;
 mod sql;
 mod sqlx_errors;
 
-pub use backend::{Backend, Capabilities, FilterSupport};
+pub use backend::{Backend, Capabilities, FilterSupport, PoolStats};
 pub use error::{BatchFailure, BoxError, ConflictKind, Error, Operation, Result, Store};
 pub use query::{
     CmpOp, Cond, Cursor, Direction, Filter, ListRequest, Page, Patch, Query, ValidPatch,

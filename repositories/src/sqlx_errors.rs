@@ -120,3 +120,12 @@ fn is_connection_code(store: Store, code: &str) -> bool {
         _ => false,
     }
 }
+
+/// A schema stand-in for errors of calls that concern no entity (pings).
+pub(crate) static PING_SCHEMA: dl_models::EntitySchema = dl_models::EntitySchema {
+    name: "ping",
+    rust_name: "ping",
+    fields: &[],
+    key: 0,
+    version: None,
+};

@@ -394,6 +394,9 @@ impl Backend for Restricted {
     async fn prepare(&self, s: &'static dl_models::EntitySchema) -> dl_repositories::Result<()> {
         self.inner.prepare(s).await
     }
+    async fn ping(&self) -> dl_repositories::Result<()> {
+        self.inner.ping().await
+    }
     async fn insert(
         &self,
         s: &'static dl_models::EntitySchema,

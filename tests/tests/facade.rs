@@ -54,6 +54,22 @@ async fn one_data_layer_reaches_every_store() {
         dl.stores(),
         vec![Store::Postgres, Store::Mongo, Store::Redis, Store::Scylla]
     );
+    let health = dl.health().await;
+    assert_eq!(health.status, "up", "{health:?}");
+    assert!(
+        health
+            .stores
+            .iter()
+            .all(|s| s.status == "up" && s.breaker.is_some()),
+        "{health:?}"
+    );
+    assert!(
+        health
+            .stores
+            .iter()
+            .find(|s| s.store == "postgres")
+            .is_some_and(|s| s.pool.is_some())
+    );
     for store in [Store::Postgres, Store::Mongo, Store::Redis, Store::Scylla] {
         let repo = dl
             .repository_in::<Appointment>(store)

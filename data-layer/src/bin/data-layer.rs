@@ -46,6 +46,13 @@ enum Command {
     /// Create the schema, write and read patients and appointments, list
     /// with filters and pages, and show a version conflict being caught.
     Demo,
+    /// Ping every configured store and print its health; exit 1 when a
+    /// required store is down.
+    Health {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective settings (secrets redacted) and where each came from.
     Config {
         /// Print JSON instead of a table.
@@ -93,6 +100,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config { json } => {
             print_config(&settings, json);
+            Ok(())
+        }
+        Command::Health { json } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(async {
+                let dl = DataLayer::from_settings(settings).await?;
+                anyhow::Ok(dl.health().await)
+            })?;
+            if json {
+                out!("{}", serde_json::to_string(&report)?);
+            } else {
+                out!("data-layer: {}", report.status);
+                for s in &report.stores {
+                    let pool = s.pool.map_or_else(
+                        || "-".to_owned(),
+                        |p| format!("{}/{} in use ({})", p.in_use, p.max, s.pool_level),
+                    );
+                    let breaker = s
+                        .breaker
+                        .map_or_else(|| "-".to_owned(), |b| format!("{b:?}").to_lowercase());
+                    out!(
+                        "  {:<8} {:<4} {:>8.2} ms  {:<8} breaker {:<9} pool {}{}",
+                        s.store,
+                        s.status,
+                        s.latency_ms,
+                        if s.required { "required" } else { "optional" },
+                        breaker,
+                        pool,
+                        s.error
+                            .as_ref()
+                            .map(|e| format!("  ({e})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            if report.status == "down" {
+                anyhow::bail!("a required store is down");
+            }
             Ok(())
         }
         Command::Demo => {

@@ -107,6 +107,10 @@ impl Backend for MemoryBackend {
         Capabilities::full()
     }
 
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         self.with_table(schema, |_| ());
         Ok(())

@@ -399,6 +399,21 @@ impl Backend for MongoBackend {
         }
     }
 
+    async fn ping(&self) -> Result<()> {
+        static PING: EntitySchema = EntitySchema {
+            name: "ping",
+            rust_name: "ping",
+            fields: &[],
+            key: 0,
+            version: None,
+        };
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(&PING, Operation::Ping, e))
+    }
+
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         let op = Operation::Prepare;
         let coll = self.coll(schema);

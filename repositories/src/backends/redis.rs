@@ -584,6 +584,15 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map_redis_error(Operation::Ping, self.timeout, e))?;
+        Ok(())
+    }
+
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         // Nothing to create; make sure the server answers and runs scripts.
         let mut conn = self.conn.clone();

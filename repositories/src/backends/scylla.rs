@@ -736,6 +736,14 @@ impl Backend for ScyllaBackend {
         }
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.session
+            .query_unpaged("SELECT key FROM system.local", ())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(Operation::Ping, e))
+    }
+
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         let op = Operation::Prepare;
         let ks = format!(
