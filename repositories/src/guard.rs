@@ -2,8 +2,9 @@
 //! retry, then a deadline — so no backend carries its own copy.
 //!
 //! ```text
-//! call ──► breaker (open? fail at once) ──► retry (idempotent, retryable,
-//!          within budget) ──► deadline (request timeout) ──► backend
+//! call ──► breaker (open? fail at once; one outcome per call) ──► retry
+//!          (idempotent, retryable, within budget) ──► deadline (request
+//!          timeout, per attempt) ──► backend
 //! ```
 //!
 //! Time is tokio's: breaker windows, backoff sleeps and deadlines all read
@@ -257,11 +258,12 @@ pub fn is_transient(e: &Error) -> bool {
 /// Retry settings: exponential backoff with full jitter, a budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrySettings {
-    /// Retries after the first attempt. Default 2.
+    /// Retries after the first attempt. Default 3.
     pub max_retries: usize,
-    /// First backoff ceiling. Default 20 ms.
+    /// First backoff ceiling. Default 50 ms (long enough for a dropped
+    /// connection to be replaced).
     pub min_delay: Duration,
-    /// Largest backoff ceiling. Default 500 ms.
+    /// Largest backoff ceiling. Default 1 s.
     pub max_delay: Duration,
     /// Retries allowed per call made, over time (the budget). Default 0.2:
     /// a failing store sees at most 20% extra load from retries.
@@ -273,9 +275,9 @@ pub struct RetrySettings {
 impl Default for RetrySettings {
     fn default() -> Self {
         RetrySettings {
-            max_retries: 2,
-            min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(500),
+            max_retries: 3,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
             budget_ratio: 0.2,
             budget_floor_per_sec: 5.0,
         }
@@ -351,43 +353,24 @@ impl Guarded {
         }
     }
 
-    /// One attempt: breaker permit, deadline, outcome recorded (breaker and
-    /// metrics).
+    /// One attempt: the deadline around the driver call.
     async fn attempt<T, F, Fut>(&self, op: Operation, f: &F) -> Result<T>
     where
         F: Fn() -> Fut + Sync,
         Fut: Future<Output = Result<T>> + Send,
     {
-        let store = self.inner.store().name();
-        let started = Instant::now();
-        let result = match self.breaker.acquire() {
-            Err(e) => Err(e),
-            Ok(permit) => {
-                let result = match tokio::time::timeout(self.deadline, f()).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Timeout {
-                        store: self.inner.store(),
-                        operation: op,
-                        after: self.deadline,
-                    }),
-                };
-                self.breaker.record(permit, result.as_ref().map(|_| ()));
-                metrics::histogram!("dl_call_seconds", "store" => store, "operation" => op.name())
-                    .record(started.elapsed().as_secs_f64());
-                result
-            }
-        };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind_name(),
-        };
-        metrics::counter!("dl_calls_total", "store" => store, "operation" => op.name(), "outcome" => outcome).increment(1);
-        result
+        match tokio::time::timeout(self.deadline, f()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                store: self.inner.store(),
+                operation: op,
+                after: self.deadline,
+            }),
+        }
     }
 
     /// Runs a call through the guard in a span (store, entity, operation;
-    /// never field values): retried only when the operation is idempotent
-    /// and the error retryable, within the budget.
+    /// never field values).
     async fn call<T, F, Fut>(&self, op: Operation, entity: &'static str, f: F) -> Result<T>
     where
         F: Fn() -> Fut + Sync,
@@ -403,7 +386,36 @@ impl Guarded {
         self.call_inner(op, f).instrument(span).await
     }
 
+    /// breaker → retry → deadline: the breaker admits the call and records
+    /// its one final outcome; inside, an idempotent call is retried on a
+    /// retryable error (backoff with full jitter, within the budget), each
+    /// attempt under the deadline. Counted in the metrics once per call.
     async fn call_inner<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut + Sync,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        let store = self.inner.store().name();
+        let started = Instant::now();
+        let result = match self.breaker.acquire() {
+            Err(e) => Err(e),
+            Ok(permit) => {
+                let result = self.retrying(op, &f).await;
+                self.breaker.record(permit, result.as_ref().map(|_| ()));
+                metrics::histogram!("dl_call_seconds", "store" => store, "operation" => op.name())
+                    .record(started.elapsed().as_secs_f64());
+                result
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind_name(),
+        };
+        metrics::counter!("dl_calls_total", "store" => store, "operation" => op.name(), "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn retrying<T, F, Fut>(&self, op: Operation, f: &F) -> Result<T>
     where
         F: Fn() -> Fut + Sync,
         Fut: Future<Output = Result<T>> + Send,
@@ -415,7 +427,7 @@ impl Guarded {
             .with_max_times(self.retry.max_retries)
             .build();
         loop {
-            match self.attempt(op, &f).await {
+            match self.attempt(op, f).await {
                 Ok(v) => return Ok(v),
                 Err(e) if op.is_idempotent() && e.is_retryable() => {
                     let Some(ceiling) = delays.next() else {
@@ -852,7 +864,7 @@ mod tests {
         assert!(got.is_some());
         assert_eq!(script.calls() - before, 3, "two retries");
         assert!(
-            started.elapsed() <= Duration::from_millis(20 + 40),
+            started.elapsed() <= Duration::from_millis(50 + 100),
             "full jitter stays under the ceilings"
         );
     }
@@ -881,12 +893,12 @@ mod tests {
             Err(Error::NotFound { .. })
         ));
         assert_eq!(script.calls(), 2, "NotFound is an answer");
-        script.then(&[Act::Fail, Act::Fail, Act::Fail]);
+        script.then(&[Act::Fail, Act::Fail, Act::Fail, Act::Fail]);
         assert!(matches!(
             g.get(schema(), &Value::Int(1)).await,
             Err(Error::Unavailable { .. })
         ));
-        assert_eq!(script.calls(), 5, "at most max_retries retries");
+        assert_eq!(script.calls(), 6, "at most max_retries (3) retries");
     }
 
     #[tokio::test(start_paused = true)]

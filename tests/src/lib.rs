@@ -19,3 +19,4 @@ pub mod entities;
 pub mod harness;
 pub mod live;
 pub mod model;
+pub mod proxy;

@@ -1,0 +1,147 @@
+//! A TCP fault proxy for the fault tests: it sits between a client and a
+//! live store on the loopback interface and, on command, adds latency,
+//! blackholes (accepts and forwards nothing, never answers), or resets every
+//! connection. Traffic goes only to the given upstream address on this
+//! machine.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward as is.
+    Pass,
+    /// Forward each chunk after a delay.
+    Latency(Duration),
+    /// Accept connections, forward nothing, answer nothing.
+    Blackhole,
+}
+
+#[derive(Debug)]
+struct Shared {
+    fault: Fault,
+    connections: Vec<JoinHandle<()>>,
+}
+
+/// A running proxy; dropped, it stops.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.reset();
+    }
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream`, which
+    /// must be a loopback address.
+    ///
+    /// # Panics
+    /// When `upstream` is not on loopback, or no port is free.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        assert!(
+            upstream.ip().is_loopback(),
+            "the fault proxy forwards only to this machine"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Mutex::new(Shared {
+            fault: Fault::Pass,
+            connections: Vec::new(),
+        }));
+        let accept_shared = Arc::clone(&shared);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let _ = client.set_nodelay(true);
+                let conn_shared = Arc::clone(&accept_shared);
+                let task = tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let up = pump(cr, sw, Arc::clone(&conn_shared));
+                    let down = pump(sr, cw, conn_shared);
+                    let _ = tokio::join!(up, down);
+                });
+                let mut s = accept_shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.connections.retain(|t| !t.is_finished());
+                s.connections.push(task);
+            }
+        });
+        FaultProxy {
+            addr,
+            shared,
+            accept,
+        }
+    }
+
+    /// The address clients connect to.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sets the fault for all traffic from now on.
+    pub fn set(&self, fault: Fault) {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fault = fault;
+    }
+
+    /// Cuts every open connection (clients see a reset or EOF).
+    pub fn reset(&self) {
+        let mut s = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for t in s.connections.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    shared: Arc<Mutex<Shared>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let fault = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fault;
+        match fault {
+            Fault::Pass => {}
+            Fault::Latency(d) => tokio::time::sleep(d).await,
+            // Swallow: the peer waits forever (until the connection is cut).
+            Fault::Blackhole => continue,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Faults for real: a TCP fault proxy between the client and each live
+//! store (PostgreSQL and Redis here), or the store killing our sessions.
+//! Every scenario is bounded in calls and time; all traffic stays on
+//! loopback.
+
+#![cfg(feature = "integration")]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dl_repositories::backends::postgres::PostgresBackend;
+use dl_repositories::backends::redis::RedisBackend;
+use dl_repositories::guard::{BreakerSettings, BreakerState, Guarded, RetrySettings};
+use dl_repositories::{Backend, Error, Filter, Repo, Repository};
+use dl_tests::entities::Note;
+use dl_tests::live::{postgres_url, redis_url, test_pool, unique_prefix};
+use dl_tests::proxy::{Fault, FaultProxy};
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+const DEADLINE: Duration = Duration::from_millis(500);
+
+fn breaker() -> BreakerSettings {
+    BreakerSettings {
+        window: 10,
+        min_calls: 5,
+        failure_rate: 0.5,
+        slow_call: Duration::from_millis(450),
+        slow_call_rate: 1.0,
+        wait_in_open: Duration::from_millis(300),
+        half_open_probes: 2,
+    }
+}
+
+fn guarded(inner: Arc<dyn Backend>) -> Arc<Guarded> {
+    Arc::new(Guarded::new(
+        inner,
+        DEADLINE,
+        breaker(),
+        RetrySettings::default(),
+    ))
+}
+
+fn upstream(url: &dl_connections::SecretUrl) -> SocketAddr {
+    let u = url::Url::parse(url.expose()).expect("url");
+    let host = u.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", u.port_or_known_default().unwrap_or(0))
+        .parse()
+        .expect("a loopback socket address")
+}
+
+fn via(url: &dl_connections::SecretUrl, proxy: &FaultProxy) -> dl_connections::SecretUrl {
+    let mut u = url::Url::parse(url.expose()).expect("url");
+    u.set_host(Some("127.0.0.1")).expect("host");
+    u.set_port(Some(proxy.addr().port())).expect("port");
+    dl_connections::SecretUrl::parse(u.as_str()).expect("url")
+}
+
+fn pg_pool(url: &dl_connections::SecretUrl) -> sqlx::PgPool {
+    let mut pool = test_pool(4);
+    pool.acquire_timeout = Duration::from_millis(300);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.request_timeout = DEADLINE;
+    dl_connections::postgres::connect_lazy(url, &pool).expect("pool")
+}
+
+async fn drop_schema(ns: &str) {
+    let pool = pg_pool(&postgres_url());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{ns}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop");
+}
+
+/// Waits, bounded, until `f` holds.
+async fn until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f().await {
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// A blackholed store: calls fail at their deadline (nothing hangs), the
+/// breaker opens within its window, open calls fail in under a millisecond,
+/// and half-open probes close it once the store answers again.
+async fn blackhole_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProxy) {
+    let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    notes
+        .insert(&Note {
+            id: 1,
+            body: "fake".into(),
+        })
+        .await
+        .expect("insert");
+    proxy.set(Fault::Blackhole);
+    proxy.reset();
+    let mut failed = 0;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let r = notes.get(&1).await;
+        let took = started.elapsed();
+        match r {
+            Err(Error::CircuitOpen { .. }) => break,
+            Err(e) => {
+                assert!(
+                    e.is_retryable(),
+                    "{name}: a blackhole is a transient fault, got {e}"
+                );
+                // Deadline per attempt, up to two retries with backoff.
+                assert!(
+                    took < DEADLINE * 3 + Duration::from_secs(1),
+                    "{name}: a call took {took:?}"
+                );
+                failed += 1;
+            }
+            Ok(_) => panic!("{name}: a blackholed store answered"),
+        }
+    }
+    assert_eq!(
+        guard.breaker().state(),
+        BreakerState::Open,
+        "{name}: breaker after {failed} failures"
+    );
+    let started = Instant::now();
+    let r = notes.get(&1).await;
+    let fast = started.elapsed();
+    assert!(matches!(r, Err(Error::CircuitOpen { .. })), "{name}: {r:?}");
+    assert!(
+        fast < Duration::from_millis(1),
+        "{name}: an open call took {fast:?}"
+    );
+    proxy.set(Fault::Pass);
+    proxy.reset();
+    let recovery = until(
+        &format!("{name}: recovery"),
+        Duration::from_secs(15),
+        async || {
+            notes.get(&1).await.is_ok_and(|n| n.is_some())
+                && guard.breaker().state() == BreakerState::Closed
+        },
+    )
+    .await;
+    // The pool serves at full capacity again.
+    let reads = futures::future::join_all((0..4).map(|_| notes.get(&1))).await;
+    assert!(
+        reads.iter().all(|r| r.as_ref().is_ok_and(Option::is_some)),
+        "{name}: {reads:?}"
+    );
+    say(&format!(
+        "fault[{name}, blackhole]: {failed} calls failed at their deadline, breaker opened, open calls fail in {fast:?}, recovered {recovery:?} after the store returned"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_blackhole() {
+    let url = postgres_url();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let ns = unique_prefix("fault_pg");
+    let backend =
+        Arc::new(PostgresBackend::new(pg_pool(&via(&url, &proxy)), &ns).expect("backend"));
+    blackhole_scenario("postgres", guarded(backend), &proxy).await;
+    drop(proxy);
+    drop_schema(&ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_blackhole() {
+    let url = redis_url();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let ns = unique_prefix("fault_redis");
+    let mut pool = test_pool(1);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.request_timeout = DEADLINE;
+    let conn = dl_connections::redis::connect_lazy(&via(&url, &proxy), &pool).expect("redis");
+    let backend = Arc::new(RedisBackend::new(conn, &ns, DEADLINE).expect("backend"));
+    blackhole_scenario("redis", guarded(backend), &proxy).await;
+}
+
+/// PostgreSQL ends our sessions (`pg_terminate_backend`): the next calls
+/// are served with no caller action (the pool drops dead connections; the
+/// guard retries idempotent reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_terminated_sessions_recover() {
+    let ns = unique_prefix("fault_term");
+    let app = format!("dl-fault-{ns}");
+    let opts: sqlx::postgres::PgConnectOptions = postgres_url().expose().parse().expect("options");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .test_before_acquire(true)
+        .connect_lazy_with(opts.application_name(&app));
+    let guard = guarded(Arc::new(PostgresBackend::new(pool, &ns).expect("backend")));
+    let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    notes
+        .insert_many(
+            &(0..50)
+                .map(|id| Note {
+                    id,
+                    body: "fake".into(),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("seed");
+    let admin = pg_pool(&postgres_url());
+    for round in 0..3 {
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_all(&admin)
+        .await
+        .expect("terminate");
+        assert!(!killed.is_empty(), "round {round}: no session to end");
+        let started = Instant::now();
+        let n = notes
+            .count(&Filter::all())
+            .await
+            .expect("count after termination, with no caller retry");
+        assert_eq!(n, 50);
+        let got = notes.get(&7).await.expect("get after termination");
+        assert!(got.is_some());
+        say(&format!(
+            "fault[postgres, pg_terminate_backend round {round}]: {} sessions ended, served again in {:?}",
+            killed.len(),
+            started.elapsed()
+        ));
+    }
+    drop_schema(&ns).await;
+}
+
+/// Redis connections cut under the client: the connection manager
+/// reconnects and the next calls are served with no caller action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connections_cut_recover() {
+    let url = redis_url();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let ns = unique_prefix("fault_cut");
+    let mut pool = test_pool(1);
+    pool.request_timeout = DEADLINE;
+    let conn = dl_connections::redis::connect_lazy(&via(&url, &proxy), &pool).expect("redis");
+    let guard = guarded(Arc::new(
+        RedisBackend::new(conn, &ns, DEADLINE).expect("backend"),
+    ));
+    let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    notes
+        .insert(&Note {
+            id: 1,
+            body: "fake".into(),
+        })
+        .await
+        .expect("insert");
+    for round in 0..3 {
+        proxy.reset();
+        let started = Instant::now();
+        let got = notes
+            .get(&1)
+            .await
+            .expect("get after the connection was cut, with no caller retry");
+        assert!(got.is_some());
+        say(&format!(
+            "fault[redis, connection cut round {round}]: served again in {:?}",
+            started.elapsed()
+        ));
+    }
+}
+
+/// A steady write load through connection resets: every write acknowledged
+/// to the caller is present afterwards, and every other one returned an
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acknowledged_writes_survive_resets() {
+    let url = postgres_url();
+    let proxy = Arc::new(FaultProxy::start(upstream(&url)).await);
+    let ns = unique_prefix("fault_ack");
+    let backend =
+        Arc::new(PostgresBackend::new(pg_pool(&via(&url, &proxy)), &ns).expect("backend"));
+    let guard = Arc::new(Guarded::new(
+        backend,
+        DEADLINE,
+        BreakerSettings {
+            min_calls: 1000,
+            window: 1000,
+            ..breaker()
+        },
+        RetrySettings::default(),
+    ));
+    let notes = Arc::new(
+        Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+            .await
+            .expect("open"),
+    );
+    let chaos = {
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                proxy.reset();
+            }
+        })
+    };
+    let (mut acked, mut failed) = (Vec::new(), 0usize);
+    let started = Instant::now();
+    for id in 0..400i64 {
+        if started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        match notes
+            .insert(&Note {
+                id,
+                body: format!("fake {id}"),
+            })
+            .await
+        {
+            Ok(()) => acked.push(id),
+            Err(_) => failed += 1,
+        }
+    }
+    chaos.await.expect("chaos");
+    proxy.set(Fault::Pass);
+    let stored = notes.get_many(&acked).await.expect("read back");
+    assert_eq!(
+        stored.len(),
+        acked.len(),
+        "every acknowledged write is present"
+    );
+    say(&format!(
+        "fault[postgres, resets under write load]: {} writes acknowledged, all present; {failed} returned an error",
+        acked.len()
+    ));
+    drop(proxy);
+    drop_schema(&ns).await;
+}
