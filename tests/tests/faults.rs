@@ -353,3 +353,51 @@ async fn postgres_acknowledged_writes_survive_resets() {
     drop(proxy);
     drop_schema(&ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_blackhole() {
+    let url = dl_tests::live::mongo_url();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let ns = unique_prefix("fault_mongo");
+    let mut pool = test_pool(2);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.acquire_timeout = Duration::from_millis(400);
+    let client = dl_connections::mongo::connect(&via(&url, &proxy), &pool)
+        .await
+        .expect("mongo");
+    let backend = Arc::new(
+        dl_repositories::backends::mongo::MongoBackend::new(&client, &ns, DEADLINE)
+            .expect("backend"),
+    );
+    blackhole_scenario("mongo", guarded(backend), &proxy).await;
+    drop(proxy);
+    let admin = dl_connections::mongo::connect(&url, &test_pool(1))
+        .await
+        .expect("mongo");
+    admin.database(&ns).drop().await.expect("drop database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_blackhole() {
+    let mut settings = dl_tests::live::scylla_settings();
+    let node: SocketAddr = settings.nodes[0].parse().expect("a loopback contact point");
+    let proxy = FaultProxy::start(node).await;
+    settings.nodes = vec![proxy.addr().to_string()];
+    let mut pool = test_pool(1);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.request_timeout = DEADLINE;
+    let session = dl_connections::scylla::connect(&settings, &pool)
+        .await
+        .expect("scylla");
+    let ns = unique_prefix("fault_scylla");
+    let backend = Arc::new(
+        dl_repositories::backends::scylla::ScyllaBackend::new(
+            session,
+            &ns,
+            settings.lightweight_transactions,
+            DEADLINE,
+        )
+        .expect("backend"),
+    );
+    blackhole_scenario("scylla", guarded(backend), &proxy).await;
+}
