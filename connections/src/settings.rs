@@ -83,6 +83,12 @@ macro_rules! pool_keys {
             KeySpec { key: concat!($store, ".idle_timeout"), env: concat!("DL_", $env, "__IDLE_TIMEOUT"), kind: Kind::Duration, default: Some("10m"), doc: "Close connections idle this long." },
             KeySpec { key: concat!($store, ".max_lifetime"), env: concat!("DL_", $env, "__MAX_LIFETIME"), kind: Kind::Duration, default: Some("30m"), doc: "Recycle connections after this long (picks up failovers and DNS changes)." },
             KeySpec { key: concat!($store, ".optional"), env: concat!("DL_", $env, "__OPTIONAL"), kind: Kind::Bool, default: Some("false"), doc: "If true, this store being down degrades the service instead of failing it." },
+            KeySpec { key: concat!($store, ".breaker_window"), env: concat!("DL_", $env, "__BREAKER_WINDOW"), kind: Kind::Count { min: 1, max: 10_000 }, default: Some("20"), doc: "Calls in the breaker's sliding window. Larger reacts slower and steadier." },
+            KeySpec { key: concat!($store, ".breaker_min_calls"), env: concat!("DL_", $env, "__BREAKER_MIN_CALLS"), kind: Kind::Count { min: 1, max: 10_000 }, default: Some("10"), doc: "Calls needed before the breaker judges. Fewer opens on a handful of errors." },
+            KeySpec { key: concat!($store, ".breaker_failure_percent"), env: concat!("DL_", $env, "__BREAKER_FAILURE_PERCENT"), kind: Kind::Count { min: 1, max: 100 }, default: Some("50"), doc: "Share of transient failures (in %) that opens the breaker." },
+            KeySpec { key: concat!($store, ".breaker_wait"), env: concat!("DL_", $env, "__BREAKER_WAIT"), kind: Kind::Duration, default: Some("5s"), doc: "Time open before probing. Shorter recovers sooner, longer spares a struggling store." },
+            KeySpec { key: concat!($store, ".breaker_probes"), env: concat!("DL_", $env, "__BREAKER_PROBES"), kind: Kind::Count { min: 1, max: 100 }, default: Some("3"), doc: "Half-open probes; all must succeed to close the breaker." },
+            KeySpec { key: concat!($store, ".retries"), env: concat!("DL_", $env, "__RETRIES"), kind: Kind::Count { min: 0, max: 10 }, default: Some("3"), doc: "Retries of an idempotent call on a transient fault. More hides blips, adds load." },
         ]
     };
 }
@@ -160,11 +166,11 @@ const BASE_KEYS: [KeySpec; 10] = [
     },
 ];
 
-const POOL_SQLITE: [KeySpec; 8] = pool_keys!("sqlite", "SQLITE", "4");
-const POOL_POSTGRES: [KeySpec; 8] = pool_keys!("postgres", "POSTGRES", "10");
-const POOL_MONGO: [KeySpec; 8] = pool_keys!("mongo", "MONGO", "10");
-const POOL_REDIS: [KeySpec; 8] = pool_keys!("redis", "REDIS", "8");
-const POOL_SCYLLA: [KeySpec; 8] = pool_keys!("scylla", "SCYLLA", "4");
+const POOL_SQLITE: [KeySpec; 14] = pool_keys!("sqlite", "SQLITE", "4");
+const POOL_POSTGRES: [KeySpec; 14] = pool_keys!("postgres", "POSTGRES", "10");
+const POOL_MONGO: [KeySpec; 14] = pool_keys!("mongo", "MONGO", "10");
+const POOL_REDIS: [KeySpec; 14] = pool_keys!("redis", "REDIS", "8");
+const POOL_SCYLLA: [KeySpec; 14] = pool_keys!("scylla", "SCYLLA", "4");
 
 /// Every declared key, in documentation order.
 pub static KEYS: [&[KeySpec]; 6] = [
@@ -328,6 +334,18 @@ pub struct PoolSettings {
     pub max_lifetime: Duration,
     /// Whether the store being down only degrades the service.
     pub optional: bool,
+    /// Calls in the breaker's window.
+    pub breaker_window: u32,
+    /// Calls before the breaker judges.
+    pub breaker_min_calls: u32,
+    /// Failure share (%) that opens the breaker.
+    pub breaker_failure_percent: u32,
+    /// Time open before probing.
+    pub breaker_wait: Duration,
+    /// Half-open probes.
+    pub breaker_probes: u32,
+    /// Retries of an idempotent call.
+    pub retries: u32,
 }
 
 /// The relational store `DATABASE_URL` names.
@@ -732,6 +750,12 @@ impl Parsed<'_> {
             idle_timeout: self.duration(&k("idle_timeout"))?,
             max_lifetime: self.duration(&k("max_lifetime"))?,
             optional: self.boolean(&k("optional"))?,
+            breaker_window: self.count(&k("breaker_window"))?,
+            breaker_min_calls: self.count(&k("breaker_min_calls"))?,
+            breaker_failure_percent: self.count(&k("breaker_failure_percent"))?,
+            breaker_wait: self.duration(&k("breaker_wait"))?,
+            breaker_probes: self.count(&k("breaker_probes"))?,
+            retries: self.count(&k("retries"))?,
         };
         if p.min_connections > p.max_connections {
             let first = spec(&k("min_connections")).map_or("min_connections", |s| s.key);

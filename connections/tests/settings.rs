@@ -187,6 +187,18 @@ fn bad_values_name_key_origin_and_expectation() {
         ("DL_REDIS__REQUEST_TIMEOUT", "10", "a duration"),
         ("DL_REDIS__REQUEST_TIMEOUT", "10 parsecs", "a duration"),
         ("DL_MONGO__OPTIONAL", "yes", "true or false"),
+        (
+            "DL_POSTGRES__BREAKER_FAILURE_PERCENT",
+            "150",
+            "a whole number from 1 to 100",
+        ),
+        (
+            "DL_POSTGRES__BREAKER_FAILURE_PERCENT",
+            "0",
+            "a whole number from 1 to 100",
+        ),
+        ("DL_REDIS__RETRIES", "11", "a whole number from 0 to 10"),
+        ("DL_REDIS__BREAKER_WAIT", "soon", "a duration"),
         ("DATABASE_URL", "", "a URL"),
         ("DATABASE_URL", "not a url", "a URL"),
         ("DATABASE_URL", "sqlite:", "a URL"),
@@ -307,4 +319,35 @@ fn durations() {
     ] {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn guard_settings_have_defaults_and_can_be_tuned() {
+    let s = load(Sources::isolated()).unwrap();
+    assert_eq!(
+        (
+            s.postgres.breaker_window,
+            s.postgres.breaker_min_calls,
+            s.postgres.breaker_failure_percent
+        ),
+        (20, 10, 50)
+    );
+    assert_eq!(
+        (
+            s.postgres.breaker_wait,
+            s.postgres.breaker_probes,
+            s.postgres.retries
+        ),
+        (Duration::from_secs(5), 3, 3)
+    );
+    let s = load(
+        Sources::isolated()
+            .var("DL_REDIS__RETRIES", "0")
+            .var("DL_REDIS__BREAKER_WAIT", "250ms"),
+    )
+    .unwrap();
+    assert_eq!(
+        (s.redis.retries, s.redis.breaker_wait),
+        (0, Duration::from_millis(250))
+    );
 }

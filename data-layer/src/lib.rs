@@ -278,16 +278,21 @@ fn guarded(backend: Arc<dyn Backend>, settings: &Settings) -> Arc<dyn Backend> {
         Store::Scylla => &settings.scylla_pool,
         _ => &settings.sqlite,
     };
+    let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
     let breaker = BreakerSettings {
+        window: count(pool.breaker_window),
+        min_calls: count(pool.breaker_min_calls),
+        failure_rate: f64::from(pool.breaker_failure_percent) / 100.0,
         slow_call: pool.request_timeout / 2,
+        wait_in_open: pool.breaker_wait,
+        half_open_probes: count(pool.breaker_probes),
         ..BreakerSettings::default()
     };
-    Arc::new(Guarded::new(
-        backend,
-        pool.request_timeout,
-        breaker,
-        RetrySettings::default(),
-    ))
+    let retry = RetrySettings {
+        max_retries: count(pool.retries),
+        ..RetrySettings::default()
+    };
+    Arc::new(Guarded::new(backend, pool.request_timeout, breaker, retry))
 }
 
 /// One store's health, as `data-layer health` and a service's health
