@@ -199,6 +199,8 @@ up() {
     mongo_up
     scylla_up
   fi
+  # The restart fault test runs a private redis-server on its own port.
+  command -v redis-server >/dev/null || apt_install redis-server
   write_env
   say "ready in $((SECONDS - started))s; settings in .env.test"
 }

@@ -401,3 +401,104 @@ async fn scylla_blackhole() {
     );
     blackhole_scenario("scylla", guarded(backend), &proxy).await;
 }
+
+/// Redis stopped and started again (a private `redis-server` on a free
+/// loopback port, so the shared one is untouched): calls fail while it is
+/// down, and are served again after the restart with no caller action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let start = || {
+        std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (from Debian's redis-server, installed by scripts/stack.sh)")
+    };
+    let answers = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let mut server = start();
+    until("private redis up", Duration::from_secs(10), async || {
+        answers()
+    })
+    .await;
+    let url =
+        dl_connections::SecretUrl::parse(&format!("redis://127.0.0.1:{port}/0")).expect("url");
+    let mut pool = test_pool(1);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.request_timeout = DEADLINE;
+    let conn = dl_connections::redis::connect_lazy(&url, &pool).expect("redis");
+    let breaker = BreakerSettings {
+        min_calls: 1000,
+        window: 1000,
+        ..breaker()
+    };
+    let guard = Arc::new(Guarded::new(
+        Arc::new(RedisBackend::new(conn, "restart", DEADLINE).expect("backend")),
+        DEADLINE,
+        breaker,
+        RetrySettings::default(),
+    ));
+    let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    notes
+        .insert(&Note {
+            id: 1,
+            body: "fake".into(),
+        })
+        .await
+        .expect("insert");
+
+    server.kill().expect("stop redis");
+    server.wait().expect("reap redis");
+    let down = notes.get(&1).await;
+    assert!(
+        down.as_ref().is_err_and(Error::is_retryable),
+        "while down: {down:?}"
+    );
+
+    let stopped = Instant::now();
+    let mut server = start();
+    until(
+        "private redis up again",
+        Duration::from_secs(10),
+        async || answers(),
+    )
+    .await;
+    // The data is gone (no persistence); the connection is what must recover.
+    let recovered = until(
+        "calls served after the restart",
+        Duration::from_secs(10),
+        async || {
+            notes
+                .insert(&Note {
+                    id: 2,
+                    body: "fake".into(),
+                })
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    assert!(notes.get(&2).await.expect("get after restart").is_some());
+    say(&format!(
+        "fault[redis, restart]: calls failed while down, served again {recovered:?} after the server was back ({:?} after it stopped)",
+        stopped.elapsed()
+    ));
+    server.kill().expect("stop redis");
+    let _ = server.wait();
+}
