@@ -42,6 +42,7 @@ pub mod query;
 mod repo;
 mod sql;
 mod sqlx_errors;
+mod versions;
 
 pub use backend::{Backend, Capabilities, FilterSupport, PoolStats};
 pub use error::{BatchFailure, BoxError, ConflictKind, Error, Operation, Result, Store};

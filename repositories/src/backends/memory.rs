@@ -14,6 +14,7 @@ use crate::backend::{Backend, Capabilities};
 use crate::error::{ConflictKind, Error, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{Cond, Direction, ListRequest, ValidPatch};
+use crate::versions::{bumped, check_expected, patched, version_of};
 
 type Table = BTreeMap<KeyTok, Record>;
 
@@ -66,19 +67,6 @@ fn check_unique(schema: &'static EntitySchema, table: &Table, record: &Record) -
         }
     }
     Ok(())
-}
-
-fn version_of(schema: &'static EntitySchema, record: &Record) -> Option<i64> {
-    schema.version.and_then(|vi| match record.get(vi) {
-        Value::Int(v) => Some(*v),
-        _ => None,
-    })
-}
-
-fn bump(schema: &'static EntitySchema, record: &mut Record, from: i64) {
-    if let Some(vi) = schema.version {
-        record.0[vi] = Value::Int(from.saturating_add(1));
-    }
 }
 
 /// Orders two records by a sort specification (null smallest).
@@ -174,22 +162,7 @@ impl Backend for MemoryBackend {
             let Some(stored) = t.get(&k) else {
                 return Ok(None);
             };
-            let current = version_of(schema, stored);
-            if let (Some(expected), Some(actual)) = (patch.expected_version, current)
-                && expected != actual
-            {
-                return Err(Error::Conflict {
-                    entity: schema.name,
-                    kind: ConflictKind::VersionMismatch { expected, actual },
-                });
-            }
-            let mut next = stored.clone();
-            for (i, v) in &patch.sets {
-                next.0[*i] = v.clone();
-            }
-            if let Some(v) = current {
-                bump(schema, &mut next, v);
-            }
+            let next = patched(schema, stored, patch)?;
             check_unique(schema, t, &next)?;
             t.insert(k, next.clone());
             Ok(Some(next))
@@ -209,14 +182,7 @@ impl Backend for MemoryBackend {
                     entity: schema.name,
                 });
             };
-            if let (Some(expected), Some(actual)) = (expected_version, version_of(schema, stored))
-                && expected != actual
-            {
-                return Err(Error::Conflict {
-                    entity: schema.name,
-                    kind: ConflictKind::VersionMismatch { expected, actual },
-                });
-            }
+            check_expected(schema, expected_version, stored)?;
             check_unique(schema, t, record)?;
             t.insert(k, record.clone());
             Ok(record.clone())
@@ -226,12 +192,8 @@ impl Backend for MemoryBackend {
     async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
         self.with_table(schema, |t| {
             let k = KeyTok::of(record.get(schema.key));
-            let mut next = record.clone();
-            if let Some(stored) = t.get(&k)
-                && let Some(v) = version_of(schema, stored)
-            {
-                bump(schema, &mut next, v);
-            }
+            let stored = t.get(&k).and_then(|r| version_of(schema, r));
+            let next = bumped(schema, record.clone(), stored);
             check_unique(schema, t, &next)?;
             t.insert(k, next.clone());
             Ok(next)

@@ -30,6 +30,7 @@ use mongodb::{Collection, Database, IndexModel};
 use crate::backend::{Backend, Capabilities, FilterSupport};
 use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
+use crate::versions::version_of;
 
 const CAS_ATTEMPTS: usize = 64;
 
@@ -368,13 +369,6 @@ fn backend(
         retryable,
         source: Some(Box::new(e)),
     }
-}
-
-fn version_of(schema: &EntitySchema, record: &Record) -> Option<i64> {
-    schema.version.and_then(|vi| match record.get(vi) {
-        Value::Int(v) => Some(*v),
-        _ => None,
-    })
 }
 
 #[async_trait]

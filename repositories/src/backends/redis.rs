@@ -28,6 +28,7 @@ use redis::aio::ConnectionManager;
 use crate::backend::{Backend, Capabilities, FilterSupport};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
+use crate::versions::{bumped, check_expected, patched, version_of};
 
 /// How many times a compare-and-set write re-reads after a concurrent write.
 const CAS_ATTEMPTS: usize = 64;
@@ -517,13 +518,6 @@ fn protocol(op: Operation, why: &str) -> Error {
     }
 }
 
-fn version_of(schema: &EntitySchema, record: &Record) -> Option<i64> {
-    schema.version.and_then(|vi| match record.get(vi) {
-        Value::Int(v) => Some(*v),
-        _ => None,
-    })
-}
-
 /// Maps a redis-rs error: timeouts and connection faults first (they decide
 /// retry and breaker behaviour), then the driver's own retry advice.
 fn map_redis_error(operation: Operation, timeout: Duration, e: redis::RedisError) -> Error {
@@ -683,28 +677,16 @@ impl Backend for RedisBackend {
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
-        self.cas(schema, Operation::Update, key, true, |current| {
-            let Some(current) = current else {
-                return Ok(None);
-            };
-            let stored = version_of(schema, current);
-            if let (Some(expected), Some(actual)) = (patch.expected_version, stored)
-                && expected != actual
-            {
-                return Err(Error::Conflict {
-                    entity: schema.name,
-                    kind: ConflictKind::VersionMismatch { expected, actual },
-                });
-            }
-            let mut next = current.clone();
-            for (i, v) in &patch.sets {
-                next.0[*i] = v.clone();
-            }
-            if let (Some(vi), Some(v)) = (schema.version, stored) {
-                next.0[vi] = Value::Int(v.saturating_add(1));
-            }
-            Ok(Some(next))
-        })
+        self.cas(
+            schema,
+            Operation::Update,
+            key,
+            true,
+            |current| match current {
+                None => Ok(None),
+                Some(current) => patched(schema, current, patch).map(Some),
+            },
+        )
         .await
     }
 
@@ -717,20 +699,10 @@ impl Backend for RedisBackend {
         let key = record.get(schema.key).clone();
         let written = self
             .cas(schema, Operation::Replace, &key, true, |current| {
-                let Some(current) = current else {
-                    return Err(Error::NotFound {
-                        entity: schema.name,
-                    });
-                };
-                if let (Some(expected), Some(actual)) =
-                    (expected_version, version_of(schema, current))
-                    && expected != actual
-                {
-                    return Err(Error::Conflict {
-                        entity: schema.name,
-                        kind: ConflictKind::VersionMismatch { expected, actual },
-                    });
-                }
+                let current = current.ok_or(Error::NotFound {
+                    entity: schema.name,
+                })?;
+                check_expected(schema, expected_version, current)?;
                 Ok(Some(record.clone()))
             })
             .await?;
@@ -743,13 +715,11 @@ impl Backend for RedisBackend {
         let key = record.get(schema.key).clone();
         let written = self
             .cas(schema, Operation::Upsert, &key, false, |current| {
-                let mut next = record.clone();
-                if let (Some(vi), Some(v)) =
-                    (schema.version, current.and_then(|c| version_of(schema, c)))
-                {
-                    next.0[vi] = Value::Int(v.saturating_add(1));
-                }
-                Ok(Some(next))
+                Ok(Some(bumped(
+                    schema,
+                    record.clone(),
+                    current.and_then(|c| version_of(schema, c)),
+                )))
             })
             .await?;
         written.ok_or_else(|| protocol(Operation::Upsert, "upsert wrote nothing"))

@@ -33,6 +33,7 @@ use crate::backend::{Backend, Capabilities, FilterSupport};
 use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{CmpOp, Cond, ListRequest, ValidPatch};
+use crate::versions::{bumped, check_expected, patched, version_of};
 
 const CAS_ATTEMPTS: usize = 64;
 /// Statements per unlogged batch of `insert_many`.
@@ -521,13 +522,6 @@ fn applied(op: Operation, result: scylla::response::query_result::QueryResult) -
     }
 }
 
-fn version_of(schema: &EntitySchema, record: &Record) -> Option<i64> {
-    schema.version.and_then(|vi| match record.get(vi) {
-        Value::Int(v) => Some(*v),
-        _ => None,
-    })
-}
-
 fn record_values(record: &Record) -> Vec<Option<CqlValue>> {
     record.0.iter().map(to_cql).collect()
 }
@@ -862,38 +856,11 @@ impl Backend for ScyllaBackend {
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
-        let op = Operation::Update;
-        for _ in 0..CAS_ATTEMPTS {
-            let Some(current) = self.read(schema, op, key).await? else {
-                return Ok(None);
-            };
-            let stored = version_of(schema, &current);
-            if let (Some(expected), Some(actual)) = (patch.expected_version, stored)
-                && expected != actual
-            {
-                return Err(Error::Conflict {
-                    entity: schema.name,
-                    kind: ConflictKind::VersionMismatch { expected, actual },
-                });
-            }
-            let mut next = current.clone();
-            for (i, v) in &patch.sets {
-                next.0[*i] = v.clone();
-            }
-            if let (Some(vi), Some(v)) = (schema.version, stored) {
-                next.0[vi] = Value::Int(v.saturating_add(1));
-            }
-            if let Applied::Yes = self.overwrite(schema, op, &next, stored).await? {
-                return Ok(Some(next));
-            }
-        }
-        Err(Error::Backend {
-            store: Store::Scylla,
-            operation: op,
-            message: format!("gave up after {CAS_ATTEMPTS} concurrent writes to the same entity"),
-            retryable: true,
-            source: None,
+        self.cas(schema, Operation::Update, key, |current| match current {
+            None => Ok(None),
+            Some(current) => patched(schema, current, patch).map(Some),
         })
+        .await
     }
 
     async fn replace(
@@ -902,33 +869,18 @@ impl Backend for ScyllaBackend {
         record: &Record,
         expected_version: Option<i64>,
     ) -> Result<Record> {
-        let op = Operation::Replace;
-        let key = record.get(schema.key);
-        for _ in 0..CAS_ATTEMPTS {
-            let Some(current) = self.read(schema, op, key).await? else {
-                return Err(Error::NotFound {
+        let key = record.get(schema.key).clone();
+        let written = self
+            .cas(schema, Operation::Replace, &key, |current| {
+                let current = current.ok_or(Error::NotFound {
                     entity: schema.name,
-                });
-            };
-            let stored = version_of(schema, &current);
-            if let (Some(expected), Some(actual)) = (expected_version, stored)
-                && expected != actual
-            {
-                return Err(Error::Conflict {
-                    entity: schema.name,
-                    kind: ConflictKind::VersionMismatch { expected, actual },
-                });
-            }
-            if let Applied::Yes = self.overwrite(schema, op, record, stored).await? {
-                return Ok(record.clone());
-            }
-        }
-        Err(Error::Backend {
-            store: Store::Scylla,
-            operation: op,
-            message: format!("gave up after {CAS_ATTEMPTS} concurrent writes to the same entity"),
-            retryable: true,
-            source: None,
+                })?;
+                check_expected(schema, expected_version, current)?;
+                Ok(Some(record.clone()))
+            })
+            .await?;
+        written.ok_or(Error::NotFound {
+            entity: schema.name,
         })
     }
 
@@ -936,13 +888,11 @@ impl Backend for ScyllaBackend {
         let key = record.get(schema.key).clone();
         let written = self
             .cas(schema, Operation::Upsert, &key, |current| {
-                let mut next = record.clone();
-                if let (Some(vi), Some(v)) =
-                    (schema.version, current.and_then(|c| version_of(schema, c)))
-                {
-                    next.0[vi] = Value::Int(v.saturating_add(1));
-                }
-                Ok(Some(next))
+                Ok(Some(bumped(
+                    schema,
+                    record.clone(),
+                    current.and_then(|c| version_of(schema, c)),
+                )))
             })
             .await?;
         written.ok_or_else(|| protocol(Operation::Upsert, "upsert wrote nothing"))
