@@ -24,7 +24,7 @@ use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{
     Bound, Dialect, SqlWriter, Statements, columns, ident, mark, statements, update_sql,
 };
-use crate::sqlx_errors::{PING_SCHEMA, map_sqlx_error};
+use crate::sqlx_errors::map_sqlx_error;
 
 type Q<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -268,38 +268,8 @@ fn decode_row(
 }
 
 super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Postgres, {
-    fn store(&self) -> Store {
-        Store::Postgres
-    }
-
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
-    }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                crate::sqlx_errors::map_sqlx_error(
-                    Store::Postgres,
-                    &PING_SCHEMA,
-                    Operation::Ping,
-                    e,
-                )
-            })
-    }
-
-    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
-        let size = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        Some(crate::backend::PoolStats {
-            size,
-            idle,
-            in_use: size.saturating_sub(idle),
-            max: self.pool.options().get_max_connections(),
-        })
     }
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {

@@ -43,6 +43,27 @@ macro_rules! sqlx_backend {
         #[async_trait]
         impl Backend for $ty {
         $($own)*
+
+        fn store(&self) -> Store {
+            $store
+        }
+
+        async fn ping(&self) -> Result<()> {
+            sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(|e| {
+                crate::sqlx_errors::map_sqlx_error($store, &crate::sqlx_errors::PING_SCHEMA, Operation::Ping, e)
+            })
+        }
+
+        fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+            let size = self.pool.size();
+            let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+            Some(crate::backend::PoolStats {
+                size,
+                idle,
+                in_use: size.saturating_sub(idle),
+                max: self.pool.options().get_max_connections(),
+            })
+        }
     async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
         let st = self.statements(schema);
         let mut q = sqlx::query(AssertSqlSafe(Arc::clone(&st.insert_one)));

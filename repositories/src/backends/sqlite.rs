@@ -19,7 +19,7 @@ use crate::backend::{Backend, Capabilities};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, statements, update_sql};
-use crate::sqlx_errors::{PING_SCHEMA, map_sqlx_error};
+use crate::sqlx_errors::map_sqlx_error;
 
 /// Most bound values in one statement (SQLite's limit is 32766).
 const MAX_VARIABLES: usize = 30_000;
@@ -212,33 +212,8 @@ fn decode_row(
 }
 
 super::sql_common::sqlx_backend!(SqliteBackend, Store::Sqlite, Dialect::Sqlite, {
-    fn store(&self) -> Store {
-        Store::Sqlite
-    }
-
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
-    }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                crate::sqlx_errors::map_sqlx_error(Store::Sqlite, &PING_SCHEMA, Operation::Ping, e)
-            })
-    }
-
-    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
-        let size = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        Some(crate::backend::PoolStats {
-            size,
-            idle,
-            in_use: size.saturating_sub(idle),
-            max: self.pool.options().get_max_connections(),
-        })
     }
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
