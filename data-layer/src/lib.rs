@@ -92,8 +92,18 @@ pub struct DataLayer {
 impl DataLayer {
     /// Opens the stores the settings name.
     ///
+    /// It does not wait for servers: the PostgreSQL and Redis pools connect
+    /// on demand, the MongoDB client monitors its servers in the background,
+    /// and a ScyllaDB that does not answer at startup is connected on first
+    /// use. A store that is down is reported by [`DataLayer::health`]
+    /// (`degraded` when it is `<store>.optional`, `down` otherwise) and its
+    /// calls fail fast with `Unavailable`, `Timeout` or `CircuitOpen`,
+    /// while the other stores keep serving.
+    ///
     /// # Errors
-    /// When the relational store (`DATABASE_URL`) cannot be opened.
+    /// When the settings are unusable: a SQLite file that cannot be opened,
+    /// bad driver options in a URL, or an invalid schema, key prefix or
+    /// keyspace name.
     pub async fn from_settings(settings: Settings) -> Result<Self, SetupError> {
         let relational: Arc<dyn Backend> = match &settings.database_url {
             DatabaseUrl::Sqlite(path) => {
@@ -203,6 +213,7 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
     use dl_repositories::backends::{
         mongo::MongoBackend, redis::RedisBackend, scylla::ScyllaBackend,
     };
+    use dl_repositories::deferred::Deferred;
     let mut out: Vec<Arc<dyn Backend>> = Vec::new();
     let connect_err =
         |store: Store, reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
@@ -246,22 +257,40 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
         out.push(Arc::new(backend));
     }
     if let Some(scylla) = &settings.scylla {
-        let session = dl_connections::scylla::connect(scylla, &settings.scylla_pool)
-            .await
-            .map_err(|e| {
-                connect_err(
-                    Store::Scylla,
-                    format!("no contact point of {:?} answered", scylla.nodes),
-                    Some(Box::new(e)),
-                )
-            })?;
-        let backend = ScyllaBackend::new(
-            session,
-            &scylla.keyspace,
-            scylla.lightweight_transactions,
-            settings.scylla_pool.request_timeout,
-        )
-        .map_err(|e| connect_err(Store::Scylla, e.to_string(), None))?;
+        if !dl_models::is_valid_identifier(&scylla.keyspace) {
+            return Err(connect_err(
+                Store::Scylla,
+                "the keyspace must match [a-z_][a-z0-9_]* (at most 48 bytes)".into(),
+                None,
+            ));
+        }
+        // The ScyllaDB session connects eagerly; a store that is down at
+        // startup must not stop the service, so the session is made on
+        // first use (tried once now) and the guard's breaker handles the
+        // time it stays down.
+        let (cfg, pool) = (scylla.clone(), settings.scylla_pool.clone());
+        let connect: dl_repositories::deferred::Connector = Box::new(move || {
+            let (cfg, pool) = (cfg.clone(), pool.clone());
+            Box::pin(async move {
+                let session = dl_connections::scylla::connect(&cfg, &pool).await?;
+                let backend = ScyllaBackend::new(
+                    session,
+                    &cfg.keyspace,
+                    cfg.lightweight_transactions,
+                    pool.request_timeout,
+                )?;
+                Ok(Arc::new(backend) as Arc<dyn Backend>)
+            })
+        });
+        let backend = Deferred::new(Store::Scylla, ScyllaBackend::CAPABILITIES, connect);
+        if let Err(e) = backend.ping().await {
+            tracing::warn!(
+                store = "scylla",
+                optional = settings.scylla_pool.optional,
+                error = %e,
+                "store unreachable at startup; connecting on first use"
+            );
+        }
         out.push(Arc::new(backend));
     }
     Ok(out)

@@ -35,6 +35,7 @@
 
 pub mod backend;
 pub mod backends;
+pub mod deferred;
 pub mod error;
 pub mod guard;
 pub mod keys;

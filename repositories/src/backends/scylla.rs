@@ -157,6 +157,22 @@ enum Applied {
 }
 
 impl ScyllaBackend {
+    /// What a ScyllaDB backend declares (the same with or without
+    /// lightweight transactions): known before a session exists.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        transactions: false,
+        filter: FilterSupport::KeyOnly,
+        sort: false,
+        prefix: false,
+        atomic_batch: false,
+        native_batch: false,
+        ttl: false,
+        change_feed: false,
+        unique: false,
+        ordered: false,
+        native_cursor: true,
+    };
+
     /// A backend over `session` in `keyspace` (`[a-z_][a-z0-9_]*`, created
     /// with replication factor 1 when missing: production keyspaces come
     /// from migrations). `lightweight_transactions`: see the module docs.
@@ -715,19 +731,7 @@ impl Backend for ScyllaBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            transactions: false,
-            filter: FilterSupport::KeyOnly,
-            sort: false,
-            prefix: false,
-            atomic_batch: false,
-            native_batch: false,
-            ttl: false,
-            change_feed: false,
-            unique: false,
-            ordered: false,
-            native_cursor: true,
-        }
+        Self::CAPABILITIES
     }
 
     async fn ping(&self) -> Result<()> {
