@@ -93,7 +93,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 10] = [
+const BASE_KEYS: [KeySpec; 11] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -163,6 +163,13 @@ const BASE_KEYS: [KeySpec; 10] = [
         kind: Kind::Name,
         default: Some("dl"),
         doc: "Prefix of every Redis key this service writes.",
+    },
+    KeySpec {
+        key: "health.interval",
+        env: "DL_HEALTH__INTERVAL",
+        kind: Kind::Duration,
+        default: Some("15s"),
+        doc: "Time between the background health checker's pings of every store.",
     },
 ];
 
@@ -402,6 +409,8 @@ pub struct Settings {
     pub redis_key_prefix: String,
     /// ScyllaDB, if configured.
     pub scylla: Option<ScyllaSettings>,
+    /// Time between the background health checker's rounds.
+    pub health_interval: Duration,
     /// SQLite pool.
     pub sqlite: PoolSettings,
     /// PostgreSQL pool.
@@ -843,6 +852,7 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
         postgres_schema: p.name("postgres.schema")?,
         redis_key_prefix: p.name("redis.key_prefix")?,
         scylla,
+        health_interval: p.duration("health.interval")?,
         sqlite: p.pool("sqlite")?,
         postgres: p.pool("postgres")?,
         mongo: p.pool("mongo")?,

@@ -54,6 +54,9 @@ pub use dl_repositories::{
     Capabilities, Cursor, Error, Filter, Page, Patch, Query, Repo, Repository, Store,
 };
 
+mod health;
+pub use health::{HealthChecker, HealthReport, StoreHealth};
+
 use dl_connections::DatabaseUrl;
 use dl_repositories::Backend;
 use dl_repositories::backends::postgres::PostgresBackend;
@@ -322,96 +325,4 @@ fn guarded(backend: Arc<dyn Backend>, settings: &Settings) -> Arc<dyn Backend> {
         ..RetrySettings::default()
     };
     Arc::new(Guarded::new(backend, pool.request_timeout, breaker, retry))
-}
-
-/// One store's health, as `data-layer health` and a service's health
-/// endpoint report it (serde: JSON).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StoreHealth {
-    /// The store.
-    pub store: &'static str,
-    /// `up` or `down`, from a real round trip.
-    pub status: &'static str,
-    /// Whether the service needs it (not `<store>.optional`).
-    pub required: bool,
-    /// The round trip's latency.
-    pub latency_ms: f64,
-    /// Why it is down (no values, no secrets).
-    pub error: Option<String>,
-    /// The circuit breaker's state.
-    pub breaker: Option<dl_repositories::guard::BreakerState>,
-    /// Pool occupancy, where the driver exposes it.
-    pub pool: Option<dl_repositories::PoolStats>,
-    /// `ok`, `warning` (in use above 80% of the maximum) or `critical`
-    /// (above 90%).
-    pub pool_level: &'static str,
-}
-
-/// The health of every store of a data layer.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HealthReport {
-    /// `up`; `degraded` when an optional store is down, a breaker is not
-    /// closed or a pool is critical; `down` when a required store is down.
-    pub status: &'static str,
-    /// Per store.
-    pub stores: Vec<StoreHealth>,
-}
-
-impl DataLayer {
-    /// Pings every store (concurrently, each within its request timeout) and
-    /// reports.
-    pub async fn health(&self) -> HealthReport {
-        let backends: Vec<&Arc<dyn Backend>> = std::iter::once(&self.relational)
-            .chain(&self.others)
-            .collect();
-        let probes = backends.iter().map(|b| async move {
-            let started = std::time::Instant::now();
-            let result = b.ping().await;
-            (b, started.elapsed(), result)
-        });
-        let mut stores = Vec::with_capacity(backends.len());
-        for (b, took, result) in futures::future::join_all(probes).await {
-            let store = b.store();
-            let required = !self.pool_settings(store).optional;
-            let pool = b.pool_stats();
-            let pool_level = match pool {
-                Some(p) if p.max > 0 && f64::from(p.in_use) > 0.9 * f64::from(p.max) => "critical",
-                Some(p) if p.max > 0 && f64::from(p.in_use) > 0.8 * f64::from(p.max) => "warning",
-                _ => "ok",
-            };
-            stores.push(StoreHealth {
-                store: store.name(),
-                status: if result.is_ok() { "up" } else { "down" },
-                required,
-                latency_ms: took.as_secs_f64() * 1000.0,
-                error: result.err().map(|e| e.to_string()),
-                breaker: b.breaker_state(),
-                pool,
-                pool_level,
-            });
-        }
-        let status = if stores.iter().any(|s| s.required && s.status == "down") {
-            "down"
-        } else if stores.iter().any(|s| {
-            s.status == "down"
-                || s.pool_level == "critical"
-                || s.breaker
-                    .is_some_and(|b| b != dl_repositories::guard::BreakerState::Closed)
-        }) {
-            "degraded"
-        } else {
-            "up"
-        };
-        HealthReport { status, stores }
-    }
-
-    fn pool_settings(&self, store: Store) -> &dl_connections::PoolSettings {
-        match store {
-            Store::Postgres => &self.settings.postgres,
-            Store::Mongo => &self.settings.mongo,
-            Store::Redis => &self.settings.redis,
-            Store::Scylla => &self.settings.scylla_pool,
-            _ => &self.settings.sqlite,
-        }
-    }
 }

@@ -19,4 +19,5 @@ pub mod entities;
 pub mod harness;
 pub mod live;
 pub mod model;
+pub mod private;
 pub mod proxy;

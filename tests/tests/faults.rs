@@ -16,6 +16,7 @@ use dl_repositories::guard::{BreakerSettings, BreakerState, Guarded, RetrySettin
 use dl_repositories::{Backend, Error, Filter, Repo, Repository};
 use dl_tests::entities::Note;
 use dl_tests::live::{postgres_url, redis_url, test_pool, unique_prefix};
+use dl_tests::private::{Kind, PrivateServer};
 use dl_tests::proxy::{Fault, FaultProxy};
 
 fn say(line: &str) {
@@ -23,6 +24,14 @@ fn say(line: &str) {
 }
 
 const DEADLINE: Duration = Duration::from_millis(500);
+
+/// The longest a failing idempotent call may take: the deadline for each
+/// of 1 + 3 attempts (`RetrySettings::default`), the backoff between them
+/// (full jitter, at most 50 + 100 + 200 ms), and 500 ms of scheduling slack
+/// on a loaded 2-core machine.
+fn worst_call() -> Duration {
+    DEADLINE * 4 + Duration::from_millis(350 + 500)
+}
 
 fn breaker() -> BreakerSettings {
     BreakerSettings {
@@ -124,11 +133,7 @@ async fn blackhole_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProxy)
                     e.is_retryable(),
                     "{name}: a blackhole is a transient fault, got {e}"
                 );
-                // Deadline per attempt, up to two retries with backoff.
-                assert!(
-                    took < DEADLINE * 3 + Duration::from_secs(1),
-                    "{name}: a call took {took:?}"
-                );
+                assert!(took < worst_call(), "{name}: a call took {took:?}");
                 failed += 1;
             }
             Ok(_) => panic!("{name}: a blackholed store answered"),
@@ -169,29 +174,184 @@ async fn blackhole_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProxy)
     ));
 }
 
+/// Added latency: below the deadline, calls are slower and still served
+/// with the breaker closed; beyond it, calls fail at their deadline (no
+/// hang; a call that must reopen a connection may fail sooner, at the
+/// connect or pool-acquire timeout), the breaker opens, and it closes again
+/// once the latency is gone.
+async fn latency_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProxy) {
+    let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    notes
+        .insert(&Note {
+            id: 1,
+            body: "fake".into(),
+        })
+        .await
+        .expect("insert");
+    let delay = Duration::from_millis(20);
+    proxy.set(Fault::Latency(delay));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let got = notes.get(&1).await;
+        let took = started.elapsed();
+        assert!(got.as_ref().is_ok_and(Option::is_some), "{name}: {got:?}");
+        assert!(
+            took >= delay,
+            "{name}: the latency was not applied ({took:?})"
+        );
+        slowest = slowest.max(took);
+    }
+    assert_eq!(guard.breaker().state(), BreakerState::Closed, "{name}");
+
+    proxy.set(Fault::Latency(DEADLINE));
+    let (mut timeouts, mut failed) = (0, 0);
+    for _ in 0..10 {
+        let started = Instant::now();
+        let r = notes.get(&1).await;
+        let took = started.elapsed();
+        match r {
+            Err(Error::CircuitOpen { .. }) => break,
+            Err(e) => {
+                assert!(
+                    e.is_retryable(),
+                    "{name}: latency is a transient fault, got {e}"
+                );
+                assert!(took < worst_call(), "{name}: a call took {took:?}");
+                // The deadline, or a shorter driver timeout (connect,
+                // pool acquire) when a connection has to be reopened.
+                if matches!(e, Error::Timeout { .. }) {
+                    timeouts += 1;
+                }
+                failed += 1;
+            }
+            Ok(_) => panic!("{name}: answered through a delay longer than the deadline"),
+        }
+    }
+    assert_eq!(guard.breaker().state(), BreakerState::Open, "{name}");
+    proxy.set(Fault::Pass);
+    proxy.reset();
+    let recovery = until(
+        &format!("{name}: recovery from latency"),
+        Duration::from_secs(15),
+        async || {
+            notes.get(&1).await.is_ok_and(|n| n.is_some())
+                && guard.breaker().state() == BreakerState::Closed
+        },
+    )
+    .await;
+    say(&format!(
+        "fault[{name}, latency]: +{delay:?} per hop served (slowest {slowest:?}), breaker closed; +{DEADLINE:?} per hop: {failed} calls failed ({timeouts} at the deadline, the others at a shorter connect or acquire timeout), breaker opened; recovered {recovery:?} after the latency was removed"
+    ));
+}
+
+async fn pg_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
+    Arc::new(PostgresBackend::new(pg_pool(&via(&postgres_url(), proxy)), ns).expect("backend"))
+}
+
+async fn redis_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
+    let mut pool = test_pool(1);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.request_timeout = DEADLINE;
+    let conn =
+        dl_connections::redis::connect_lazy(&via(&redis_url(), proxy), &pool).expect("redis");
+    Arc::new(RedisBackend::new(conn, ns, DEADLINE).expect("backend"))
+}
+
+async fn mongo_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
+    let mut pool = test_pool(2);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.acquire_timeout = Duration::from_millis(400);
+    let client = dl_connections::mongo::connect(&via(&dl_tests::live::mongo_url(), proxy), &pool)
+        .await
+        .expect("mongo");
+    Arc::new(
+        dl_repositories::backends::mongo::MongoBackend::new(&client, ns, DEADLINE)
+            .expect("backend"),
+    )
+}
+
+async fn drop_mongo(ns: &str) {
+    let admin = dl_connections::mongo::connect(&dl_tests::live::mongo_url(), &test_pool(1))
+        .await
+        .expect("mongo");
+    admin.database(ns).drop().await.expect("drop database");
+}
+
+fn scylla_node() -> SocketAddr {
+    dl_tests::live::scylla_settings().nodes[0]
+        .parse()
+        .expect("a loopback contact point")
+}
+
+async fn scylla_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
+    let mut settings = dl_tests::live::scylla_settings();
+    settings.nodes = vec![proxy.addr().to_string()];
+    let mut pool = test_pool(1);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.request_timeout = DEADLINE;
+    let session = dl_connections::scylla::connect(&settings, &pool)
+        .await
+        .expect("scylla");
+    Arc::new(
+        dl_repositories::backends::scylla::ScyllaBackend::new(
+            session,
+            ns,
+            settings.lightweight_transactions,
+            DEADLINE,
+        )
+        .expect("backend"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_latency() {
+    let proxy = FaultProxy::start(upstream(&postgres_url())).await;
+    let ns = unique_prefix("lat_pg");
+    latency_scenario("postgres", guarded(pg_through(&proxy, &ns).await), &proxy).await;
+    drop(proxy);
+    drop_schema(&ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_latency() {
+    let proxy = FaultProxy::start(upstream(&redis_url())).await;
+    let ns = unique_prefix("lat_redis");
+    latency_scenario("redis", guarded(redis_through(&proxy, &ns).await), &proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_latency() {
+    let proxy = FaultProxy::start(upstream(&dl_tests::live::mongo_url())).await;
+    let ns = unique_prefix("lat_mongo");
+    latency_scenario("mongo", guarded(mongo_through(&proxy, &ns).await), &proxy).await;
+    drop(proxy);
+    drop_mongo(&ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_latency() {
+    let proxy = FaultProxy::start(scylla_node()).await;
+    let ns = unique_prefix("lat_scylla");
+    latency_scenario("scylla", guarded(scylla_through(&proxy, &ns).await), &proxy).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_blackhole() {
-    let url = postgres_url();
-    let proxy = FaultProxy::start(upstream(&url)).await;
+    let proxy = FaultProxy::start(upstream(&postgres_url())).await;
     let ns = unique_prefix("fault_pg");
-    let backend =
-        Arc::new(PostgresBackend::new(pg_pool(&via(&url, &proxy)), &ns).expect("backend"));
-    blackhole_scenario("postgres", guarded(backend), &proxy).await;
+    blackhole_scenario("postgres", guarded(pg_through(&proxy, &ns).await), &proxy).await;
     drop(proxy);
     drop_schema(&ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_blackhole() {
-    let url = redis_url();
-    let proxy = FaultProxy::start(upstream(&url)).await;
+    let proxy = FaultProxy::start(upstream(&redis_url())).await;
     let ns = unique_prefix("fault_redis");
-    let mut pool = test_pool(1);
-    pool.connect_timeout = Duration::from_millis(300);
-    pool.request_timeout = DEADLINE;
-    let conn = dl_connections::redis::connect_lazy(&via(&url, &proxy), &pool).expect("redis");
-    let backend = Arc::new(RedisBackend::new(conn, &ns, DEADLINE).expect("backend"));
-    blackhole_scenario("redis", guarded(backend), &proxy).await;
+    blackhole_scenario("redis", guarded(redis_through(&proxy, &ns).await), &proxy).await;
 }
 
 /// PostgreSQL ends our sessions (`pg_terminate_backend`): the next calls
@@ -356,136 +516,73 @@ async fn postgres_acknowledged_writes_survive_resets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_blackhole() {
-    let url = dl_tests::live::mongo_url();
-    let proxy = FaultProxy::start(upstream(&url)).await;
+    let proxy = FaultProxy::start(upstream(&dl_tests::live::mongo_url())).await;
     let ns = unique_prefix("fault_mongo");
-    let mut pool = test_pool(2);
-    pool.connect_timeout = Duration::from_millis(300);
-    pool.acquire_timeout = Duration::from_millis(400);
-    let client = dl_connections::mongo::connect(&via(&url, &proxy), &pool)
-        .await
-        .expect("mongo");
-    let backend = Arc::new(
-        dl_repositories::backends::mongo::MongoBackend::new(&client, &ns, DEADLINE)
-            .expect("backend"),
-    );
-    blackhole_scenario("mongo", guarded(backend), &proxy).await;
+    blackhole_scenario("mongo", guarded(mongo_through(&proxy, &ns).await), &proxy).await;
     drop(proxy);
-    let admin = dl_connections::mongo::connect(&url, &test_pool(1))
-        .await
-        .expect("mongo");
-    admin.database(&ns).drop().await.expect("drop database");
+    drop_mongo(&ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scylla_blackhole() {
-    let mut settings = dl_tests::live::scylla_settings();
-    let node: SocketAddr = settings.nodes[0].parse().expect("a loopback contact point");
-    let proxy = FaultProxy::start(node).await;
-    settings.nodes = vec![proxy.addr().to_string()];
-    let mut pool = test_pool(1);
-    pool.connect_timeout = Duration::from_millis(300);
-    pool.request_timeout = DEADLINE;
-    let session = dl_connections::scylla::connect(&settings, &pool)
-        .await
-        .expect("scylla");
+    let proxy = FaultProxy::start(scylla_node()).await;
     let ns = unique_prefix("fault_scylla");
-    let backend = Arc::new(
-        dl_repositories::backends::scylla::ScyllaBackend::new(
-            session,
-            &ns,
-            settings.lightweight_transactions,
-            DEADLINE,
-        )
-        .expect("backend"),
-    );
-    blackhole_scenario("scylla", guarded(backend), &proxy).await;
+    blackhole_scenario("scylla", guarded(scylla_through(&proxy, &ns).await), &proxy).await;
 }
 
-/// Redis stopped and started again (a private `redis-server` on a free
-/// loopback port, so the shared one is untouched): calls fail while it is
-/// down, and are served again after the restart with no caller action.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_recovers() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        l.local_addr().expect("addr").port()
-    };
-    let dir = tempfile::tempdir().expect("dir");
-    let start = || {
-        std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (from Debian's redis-server, installed by scripts/stack.sh)")
-    };
-    let answers = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-    let mut server = start();
-    until("private redis up", Duration::from_secs(10), async || {
-        answers()
-    })
-    .await;
-    let url =
-        dl_connections::SecretUrl::parse(&format!("redis://127.0.0.1:{port}/0")).expect("url");
-    let mut pool = test_pool(1);
-    pool.connect_timeout = Duration::from_millis(300);
-    pool.request_timeout = DEADLINE;
-    let conn = dl_connections::redis::connect_lazy(&url, &pool).expect("redis");
-    let breaker = BreakerSettings {
-        min_calls: 1000,
-        window: 1000,
-        ..breaker()
-    };
-    let guard = Arc::new(Guarded::new(
-        Arc::new(RedisBackend::new(conn, "restart", DEADLINE).expect("backend")),
-        DEADLINE,
-        breaker,
-        RetrySettings::default(),
-    ));
+/// A store stopped and started again (a private server on a free loopback
+/// port, so the shared stack is untouched): calls fail fast and retryably
+/// while it is down, and are served again after the restart with no caller
+/// action. `durable`: the data written before the stop must still be there
+/// (PostgreSQL); the in-memory test servers lose it, so the entity is
+/// opened again (its table created) before writing.
+async fn restart_scenario(
+    name: &str,
+    server: &mut PrivateServer,
+    backend: Arc<dyn Backend>,
+    durable: bool,
+) {
+    let guard = guarded(backend);
     let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
         .await
-        .expect("open");
+        .unwrap_or_else(|e| panic!("{name}: open: {e}"));
     notes
         .insert(&Note {
             id: 1,
             body: "fake".into(),
         })
         .await
-        .expect("insert");
+        .unwrap_or_else(|e| panic!("{name}: insert: {e}"));
 
-    server.kill().expect("stop redis");
-    server.wait().expect("reap redis");
+    server.stop();
+    let stopped = Instant::now();
+    let started = Instant::now();
     let down = notes.get(&1).await;
+    let took = started.elapsed();
     assert!(
-        down.as_ref().is_err_and(Error::is_retryable),
-        "while down: {down:?}"
+        down.as_ref()
+            .is_err_and(|e| e.is_retryable() || matches!(e, Error::CircuitOpen { .. })),
+        "{name} while down: {down:?}"
+    );
+    assert!(
+        took < worst_call(),
+        "{name}: a call to the stopped store took {took:?}"
     );
 
-    let stopped = Instant::now();
-    let mut server = start();
-    until(
-        "private redis up again",
-        Duration::from_secs(10),
-        async || answers(),
-    )
-    .await;
-    // The data is gone (no persistence); the connection is what must recover.
+    server.resume().await;
     let recovered = until(
-        "calls served after the restart",
-        Duration::from_secs(10),
+        &format!("{name}: calls served after the restart"),
+        Duration::from_secs(30),
         async || {
+            if !durable
+                && Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+                    .await
+                    .is_err()
+            {
+                return false;
+            }
             notes
-                .insert(&Note {
+                .upsert(&Note {
                     id: 2,
                     body: "fake".into(),
                 })
@@ -494,11 +591,83 @@ async fn redis_restart_recovers() {
         },
     )
     .await;
-    assert!(notes.get(&2).await.expect("get after restart").is_some());
+    assert!(
+        notes.get(&2).await.expect("get after restart").is_some(),
+        "{name}"
+    );
+    if durable {
+        assert!(
+            notes.get(&1).await.expect("get after restart").is_some(),
+            "{name}: a write acknowledged before the stop is present after the restart"
+        );
+    }
     say(&format!(
-        "fault[redis, restart]: calls failed while down, served again {recovered:?} after the server was back ({:?} after it stopped)",
+        "fault[{name}, restart]: a call while down failed in {took:?}; served again {recovered:?} after the server was back ({:?} after it stopped)",
         stopped.elapsed()
     ));
-    server.kill().expect("stop redis");
-    let _ = server.wait();
+}
+
+fn restart_pool() -> dl_connections::PoolSettings {
+    let mut pool = test_pool(2);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.acquire_timeout = Duration::from_millis(400);
+    pool.request_timeout = DEADLINE;
+    pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers() {
+    let mut server = PrivateServer::start(Kind::Redis).await;
+    let url = dl_connections::SecretUrl::parse(&server.url()).expect("url");
+    let conn = dl_connections::redis::connect_lazy(&url, &restart_pool()).expect("redis");
+    let backend = Arc::new(RedisBackend::new(conn, "restart", DEADLINE).expect("backend"));
+    restart_scenario("redis", &mut server, backend, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_recovers() {
+    let mut server = PrivateServer::start(Kind::Postgres).await;
+    let url = dl_connections::SecretUrl::parse(&server.url()).expect("url");
+    // The cluster accepts TCP before it accepts sessions.
+    let pool = pg_pool(&url);
+    until(
+        "private postgres ready",
+        Duration::from_secs(30),
+        async || sqlx::query("SELECT 1").execute(&pool).await.is_ok(),
+    )
+    .await;
+    let backend = Arc::new(PostgresBackend::new(pool, "restart").expect("backend"));
+    restart_scenario("postgres", &mut server, backend, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_restart_recovers() {
+    let mut server = PrivateServer::start(Kind::Mongo).await;
+    let url = dl_connections::SecretUrl::parse(&server.url()).expect("url");
+    let client = dl_connections::mongo::connect(&url, &restart_pool())
+        .await
+        .expect("mongo");
+    let backend = Arc::new(
+        dl_repositories::backends::mongo::MongoBackend::new(&client, "restart", DEADLINE)
+            .expect("backend"),
+    );
+    restart_scenario("mongo", &mut server, backend, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_restart_recovers() {
+    let mut server = PrivateServer::start(Kind::Cql(env!("CARGO_BIN_EXE_cql-test-server"))).await;
+    let mut settings = dl_tests::live::scylla_settings();
+    settings.nodes = vec![server.url()];
+    let session = dl_connections::scylla::connect(&settings, &restart_pool())
+        .await
+        .expect("scylla");
+    let backend = Arc::new(
+        dl_repositories::backends::scylla::ScyllaBackend::new(
+            session, "restart", false, // the CQL test server has no LWT
+            DEADLINE,
+        )
+        .expect("backend"),
+    );
+    restart_scenario("scylla", &mut server, backend, false).await;
 }
