@@ -55,6 +55,8 @@ pub use dl_repositories::{
 };
 
 mod health;
+#[cfg(feature = "prometheus")]
+pub mod telemetry;
 pub use health::{HealthChecker, HealthReport, StoreHealth};
 
 use dl_connections::DatabaseUrl;

@@ -114,6 +114,7 @@ impl CircuitBreaker {
     /// A closed breaker.
     #[must_use]
     pub fn new(store: Store, settings: BreakerSettings) -> Self {
+        metrics::gauge!("dl_breaker_state", "store" => store.name()).set(0.0);
         CircuitBreaker {
             store,
             inner: Mutex::new(BreakerInner {
@@ -383,14 +384,14 @@ impl Guarded {
             entity,
             operation = op.name()
         );
-        self.call_inner(op, f).instrument(span).await
+        self.call_inner(op, entity, f).instrument(span).await
     }
 
     /// breaker → retry → deadline: the breaker admits the call and records
     /// its one final outcome; inside, an idempotent call is retried on a
     /// retryable error (backoff with full jitter, within the budget), each
     /// attempt under the deadline. Counted in the metrics once per call.
-    async fn call_inner<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    async fn call_inner<T, F, Fut>(&self, op: Operation, entity: &'static str, f: F) -> Result<T>
     where
         F: Fn() -> Fut + Sync,
         Fut: Future<Output = Result<T>> + Send,
@@ -402,7 +403,7 @@ impl Guarded {
             Ok(permit) => {
                 let result = self.retrying(op, &f).await;
                 self.breaker.record(permit, result.as_ref().map(|_| ()));
-                metrics::histogram!("dl_call_seconds", "store" => store, "operation" => op.name())
+                metrics::histogram!("dl_call_seconds", "store" => store, "entity" => entity, "operation" => op.name())
                     .record(started.elapsed().as_secs_f64());
                 result
             }
@@ -411,7 +412,7 @@ impl Guarded {
             Ok(_) => "ok",
             Err(e) => e.kind_name(),
         };
-        metrics::counter!("dl_calls_total", "store" => store, "operation" => op.name(), "outcome" => outcome).increment(1);
+        metrics::counter!("dl_calls_total", "store" => store, "entity" => entity, "operation" => op.name(), "outcome" => outcome).increment(1);
         result
     }
 

@@ -671,3 +671,105 @@ async fn scylla_restart_recovers() {
     );
     restart_scenario("scylla", &mut server, backend, false).await;
 }
+
+/// Log events captured by a test: level, message and `store` field.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<(tracing::Level, String, String)>>>);
+
+impl Captured {
+    fn count(&self, level: tracing::Level, message: &str, store: &str) -> usize {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(l, m, s)| *l == level && m == message && s == store)
+            .count()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields(String, String);
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "store" {
+                    value.clone_into(&mut self.1);
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        self.0
+            .lock()
+            .expect("lock")
+            .push((*event.metadata().level(), fields.0, fields.1));
+    }
+}
+
+/// The background health checker notices a store going down and coming
+/// back with no request made, and logs each transition exactly once
+/// however many rounds it stays there.
+#[tokio::test(flavor = "current_thread")]
+async fn health_checker_logs_each_transition_once() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let captured = Captured::default();
+    let _log =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let mut server = PrivateServer::start(Kind::Redis).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = data_layer::Settings::load(
+        &data_layer::Sources::isolated()
+            .var(
+                "DATABASE_URL",
+                &format!("sqlite://{}/hc.db", dir.path().display()),
+            )
+            .var("REDIS_URL", &server.url())
+            .var("DL_REDIS__OPTIONAL", "true")
+            .var("DL_REDIS__CONNECT_TIMEOUT", "300ms")
+            .var("DL_REDIS__REQUEST_TIMEOUT", "500ms")
+            .var("DL_HEALTH__INTERVAL", "100ms"),
+    )
+    .expect("settings");
+    let dl = data_layer::DataLayer::from_settings(settings)
+        .await
+        .expect("data layer");
+    let checker = dl.start_health_checker();
+    let status = |want: &'static str| {
+        let checker = &checker;
+        async move || checker.latest().is_some_and(|r| r.status == want)
+    };
+    until("first report: up", Duration::from_secs(10), status("up")).await;
+
+    server.stop();
+    let noticed = until(
+        "the checker notices the store down",
+        Duration::from_secs(10),
+        status("degraded"),
+    )
+    .await;
+    // Several more rounds while down: still one log line.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.resume().await;
+    let back = until(
+        "the checker notices the store back",
+        Duration::from_secs(10),
+        status("up"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(checker);
+
+    use tracing::Level;
+    assert_eq!(captured.count(Level::WARN, "store is down", "redis"), 1);
+    assert_eq!(captured.count(Level::INFO, "store is back up", "redis"), 1);
+    assert_eq!(captured.count(Level::WARN, "store is down", "sqlite"), 0);
+    say(&format!(
+        "health checker: noticed redis down {noticed:?} after it stopped and back {back:?} after it restarted, one log line each"
+    ));
+}
