@@ -34,6 +34,7 @@ pub struct PrivateServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -99,7 +100,31 @@ impl PrivateServer {
     /// # Panics
     /// When the server's binary is missing or it does not come up in 60 s.
     pub async fn start(kind: Kind) -> Self {
+        Self::start_with(kind, false).await
+    }
+
+    /// Like [`PrivateServer::start`], serving only TLS (PostgreSQL) with a
+    /// certificate for `127.0.0.1` signed by a throwaway CA whose
+    /// certificate is at [`PrivateServer::ca_file`].
+    ///
+    /// # Panics
+    /// As `start`, or when `openssl` cannot make the certificates.
+    pub async fn start_tls(kind: Kind) -> Self {
+        assert_eq!(kind, Kind::Postgres, "TLS is set up for PostgreSQL only");
+        Self::start_with(kind, true).await
+    }
+
+    /// The throwaway CA's certificate (PEM) of a TLS server.
+    #[must_use]
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    async fn start_with(kind: Kind, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("a data directory");
+        if tls {
+            make_certificates(dir.path());
+        }
         if kind == Kind::Postgres {
             let data = dir.path().join("pgdata");
             std::fs::create_dir(&data).expect("pgdata");
@@ -128,6 +153,7 @@ impl PrivateServer {
             port: free_port(),
             dir,
             child: None,
+            tls,
         };
         server.resume().await;
         server
@@ -177,6 +203,22 @@ impl PrivateServer {
                     .args(["-p", &port, "-c", "listen_addresses=127.0.0.1", "-k"])
                     .arg(dir)
                     .args(["-c", "fsync=off"]);
+                if self.tls {
+                    c.args(["-c", "ssl=on", "-c"])
+                        .arg(format!(
+                            "ssl_cert_file={}",
+                            dir.join("server.crt").display()
+                        ))
+                        .arg("-c")
+                        .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+                    // TLS only: plaintext TCP sessions are refused.
+                    let hba = dir.join("pgdata/pg_hba.conf");
+                    std::fs::write(
+                        &hba,
+                        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+                    )
+                    .expect("pg_hba.conf");
+                }
                 c
             }
             Kind::Mongo => {
@@ -249,6 +291,76 @@ impl PrivateServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A throwaway CA and a server certificate for `127.0.0.1`/`localhost`,
+/// made with the `openssl` command line tool.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=data-layer test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    let _ = Command::new("chmod")
+        .args(["0600"])
+        .arg(dir.join("server.key"))
+        .status();
 }
 
 impl Drop for PrivateServer {
