@@ -1,8 +1,45 @@
-//! Per-store migrations for data-layer.
+//! Per-store migrations for data-layer: one engine ([`engine`]), a runner
+//! per store ([`Target`]), and the scripts' rules ([`script`]).
 //!
-//! Scripts live in `migrations/<store>/` as `<version>_<name>.<ext>`. The
-//! runner (history, checksums, locking, `data-layer migrate`) arrives with
-//! its own issue; this crate already names the stores it will serve.
+//! Scripts live in `migrations/<store>/` as `<version>_<name>.<ext>`, with
+//! an optional `<version>_<name>.down.<ext>` beside each:
+//!
+//! | store | folder | extension | a script is |
+//! | --- | --- | --- | --- |
+//! | PostgreSQL | `postgres/` | `.sql` | SQL statements, in one transaction with its history row unless its first line is `-- dl:no-transaction` |
+//! | SQLite | `sqlite/` | `.sql` | the same |
+//! | MongoDB | `mongo/` | `.json` | a JSON array of database commands (`create` with a `$jsonSchema` validator, `createIndexes` with unique or TTL indexes, `update`, ...) |
+//! | ScyllaDB | `scylla/` | `.cql` | CQL statements (no transactions) |
+//! | Redis | `redis/` | `.lua` | one Lua script, run atomically; `ARGV[1]` is the key prefix |
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dl_migrations::{engine, script::{self, StoreKind}, sql::SqliteTarget};
+//!
+//! let dir = tempfile::tempdir()?;
+//! std::fs::create_dir(dir.path().join("sqlite"))?;
+//! std::fs::write(dir.path().join("sqlite/1_notes.sql"), "CREATE TABLE notes (id INTEGER PRIMARY KEY);")?;
+//! let all = script::load(dir.path())?;
+//!
+//! let pool = sqlx::sqlite::SqlitePoolOptions::new().connect("sqlite::memory:").await?;
+//! let target = SqliteTarget::new(pool);
+//! let steps = engine::up(&target, &all[&StoreKind::Sqlite], &engine::Options::default(), &mut |_| {}).await?;
+//! assert_eq!(steps.len(), 1);
+//! // Nothing left to do the second time.
+//! assert!(engine::up(&target, &all[&StoreKind::Sqlite], &engine::Options::default(), &mut |_| {}).await?.is_empty());
+//! # Ok(()) }
+//! ```
+
+pub mod engine;
+pub mod error;
+pub mod script;
+pub mod split;
+pub mod sql;
+
+pub use engine::{Applied, Options, Step, Target};
+pub use error::MigrationError;
+pub use script::{Migration, StoreKind};
 
 /// The stores a migration script can target, by folder name.
 pub const STORES: [&str; 5] = ["postgres", "sqlite", "mongo", "scylla", "redis"];
@@ -11,6 +48,28 @@ pub const STORES: [&str; 5] = ["postgres", "sqlite", "mongo", "scylla", "redis"]
 #[must_use]
 pub fn is_known_store(name: &str) -> bool {
     STORES.contains(&name)
+}
+
+/// The commands of a MongoDB script: a JSON array of objects, each one
+/// database command (its first key names it).
+///
+/// # Errors
+/// What is wrong with the shape.
+pub fn mongo_commands(
+    value: &serde_json::Value,
+) -> Result<Vec<&serde_json::Map<String, serde_json::Value>>, String> {
+    let Some(items) = value.as_array() else {
+        return Err("a MongoDB script is a JSON array of commands".into());
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.as_object()
+                .filter(|o| !o.is_empty())
+                .ok_or_else(|| format!("command {} is not a non-empty JSON object", i + 1))
+        })
+        .collect()
 }
 
 #[cfg(test)]
