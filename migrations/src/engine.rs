@@ -243,15 +243,15 @@ fn plan<'m>(
         })
         .filter(|m| options.to.is_none_or(|to| m.version <= to))
         .collect();
-    if let (Some(latest), false) = (latest, options.allow_out_of_order) {
-        if let Some(m) = pending.iter().find(|m| m.version < latest) {
-            return Err(MigrationError::OutOfOrder {
-                store,
-                path: m.up.path.clone(),
-                version: m.version,
-                latest,
-            });
-        }
+    if let (Some(latest), false) = (latest, options.allow_out_of_order)
+        && let Some(m) = pending.iter().find(|m| m.version < latest)
+    {
+        return Err(MigrationError::OutOfOrder {
+            store,
+            path: m.up.path.clone(),
+            version: m.version,
+            latest,
+        });
     }
     Ok(pending)
 }
@@ -358,15 +358,16 @@ async fn up_locked(
     let pending = plan(store, migrations, &history, options)?;
     if options.allow_drift {
         for m in migrations {
-            if let Some(a) = history.get(&m.version) {
-                if a.outcome == "applied" && a.checksum != m.up.checksum {
-                    target
-                        .record(&Applied {
-                            checksum: m.up.checksum.clone(),
-                            ..a.clone()
-                        })
-                        .await?;
-                }
+            if let Some(a) = history.get(&m.version)
+                && a.outcome == "applied"
+                && a.checksum != m.up.checksum
+            {
+                target
+                    .record(&Applied {
+                        checksum: m.up.checksum.clone(),
+                        ..a.clone()
+                    })
+                    .await?;
             }
         }
     }

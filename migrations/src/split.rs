@@ -45,8 +45,8 @@ pub fn statements(script: &str, store: StoreKind) -> Result<Vec<Statement>, Stri
             i = end;
             continue;
         }
-        if rest.starts_with("/*") {
-            let Some(n) = rest[2..].find("*/") else {
+        if let Some(body) = rest.strip_prefix("/*") {
+            let Some(n) = body.find("*/") else {
                 return Err(format!("unterminated /* comment starting at line {line}"));
             };
             line += count_lines(&rest[..n + 4]);

@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
+use sqlx::Row as _;
 use sqlx::postgres::{PgDatabaseError, PgPool};
 use sqlx::sqlite::SqlitePool;
-use sqlx::{Postgres, Row as _};
 use tokio::sync::Mutex;
 
 use crate::engine::{AfterRun, Applied, Target};
@@ -104,7 +103,10 @@ fn row_to_applied(row: &sqlx::sqlite::SqliteRow) -> Result<Applied, sqlx::Error>
 pub struct PostgresTarget {
     pool: PgPool,
     schema: String,
-    held: Mutex<Option<PoolConnection<Postgres>>>,
+    /// The session holding the advisory lock, detached from the pool: it
+    /// is closed (and the lock released) on unlock or when this runner is
+    /// dropped.
+    held: Mutex<Option<sqlx::PgConnection>>,
 }
 
 impl PostgresTarget {
@@ -131,7 +133,7 @@ impl PostgresTarget {
         MigrationError::store(StoreKind::Postgres, what, e)
     }
 
-    async fn write_after<'c>(
+    async fn write_after(
         &self,
         conn: &mut sqlx::PgConnection,
         after: &AfterRun,
@@ -182,8 +184,9 @@ impl Target for PostgresTarget {
             .await
             .map_err(|e| self.err("cannot connect", e))?;
         // Concurrent CREATE ... IF NOT EXISTS can still collide: serialize.
+        // (A key of its own: the run lock may be held for a long time.)
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(self.lock_key())
+            .bind(format!("{} (history table)", self.lock_key()))
             .execute(&mut *tx)
             .await
             .map_err(|e| self.err("cannot lock the history", e))?;
@@ -207,16 +210,17 @@ impl Target for PostgresTarget {
         let mut held = self.held.lock().await;
         if let Some(conn) = held.as_mut() {
             // Renewal: the session (and so the lock) must still be alive.
-            return Ok(sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok());
+            return Ok(sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok());
         }
         let mut conn = self
             .pool
             .acquire()
             .await
-            .map_err(|e| self.err("cannot connect", e))?;
+            .map_err(|e| self.err("cannot connect", e))?
+            .detach();
         let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1))")
             .bind(self.lock_key())
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await
             .map_err(|e| self.err("cannot take the migration lock", e))?;
         if got {
@@ -228,7 +232,7 @@ impl Target for PostgresTarget {
     async fn unlock(&self, _owner: &str) -> Result<(), MigrationError> {
         if let Some(conn) = self.held.lock().await.take() {
             // Closing the session releases its advisory locks for sure.
-            conn.close()
+            sqlx::Connection::close(conn)
                 .await
                 .map_err(|e| self.err("cannot release the migration lock", e))?;
         }

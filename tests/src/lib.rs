@@ -18,6 +18,7 @@ pub mod cases;
 pub mod entities;
 pub mod harness;
 pub mod live;
+pub mod migrate;
 pub mod model;
 pub mod private;
 pub mod proxy;
