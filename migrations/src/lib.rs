@@ -33,6 +33,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod nosql;
 pub mod script;
 pub mod split;
 pub mod sql;

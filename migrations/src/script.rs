@@ -208,6 +208,7 @@ fn check_content(store: StoreKind, script: &ScriptFile) -> Result<(), MigrationE
             if commands.is_empty() {
                 return Err(bad("no commands".into()));
             }
+            crate::nosql::mongo_documents(&script.body).map_err(bad)?;
         }
         StoreKind::Postgres | StoreKind::Sqlite | StoreKind::Scylla => {
             let statements = crate::split::statements(&script.body, store).map_err(bad)?;

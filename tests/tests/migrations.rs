@@ -25,8 +25,10 @@ const SQL: Dialect = Dialect {
         ),
     ],
     failing_v2: "CREATE TABLE mig_two (id INTEGER PRIMARY KEY);\n\nINSERT INTO no_such_table VALUES (2);\n",
+    failing_statement: 2,
     failing_line: Some(3),
     transactional: true,
+    concurrent_safe: true,
 };
 
 fn say(line: &str) {
@@ -132,4 +134,226 @@ async fn postgres_runner() {
         .await
         .expect("drop");
     }
+}
+
+#[cfg(feature = "integration")]
+fn report(store: &str, summary: &dl_tests::migrate::Summary) {
+    let concurrency = if summary.concurrent.0 == 0 {
+        "ten runners at once: not claimed (no lightweight transactions on this server; the lease is not atomic)".to_owned()
+    } else {
+        format!(
+            "{} runners at once applied {} scripts, each exactly once",
+            summary.concurrent.0, summary.concurrent.1
+        )
+    };
+    say(&format!(
+        "migrations[{store}]: {} scenarios passed; {concurrency}",
+        summary.scenarios
+    ));
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_runner() {
+    use dl_migrations::nosql::MongoTarget;
+    use mongodb::bson::doc;
+    let prefix = dl_tests::live::unique_prefix("mig");
+    let client =
+        dl_connections::mongo::connect(&dl_tests::live::mongo_url(), &dl_tests::live::test_pool(4))
+            .await
+            .expect("mongo");
+    let c = client.clone();
+    let make: Make = Arc::new(move |ns| {
+        let client = c.clone();
+        Box::pin(async move { Arc::new(MongoTarget::new(client.database(&ns))) as Arc<dyn Target> })
+    });
+    let c = client.clone();
+    let probe: Probe = Arc::new(move |ns, v| {
+        let client = c.clone();
+        Box::pin(async move {
+            client
+                .database(&ns)
+                .collection::<mongodb::bson::Document>("mig_log")
+                .count_documents(doc! { "v": i64::try_from(v).expect("small") })
+                .await
+                .unwrap_or(0)
+        })
+    });
+    let dialect = Dialect {
+        store: StoreKind::Mongo,
+        scripts: [
+            (
+                r#"[
+  {"create": "mig_log", "validator": {"$jsonSchema": {"bsonType": "object", "required": ["v"]}}},
+  {"createIndexes": "mig_log", "indexes": [
+    {"key": {"v": 1}, "name": "v_idx"},
+    {"key": {"at": 1}, "name": "at_ttl", "expireAfterSeconds": 86400}
+  ]},
+  {"insert": "mig_log", "documents": [{"v": 1}]}
+]"#,
+                r#"[{"drop": "mig_log"}]"#,
+            ),
+            (
+                r#"[
+  {"create": "mig_two"},
+  {"createIndexes": "mig_two", "indexes": [{"key": {"code": 1}, "name": "code_unique", "unique": true}]},
+  {"insert": "mig_log", "documents": [{"v": 2}]}
+]"#,
+                r#"[{"drop": "mig_two"}, {"delete": "mig_log", "deletes": [{"q": {"v": 2}, "limit": 0}]}]"#,
+            ),
+            (
+                r#"[
+  {"insert": "mig_log", "documents": [{"v": 3}]},
+  {"update": "mig_log", "updates": [{"q": {"v": 3}, "u": {"$set": {"note": "fake"}}}]}
+]"#,
+                r#"[{"delete": "mig_log", "deletes": [{"q": {"v": 3}, "limit": 0}]}]"#,
+            ),
+        ],
+        failing_v2: r#"[{"insert": "mig_log", "documents": [{"v": 20}]}, {"noSuchCommand": 1}]"#,
+        failing_statement: 2,
+        failing_line: None,
+        transactional: false,
+        concurrent_safe: true,
+    };
+    let summary = run_suite("mongo", dialect, make, probe, &prefix).await;
+    report("mongo", &summary);
+    for s in ["empty", "failing", "order", "ten", "stale"] {
+        let _ = client.database(&format!("{prefix}_{s}")).drop().await;
+    }
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_runner() {
+    use dl_migrations::nosql::RedisTarget;
+    let prefix = dl_tests::live::unique_prefix("mig");
+    let conn = dl_connections::redis::connect_lazy(
+        &dl_tests::live::redis_url(),
+        &dl_tests::live::test_pool(1),
+    )
+    .expect("redis");
+    let make: Make = Arc::new(move |ns| {
+        // Each runner its own connection, as separate processes would.
+        Box::pin(async move {
+            let conn = dl_connections::redis::connect_lazy(
+                &dl_tests::live::redis_url(),
+                &dl_tests::live::test_pool(1),
+            )
+            .expect("redis");
+            Arc::new(RedisTarget::new(conn, &ns)) as Arc<dyn Target>
+        })
+    });
+    let c = conn.clone();
+    let probe: Probe = Arc::new(move |ns, v| {
+        let mut conn = c.clone();
+        Box::pin(async move {
+            let items: Vec<String> = redis::cmd("LRANGE")
+                .arg(format!("{ns}:mig_log"))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            u64::try_from(items.iter().filter(|i| **i == v.to_string()).count()).unwrap_or(0)
+        })
+    });
+    let dialect = Dialect {
+        store: StoreKind::Redis,
+        scripts: [
+            (
+                "redis.call('RPUSH', ARGV[1] .. ':mig_log', '1')\nreturn 1\n",
+                "redis.call('LREM', ARGV[1] .. ':mig_log', 0, '1')\n",
+            ),
+            (
+                "redis.call('SET', ARGV[1] .. ':mig_two', 'fake')\nredis.call('RPUSH', ARGV[1] .. ':mig_log', '2')\n",
+                "redis.call('DEL', ARGV[1] .. ':mig_two')\nredis.call('LREM', ARGV[1] .. ':mig_log', 0, '2')\n",
+            ),
+            (
+                "redis.call('RPUSH', ARGV[1] .. ':mig_log', '3')\n",
+                "redis.call('LREM', ARGV[1] .. ':mig_log', 0, '3')\n",
+            ),
+        ],
+        failing_v2: "redis.call('RPUSH', ARGV[1] .. ':mig_log', '20')\nredis.call('NOSUCHCOMMAND')\n",
+        failing_statement: 1,
+        failing_line: Some(2),
+        transactional: false,
+        concurrent_safe: true,
+    };
+    let summary = run_suite("redis", dialect, make, probe, &prefix).await;
+    report("redis", &summary);
+    let mut conn = conn;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}_*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    for k in keys {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(k).query_async(&mut conn).await;
+    }
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_runner() {
+    use dl_migrations::nosql::ScyllaTarget;
+    let prefix = dl_tests::live::unique_prefix("mig");
+    let settings = dl_tests::live::scylla_settings();
+    let lwt = settings.lightweight_transactions;
+    let s = settings.clone();
+    let make: Make = Arc::new(move |ns| {
+        let settings = s.clone();
+        Box::pin(async move {
+            let session = dl_connections::scylla::connect(&settings, &dl_tests::live::test_pool(1))
+                .await
+                .expect("scylla");
+            Arc::new(ScyllaTarget::new(session, &ns, lwt).expect("keyspace")) as Arc<dyn Target>
+        })
+    });
+    let session = dl_connections::scylla::connect(&settings, &dl_tests::live::test_pool(1))
+        .await
+        .expect("scylla");
+    let probe: Probe = Arc::new(move |ns, v| {
+        let session = Arc::clone(&session);
+        Box::pin(async move {
+            let Ok(r) = session
+                .query_unpaged(
+                    format!("SELECT n FROM {ns}.mig_log WHERE v = ?"),
+                    (i32::try_from(v).expect("small"),),
+                )
+                .await
+            else {
+                return 0;
+            };
+            r.into_rows_result()
+                .ok()
+                .and_then(|rows| u64::try_from(rows.rows_num()).ok())
+                .unwrap_or(0)
+        })
+    });
+    let dialect = Dialect {
+        store: StoreKind::Scylla,
+        scripts: [
+            (
+                "CREATE TABLE IF NOT EXISTS mig_log (v int PRIMARY KEY, n int);\nINSERT INTO mig_log (v, n) VALUES (1, 1);\n",
+                // (The CQL test server cannot parse DROP TABLE; these down
+                // scripts delete rows instead.)
+                "DELETE FROM mig_log WHERE v = 1;\n",
+            ),
+            (
+                "CREATE TABLE IF NOT EXISTS mig_two (id int PRIMARY KEY);\nINSERT INTO mig_log (v, n) VALUES (2, 1);\n",
+                "DELETE FROM mig_log WHERE v = 2;\n",
+            ),
+            (
+                "INSERT INTO mig_log (v, n) VALUES (3, 1);\n",
+                "DELETE FROM mig_log WHERE v = 3;\n",
+            ),
+        ],
+        failing_v2: "CREATE TABLE IF NOT EXISTS mig_two (id int PRIMARY KEY);\n\nINSERT INTO no_such_table (id) VALUES (2);\n",
+        failing_statement: 2,
+        failing_line: Some(3),
+        transactional: false,
+        concurrent_safe: lwt,
+    };
+    let summary = run_suite("scylla", dialect, make, probe, &prefix).await;
+    report("scylla", &summary);
 }
