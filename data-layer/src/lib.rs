@@ -55,6 +55,7 @@ pub use dl_repositories::{
 };
 
 mod health;
+pub mod migrate;
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
 pub use health::{HealthChecker, HealthReport, StoreHealth};

@@ -241,9 +241,9 @@ impl ClassifyText for serde_json::Error {
 /// `<version>_<name>[.down].<ext>` with its store's extension, non-empty and
 /// well-formed for its store, versions must be unique per store, and a down
 /// script needs its up script. Nothing runs when any check fails. Files
-/// whose names start with `.` and a `README*` are ignored, as are the
-/// folder's non-store entries that are not directories (the crate's own
-/// `Cargo.toml`, say) and the `src` folder.
+/// whose names start with `.` and a `README*` are ignored, as are plain
+/// files at the top (the crate's own `Cargo.toml`, say) and the folders
+/// `src`, `tests`, `benches`, `examples` and `target`.
 ///
 /// # Errors
 /// The first problem found, naming the file.
@@ -261,7 +261,10 @@ pub fn load(root: &Path) -> Result<BTreeMap<StoreKind, Vec<Migration>>, Migratio
         })?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !path.is_dir() || name.starts_with('.') || name == "src" || name == "target" {
+        if !path.is_dir()
+            || name.starts_with('.')
+            || ["src", "tests", "benches", "examples", "target"].contains(&name.as_str())
+        {
             continue;
         }
         dirs.push(path);

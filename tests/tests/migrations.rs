@@ -357,3 +357,105 @@ async fn scylla_runner() {
     let summary = run_suite("scylla", dialect, make, probe, &prefix).await;
     report("scylla", &summary);
 }
+
+/// `migrate up --store all` with the project's own scripts brings every
+/// configured store of the test stack to the latest version; a second run
+/// has nothing to do; the repositories then work on the migrated schema.
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projects_scripts_on_every_live_store() {
+    use data_layer::migrate::{self, Action};
+    use data_layer::models::domain::Appointment;
+    use data_layer::{DataLayer, Settings, Sources, Store};
+    let ns = dl_tests::live::unique_prefix("migall");
+    let mongo = dl_tests::live::mongo_url()
+        .expose()
+        .replacen("/?", &format!("/{ns}?"), 1);
+    let scylla = dl_tests::live::scylla_settings();
+    let settings = Settings::load(
+        &Sources::isolated()
+            .var("DATABASE_URL", dl_tests::live::postgres_url().expose())
+            .var("DL_POSTGRES__SCHEMA", &ns)
+            .var("MONGODB_URI", &mongo)
+            .var("REDIS_URL", dl_tests::live::redis_url().expose())
+            .var("DL_REDIS__KEY_PREFIX", &ns)
+            .var("SCYLLA_URI", &scylla.nodes.join(","))
+            .var("DL_SCYLLA__KEYSPACE", &ns)
+            .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
+            .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
+            .var(
+                "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
+                if scylla.lightweight_transactions {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
+    )
+    .expect("settings");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let stores = migrate::stores("all").expect("all");
+    let o = dl_migrations::Options::default();
+    let mut lines = Vec::new();
+    let runs = migrate::run(&settings, &dir, &stores, Action::Up, &o, &mut |s| {
+        lines.push(format!("{} {} {}", s.store, s.version, s.outcome));
+    })
+    .await
+    .expect("scripts load");
+    for r in &runs {
+        assert!(r.error.is_none(), "{}: {:?}", r.store, r.error);
+        assert!(
+            r.status.iter().all(|l| l.state == "applied"),
+            "{}: {:?}",
+            r.store,
+            r.status
+        );
+    }
+    let names: Vec<&str> = runs.iter().map(|r| r.store.name()).collect();
+    assert_eq!(names, vec!["postgres", "mongo", "scylla", "redis"]);
+    for store in ["postgres", "mongo", "scylla"] {
+        assert!(lines.contains(&format!("{store} 1 ok")), "{lines:?}");
+    }
+    let again = migrate::run(&settings, &dir, &stores, Action::Up, &o, &mut |_| {})
+        .await
+        .expect("again");
+    assert!(
+        again
+            .iter()
+            .all(|r| r.steps.is_empty() && r.error.is_none())
+    );
+    let verified = migrate::run(&settings, &dir, &stores, Action::Verify, &o, &mut |_| {})
+        .await
+        .expect("verify");
+    assert!(verified.iter().all(|r| r.error.is_none()), "{verified:?}");
+
+    let dl = DataLayer::from_settings(settings)
+        .await
+        .expect("data layer");
+    for store in [Store::Postgres, Store::Mongo, Store::Scylla, Store::Redis] {
+        let repo = dl
+            .repository_in::<Appointment>(store)
+            .await
+            .unwrap_or_else(|e| panic!("{store}: {e}"));
+        assert_eq!(
+            repo.count(&data_layer::Filter::all()).await.expect("count"),
+            0
+        );
+    }
+    say(&format!(
+        "migrations[all]: migrate up --store all applied {} scripts ({}) and then had nothing to do",
+        lines.len(),
+        lines.join(", ")
+    ));
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(dl_tests::live::postgres_url().expose())
+        .await
+        .expect("pool");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{ns}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop");
+}

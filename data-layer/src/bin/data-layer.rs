@@ -53,11 +53,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move each store's schema with the scripts in migrations/<store>/:
+    /// status, up, down (--to), verify, resolve (--version).
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+        /// postgres, sqlite, mongo, scylla, redis or all (the configured ones).
+        #[arg(long, global = true, default_value = "all")]
+        store: String,
+        /// up: stop after this version; down: revert the versions above it.
+        #[arg(long, global = true, value_name = "VERSION")]
+        to: Option<u64>,
+        /// Show what would run; change nothing.
+        #[arg(long, global = true)]
+        dry_run: bool,
+        /// Print JSON instead of lines and tables.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Accept applied scripts whose files changed (records the new checksum).
+        #[arg(long, global = true)]
+        allow_drift: bool,
+        /// Apply pending scripts older than the newest applied one.
+        #[arg(long, global = true)]
+        allow_out_of_order: bool,
+        /// The migrations folder.
+        #[arg(long, global = true, default_value = "migrations", value_name = "PATH")]
+        dir: PathBuf,
+    },
     /// Print the effective settings (secrets redacted) and where each came from.
     Config {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateAction {
+    /// Each script's state per store.
+    Status,
+    /// Apply the pending scripts.
+    Up,
+    /// Revert the scripts above --to, newest first.
+    Down,
+    /// Check checksums, failures and pending scripts without changing anything.
+    Verify,
+    /// Clear a recorded failure so the next `up` runs that script again.
+    Resolve {
+        /// The failed script's version.
+        #[arg(long)]
+        version: u64,
     },
 }
 
@@ -143,6 +188,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Migrate {
+            action,
+            store,
+            to,
+            dry_run,
+            json,
+            allow_drift,
+            allow_out_of_order,
+            dir,
+        } => {
+            use data_layer::migrate::{self, Action};
+            let stores = migrate::stores(&store).map_err(anyhow::Error::msg)?;
+            let action = match action {
+                MigrateAction::Status => Action::Status,
+                MigrateAction::Up => Action::Up,
+                MigrateAction::Down => Action::Down,
+                MigrateAction::Verify => Action::Verify,
+                MigrateAction::Resolve { version } => Action::Resolve(version),
+            };
+            if action == Action::Down && to.is_none() {
+                anyhow::bail!("migrate down needs --to VERSION (0 reverts everything)");
+            }
+            let options = dl_migrations::Options {
+                to,
+                dry_run,
+                allow_drift,
+                allow_out_of_order,
+                ..dl_migrations::Options::default()
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let runs = rt.block_on(migrate::run(
+                &settings,
+                &dir,
+                &stores,
+                action,
+                &options,
+                &mut |s| {
+                    if !json {
+                        out!(
+                            "{:<8} {:<12} {}_{:<32} {:<6} {} ms",
+                            s.store.name(),
+                            s.action,
+                            s.version,
+                            s.name,
+                            s.outcome,
+                            s.duration_ms
+                        );
+                    }
+                },
+            ))?;
+            if json {
+                out!("{}", serde_json::to_string(&runs)?);
+            } else {
+                print_migrations(&runs);
+            }
+            let failed: Vec<&str> = runs
+                .iter()
+                .filter(|r| r.error.is_some())
+                .map(|r| r.store.name())
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!("migrate failed on {}", failed.join(", "));
+            }
+            Ok(())
+        }
         Command::Demo => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -177,6 +290,45 @@ fn print_config(settings: &Settings, json: bool) {
         .unwrap_or(0);
     for (k, v, o) in &settings.effective {
         out!("{k:<width$}  {v:<vwidth$}  ({o})");
+    }
+}
+
+fn print_migrations(runs: &[data_layer::migrate::StoreRun]) {
+    if runs.is_empty() {
+        out!("no configured store to migrate");
+    }
+    for r in runs {
+        let count = |state: &str| r.status.iter().filter(|l| l.state == state).count();
+        let latest = r
+            .status
+            .iter()
+            .filter(|l| l.state == "applied")
+            .map(|l| l.version)
+            .max()
+            .map_or_else(|| "none".to_owned(), |v| v.to_string());
+        out!(
+            "{}: version {latest}; {} applied, {} pending, {} failed, {} drifted{}",
+            r.store.name(),
+            count("applied"),
+            count("pending"),
+            count("failed"),
+            count("drifted"),
+            r.error
+                .as_ref()
+                .map(|e| format!("\n  error: {e}"))
+                .unwrap_or_default()
+        );
+        for l in &r.status {
+            out!(
+                "  {:>6}  {:<32} {:<8} {}",
+                l.version,
+                l.name,
+                l.state,
+                l.applied_at.map_or_else(String::new, |t| t
+                    .format("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string())
+            );
+        }
     }
 }
 
