@@ -296,6 +296,26 @@ impl<'t> Lease<'t> {
         }
     }
 
+    /// Runs `work` while renewing the lease every third of its length, so
+    /// a script that outlasts the lease is not taken over by another
+    /// runner. A renewal that fails (the store busy with the script) is
+    /// retried at the next beat; the renewal before the next script checks
+    /// the lease is still ours.
+    async fn while_held<T>(&self, work: impl Future<Output = T>) -> T {
+        let beat = (self.ttl / 3).max(Duration::from_millis(50));
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(beat) => {
+                    if let Err(e) = self.target.try_lock(&self.owner, self.ttl).await {
+                        tracing::warn!(store = %self.target.store(), error = %e, "could not renew the migration lease");
+                    }
+                }
+            }
+        }
+    }
+
     async fn release(self) -> Result<(), MigrationError> {
         self.target.unlock(&self.owner).await
     }
@@ -384,12 +404,9 @@ async fn up_locked(
             outcome: outcome.to_owned(),
             error,
         };
-        let result = target
-            .run(
-                &m.up,
-                !m.no_transaction,
-                &AfterRun::Record(row("applied", None)),
-            )
+        let after = AfterRun::Record(row("applied", None));
+        let result = lease
+            .while_held(target.run(&m.up, !m.no_transaction, &after))
             .await;
         let mut step = Step {
             store,
@@ -481,9 +498,12 @@ pub async fn down(
                 if let Some(lease) = &lease {
                     lease.renew().await?;
                 }
-                let r = target
-                    .run(down, !m.no_transaction, &AfterRun::Forget(m.version))
-                    .await;
+                let after = AfterRun::Forget(m.version);
+                let run = target.run(down, !m.no_transaction, &after);
+                let r = match &lease {
+                    Some(lease) => lease.while_held(run).await,
+                    None => run.await,
+                };
                 step.duration_ms = millis(started.elapsed());
                 if let Err(e) = r {
                     step.outcome = "failed";
