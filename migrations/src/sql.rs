@@ -103,10 +103,10 @@ fn row_to_applied(row: &sqlx::sqlite::SqliteRow) -> Result<Applied, sqlx::Error>
 pub struct PostgresTarget {
     pool: PgPool,
     schema: String,
-    /// The session holding the advisory lock, detached from the pool: it
-    /// is closed (and the lock released) on unlock or when this runner is
-    /// dropped.
-    held: Mutex<Option<sqlx::PgConnection>>,
+    /// The session that waits for, then holds, the advisory lock (and
+    /// whether it holds it), detached from the pool: it is closed (and the
+    /// lock released) on unlock or when this runner is dropped.
+    held: Mutex<Option<(sqlx::PgConnection, bool)>>,
 }
 
 impl PostgresTarget {
@@ -207,30 +207,32 @@ impl Target for PostgresTarget {
     }
 
     async fn try_lock(&self, _owner: &str, _ttl: Duration) -> Result<bool, MigrationError> {
-        let mut held = self.held.lock().await;
-        if let Some(conn) = held.as_mut() {
+        let mut session = self.held.lock().await;
+        if let Some((conn, true)) = session.as_mut() {
             // Renewal: the session (and so the lock) must still be alive.
-            return Ok(sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok());
+            return Ok(sqlx::query("SELECT 1").execute(conn).await.is_ok());
         }
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.err("cannot connect", e))?
-            .detach();
+        // One session for the whole wait, not a new one per attempt.
+        let mut conn = match session.take() {
+            Some((conn, _)) => conn,
+            None => self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| self.err("cannot connect", e))?
+                .detach(),
+        };
         let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext($1))")
             .bind(self.lock_key())
             .fetch_one(&mut conn)
             .await
             .map_err(|e| self.err("cannot take the migration lock", e))?;
-        if got {
-            *held = Some(conn);
-        }
+        *session = Some((conn, got));
         Ok(got)
     }
 
     async fn unlock(&self, _owner: &str) -> Result<(), MigrationError> {
-        if let Some(conn) = self.held.lock().await.take() {
+        if let Some((conn, _)) = self.held.lock().await.take() {
             // Closing the session releases its advisory locks for sure.
             sqlx::Connection::close(conn)
                 .await
