@@ -47,8 +47,32 @@ fn script_statements(
     })
 }
 
-/// The line of a PostgreSQL error inside `stmt`, from its position.
-fn pg_line(stmt: &Statement, e: &sqlx::Error) -> u32 {
+/// Runs a script's statements in order on `conn`; the first failure names
+/// the statement and its line.
+async fn run_statements<DB>(
+    conn: &mut DB::Connection,
+    store: StoreKind,
+    script: &ScriptFile,
+    stmts: &[Statement],
+) -> Result<(), MigrationError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    for (i, stmt) in stmts.iter().enumerate() {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.text.clone()))
+            .execute(&mut *conn)
+            .await
+        {
+            return Err(failed(store, script, i, error_line(stmt, &e), &e));
+        }
+    }
+    Ok(())
+}
+
+/// The line of an error inside `stmt`: from PostgreSQL's position where it
+/// reports one, else the statement's first line.
+fn error_line(stmt: &Statement, e: &sqlx::Error) -> u32 {
     let position = e
         .as_database_error()
         .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
@@ -302,14 +326,7 @@ impl Target for PostgresTarget {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.err("cannot set search_path", e))?;
-            for (i, stmt) in stmts.iter().enumerate() {
-                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.text.clone()))
-                    .execute(&mut *tx)
-                    .await
-                {
-                    return Err(failed(store, script, i, pg_line(stmt, &e), &e));
-                }
-            }
+            run_statements::<sqlx::Postgres>(&mut tx, store, script, &stmts).await?;
             self.write_after(&mut tx, after)
                 .await
                 .map_err(|e| self.err("cannot record the history", e))?;
@@ -326,14 +343,10 @@ impl Target for PostgresTarget {
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| self.err("cannot set search_path", e))?;
-            for (i, stmt) in stmts.iter().enumerate() {
-                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.text.clone()))
-                    .execute(&mut *conn)
-                    .await
-                {
-                    let _ = conn.close().await;
-                    return Err(failed(store, script, i, pg_line(stmt, &e), &e));
-                }
+            if let Err(e) = run_statements::<sqlx::Postgres>(&mut conn, store, script, &stmts).await
+            {
+                let _ = conn.close().await;
+                return Err(e);
             }
             let recorded = self.write_after(&mut conn, after).await;
             let _ = conn.close().await;
@@ -500,14 +513,7 @@ impl Target for SqliteTarget {
                 .begin()
                 .await
                 .map_err(|e| Self::err("cannot open", e))?;
-            for (i, stmt) in stmts.iter().enumerate() {
-                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.text.clone()))
-                    .execute(&mut *tx)
-                    .await
-                {
-                    return Err(failed(store, script, i, stmt.line, &e));
-                }
-            }
+            run_statements::<sqlx::Sqlite>(&mut tx, store, script, &stmts).await?;
             Self::write_after(&mut tx, after)
                 .await
                 .map_err(|e| Self::err("cannot record the history", e))?;
@@ -520,14 +526,7 @@ impl Target for SqliteTarget {
                 .acquire()
                 .await
                 .map_err(|e| Self::err("cannot open", e))?;
-            for (i, stmt) in stmts.iter().enumerate() {
-                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.text.clone()))
-                    .execute(&mut *conn)
-                    .await
-                {
-                    return Err(failed(store, script, i, stmt.line, &e));
-                }
-            }
+            run_statements::<sqlx::Sqlite>(&mut conn, store, script, &stmts).await?;
             Self::write_after(&mut conn, after)
                 .await
                 .map_err(|e| Self::err("cannot record the history", e))
