@@ -98,10 +98,11 @@ pub struct DataLayer {
 impl DataLayer {
     /// Opens the stores the settings name.
     ///
-    /// It does not wait for servers: the PostgreSQL and Redis pools connect
-    /// on demand, the MongoDB client monitors its servers in the background,
-    /// and a ScyllaDB that does not answer at startup is connected on first
-    /// use. A store that is down is reported by [`DataLayer::health`]
+    /// It does not wait for servers beyond one bounded attempt: the
+    /// PostgreSQL and Redis pools connect on demand, the MongoDB client
+    /// monitors its servers in the background, and ScyllaDB is tried once
+    /// (within `scylla.connect_timeout`) and, if it does not answer, is
+    /// connected on first use. A store that is down is reported by [`DataLayer::health`]
     /// (`degraded` when it is `<store>.optional`, `down` otherwise) and its
     /// calls fail fast with `Unavailable`, `Timeout` or `CircuitOpen`,
     /// while the other stores keep serving.

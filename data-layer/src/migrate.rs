@@ -51,6 +51,18 @@ pub fn stores(name: &str) -> Result<Vec<StoreKind>, String> {
     })
 }
 
+/// Scripts are not bound by the stores' request timeout (a `CREATE INDEX`
+/// may take long): their connections get this deadline instead
+/// (PostgreSQL `statement_timeout`, the Redis response timeout, the Scylla
+/// request timeout).
+pub const SCRIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn for_scripts(pool: &dl_connections::PoolSettings) -> dl_connections::PoolSettings {
+    let mut pool = pool.clone();
+    pool.request_timeout = SCRIPT_TIMEOUT;
+    pool
+}
+
 fn connect_err(
     store: StoreKind,
     e: impl std::error::Error + Send + Sync + 'static,
@@ -69,8 +81,9 @@ pub async fn target(
 ) -> Result<Option<Arc<dyn Target>>, MigrationError> {
     Ok(match (store, &settings.database_url) {
         (StoreKind::Postgres, DatabaseUrl::Postgres(url)) => {
-            let pool = dl_connections::postgres::connect_lazy(url, &settings.postgres)
-                .map_err(|e| connect_err(store, e))?;
+            let pool =
+                dl_connections::postgres::connect_lazy(url, &for_scripts(&settings.postgres))
+                    .map_err(|e| connect_err(store, e))?;
             Some(Arc::new(PostgresTarget::new(
                 pool,
                 &settings.postgres_schema,
@@ -97,7 +110,7 @@ pub async fn target(
         (StoreKind::Redis, _) => match &settings.redis_url {
             None => None,
             Some(url) => {
-                let conn = dl_connections::redis::connect_lazy(url, &settings.redis)
+                let conn = dl_connections::redis::connect_lazy(url, &for_scripts(&settings.redis))
                     .map_err(|e| connect_err(store, e))?;
                 Some(Arc::new(RedisTarget::new(conn, &settings.redis_key_prefix)))
             }
@@ -105,9 +118,10 @@ pub async fn target(
         (StoreKind::Scylla, _) => match &settings.scylla {
             None => None,
             Some(scylla) => {
-                let session = dl_connections::scylla::connect(scylla, &settings.scylla_pool)
-                    .await
-                    .map_err(|e| connect_err(store, e))?;
+                let session =
+                    dl_connections::scylla::connect(scylla, &for_scripts(&settings.scylla_pool))
+                        .await
+                        .map_err(|e| connect_err(store, e))?;
                 Some(Arc::new(ScyllaTarget::new(
                     session,
                     &scylla.keyspace,
