@@ -1,8 +1,8 @@
 //! data-layer: one typed way for a service to reach its stores.
 //!
-//! A service loads [`Settings`], builds a [`DataLayer`] and asks it for
-//! repositories. With no settings at all it uses the embedded default, a
-//! SQLite file under `./data`:
+//! A service loads [`Settings`], applies its migrations ([`migrate`]),
+//! builds a [`DataLayer`] and asks it for repositories. With no settings at
+//! all it uses the embedded default, a SQLite file under `./data`:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -13,6 +13,9 @@
 //! # let dir = tempfile::tempdir()?;
 //! # let url = format!("sqlite://{}/readme.db", dir.path().display());
 //! let settings = Settings::load(&Sources::isolated().var("DATABASE_URL", &url))?;
+//! // Tables come from migrations, never from the repositories: here the
+//! // built-in clinical schema (a service loads its own migrations/ folder).
+//! data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts()).await?;
 //! let dl = DataLayer::from_settings(settings).await?;
 //! let patients = dl.repository::<Patient>().await?;
 //!
@@ -167,11 +170,13 @@ impl DataLayer {
     }
 
     /// The repository of `T` on another configured store (MongoDB, Redis,
-    /// ScyllaDB; or the relational one), creating what it needs there.
+    /// ScyllaDB; or the relational one). Its table or collection comes from
+    /// the migrations ([`migrate`]); nothing is created here.
     ///
     /// # Errors
     /// `Unsupported` when that store is not configured, or cannot hold `T`
-    /// (unique fields on ScyllaDB, say).
+    /// (unique fields on ScyllaDB, say); `SchemaNotReady` when the
+    /// migrations have not made its table, a column or a unique index.
     pub async fn repository_in<T: Entity>(
         &self,
         store: Store,
@@ -198,11 +203,12 @@ impl DataLayer {
             .collect()
     }
 
-    /// The repository of `T` on the relational store, creating its table and
-    /// indexes if needed.
+    /// The repository of `T` on the relational store. Its table and indexes
+    /// come from the migrations ([`migrate`]); nothing is created here.
     ///
     /// # Errors
-    /// When the table cannot be created.
+    /// `SchemaNotReady` when the migrations have not made its table, a
+    /// column or a unique index; the store's fault.
     pub async fn repository<T: Entity>(&self) -> Result<Arc<dyn Repository<T>>, Error> {
         Ok(Arc::new(
             Repo::<T>::open(Arc::clone(&self.relational)).await?,

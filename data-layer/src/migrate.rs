@@ -1,14 +1,89 @@
 //! `data-layer migrate`: every configured store's migrations from one
 //! folder, with the store's own runner (see [`dl_migrations`]).
+//!
+//! Repositories never create tables, collections or indexes: the
+//! migrations do. A service runs them from the CLI at deploy time, or from
+//! code at startup:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use data_layer::{DataLayer, Settings, Sources, migrate};
+//! use data_layer::models::domain::Patient;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let url = format!("sqlite://{}/app.db", dir.path().display());
+//! let settings = Settings::load(&Sources::isolated().var("DATABASE_URL", &url))?;
+//! // The clinical domain's scripts, built into the binary; a service
+//! // loads its own with `migrate::load("migrations")`.
+//! let runs = migrate::apply(&settings, &migrate::domain_scripts()).await?;
+//! assert_eq!(runs[0].steps.len(), 1);
+//! let dl = DataLayer::from_settings(settings).await?;
+//! let patients = dl.repository::<Patient>().await?;
+//! # let _ = patients;
+//! # Ok(()) }
+//! ```
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use dl_connections::{DatabaseUrl, Settings};
-use dl_migrations::engine::{self, Options, StatusLine, Step};
+use dl_migrations::Target;
+use dl_migrations::engine;
+pub use dl_migrations::engine::{StatusLine, Step};
 use dl_migrations::nosql::{MongoTarget, RedisTarget, ScyllaTarget};
 use dl_migrations::sql::{PostgresTarget, SqliteTarget};
-use dl_migrations::{MigrationError, StoreKind, Target};
+pub use dl_migrations::{Migration, MigrationError, Options, StoreKind};
+
+/// Every store's migrations, in version order.
+pub type Scripts = BTreeMap<StoreKind, Vec<Migration>>;
+
+/// The migrations under `dir` (`<dir>/<store>/<version>_<name>.<ext>`),
+/// checked before anything runs (see [`dl_migrations::script::load`]).
+///
+/// # Errors
+/// The first malformed file, folder or duplicate version, named.
+pub fn load(dir: impl AsRef<Path>) -> Result<Scripts, MigrationError> {
+    dl_migrations::script::load(dir.as_ref())
+}
+
+macro_rules! embedded {
+    ($store:expr, $dir:literal: $($file:literal),+ $(,)?) => {
+        (
+            $store,
+            dl_migrations::script::from_texts(
+                $store,
+                &[$((
+                    $file,
+                    include_str!(concat!("../../migrations/", $dir, "/", $file)),
+                )),+],
+            ),
+        )
+    };
+}
+
+/// The clinical domain's migrations, built into the binary (this
+/// repository's `migrations/<store>/`): the tables, collections and indexes
+/// of the [`dl_models::domain`] entities on every store. What `demo` runs.
+///
+/// # Panics
+/// Never for the shipped scripts (this crate's tests load them).
+#[must_use]
+pub fn domain_scripts() -> Scripts {
+    [
+        embedded!(StoreKind::Postgres, "postgres": "1_clinical_schema.sql", "1_clinical_schema.down.sql"),
+        embedded!(StoreKind::Sqlite, "sqlite": "1_clinical_schema.sql", "1_clinical_schema.down.sql"),
+        embedded!(StoreKind::Mongo, "mongo": "1_clinical_schema.json", "1_clinical_schema.down.json"),
+        embedded!(StoreKind::Scylla, "scylla": "1_clinical_schema.cql", "1_clinical_schema.down.cql"),
+    ]
+    .into_iter()
+    .map(|(store, scripts)| {
+        let scripts = scripts.unwrap_or_else(|e| panic!("a built-in migration is malformed: {e}"));
+        (store, scripts)
+    })
+    .collect()
+}
 
 /// What `migrate` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +167,9 @@ pub async fn target(
         (StoreKind::Sqlite, DatabaseUrl::Sqlite(path)) => {
             let pool = dl_connections::sqlite::connect(path, &settings.sqlite)
                 .await
-                .map_err(|e| connect_err(store, e))?;
+                .map_err(|e| {
+                    MigrationError::store(store, format!("cannot open SQLite database {path}"), e)
+                })?;
             Some(Arc::new(SqliteTarget::new(pool)))
         }
         (StoreKind::Mongo, _) => match &settings.mongodb_uri {
@@ -137,20 +214,15 @@ pub async fn target(
 /// `progress` after each script. A store named alone that is not
 /// configured is an error; with `all`, unconfigured stores are skipped.
 /// Every store runs even if an earlier one failed; each result says how
-/// it went.
-///
-/// # Errors
-/// Only the folder's checks (bad names, empty files, invalid JSON, unknown
-/// store folders, duplicate versions): then nothing runs.
+/// it went. (The scripts were checked when they were loaded.)
 pub async fn run(
     settings: &Settings,
-    dir: &Path,
+    all: &Scripts,
     stores: &[StoreKind],
     action: Action,
     options: &Options,
     progress: &mut (dyn FnMut(&Step) + Send),
-) -> Result<Vec<StoreRun>, MigrationError> {
-    let all = dl_migrations::script::load(dir)?;
+) -> Vec<StoreRun> {
     let mut out = Vec::new();
     for &store in stores {
         let migrations = all.get(&store).cloned().unwrap_or_default();
@@ -211,5 +283,75 @@ pub async fn run(
             error,
         });
     }
-    Ok(out)
+    out
+}
+
+/// A store whose migrations failed in [`apply`].
+#[derive(Debug, thiserror::Error)]
+#[error("migrations failed on {store}: {reason}")]
+pub struct Failed {
+    /// The store.
+    pub store: StoreKind,
+    /// The runner's error (it names the script, and the statement where
+    /// the store says which).
+    pub reason: String,
+}
+
+/// Applies every pending script on each configured store, as `data-layer
+/// migrate up --store all` does (concurrent callers are safe: each store's
+/// runner takes its lock). Returns each store's run.
+///
+/// # Errors
+/// The first store whose run failed (the others still ran).
+pub async fn apply(settings: &Settings, scripts: &Scripts) -> Result<Vec<StoreRun>, Failed> {
+    let runs = run(
+        settings,
+        scripts,
+        &StoreKind::ALL,
+        Action::Up,
+        &Options::default(),
+        &mut |_| {},
+    )
+    .await;
+    match runs.iter().find_map(|r| Some((r.store, r.error.clone()?))) {
+        Some((store, reason)) => Err(Failed { store, reason }),
+        None => Ok(runs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scripts built into the binary are the repository's files.
+    #[test]
+    fn domain_scripts_match_the_migrations_folder() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        let on_disk = load(&dir).expect("the project's scripts load");
+        let built_in = domain_scripts();
+        assert_eq!(
+            built_in.keys().collect::<Vec<_>>(),
+            on_disk
+                .iter()
+                .filter(|(_, m)| !m.is_empty())
+                .map(|(s, _)| s)
+                .collect::<Vec<_>>()
+        );
+        for (store, scripts) in &built_in {
+            let disk = &on_disk[store];
+            assert_eq!(scripts.len(), disk.len(), "{store}");
+            for (a, b) in scripts.iter().zip(disk) {
+                assert_eq!(
+                    (a.version, &a.name, &a.up.checksum),
+                    (b.version, &b.name, &b.up.checksum),
+                    "{store}"
+                );
+                assert_eq!(
+                    a.down.as_ref().map(|d| &d.checksum),
+                    b.down.as_ref().map(|d| &d.checksum),
+                    "{store}"
+                );
+            }
+        }
+    }
 }

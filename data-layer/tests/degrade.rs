@@ -75,7 +75,18 @@ async fn optional_stores_down_at_startup_degrade() {
         assert!(s.latency_ms < 2000.0, "{s:?}");
     }
 
-    // The relational store serves.
+    // The relational store serves (its schema from the built-in migrations).
+    let scripts = data_layer::migrate::domain_scripts();
+    let runs = data_layer::migrate::run(
+        dl.settings(),
+        &scripts,
+        &[data_layer::migrate::StoreKind::Sqlite],
+        data_layer::migrate::Action::Up,
+        &data_layer::migrate::Options::default(),
+        &mut |_| {},
+    )
+    .await;
+    assert!(runs[0].error.is_none(), "{runs:?}");
     let local = dl.repository::<Appointment>().await.expect("sqlite");
     let a = appointment();
     local.insert(&a).await.expect("insert");

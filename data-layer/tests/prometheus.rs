@@ -17,11 +17,14 @@ async fn metrics_are_exported_without_values() {
     );
     let dir = tempfile::tempdir().expect("dir");
     let url = format!("sqlite://{}/prom.db", dir.path().display());
-    let dl = DataLayer::from_settings(
-        Settings::load(&Sources::isolated().var("DATABASE_URL", &url)).expect("settings"),
-    )
-    .await
-    .expect("data layer");
+    let settings =
+        Settings::load(&Sources::isolated().var("DATABASE_URL", &url)).expect("settings");
+    data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts())
+        .await
+        .expect("migrations");
+    let dl = DataLayer::from_settings(settings)
+        .await
+        .expect("data layer");
     let repo = dl.repository::<Appointment>().await.expect("repo");
     let a = Appointment {
         id: uuid::Uuid::new_v4(),

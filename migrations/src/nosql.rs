@@ -440,6 +440,11 @@ impl ScyllaTarget {
     /// beforehand). `lightweight_transactions`: take the lease atomically;
     /// without it (servers that lack LWT) concurrent runners are not safe.
     ///
+    /// `session` must be the runner's own: scripts run after `USE
+    /// <keyspace>`, which changes the keyspace of every connection of the
+    /// session (a service's session would then resolve its unqualified
+    /// names there).
+    ///
     /// # Errors
     /// A keyspace name that is not `[a-z_][a-z0-9_]*`.
     pub fn new(

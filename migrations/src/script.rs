@@ -175,6 +175,16 @@ fn read_script(path: &Path) -> Result<ScriptFile, MigrationError> {
         path: path.to_owned(),
         reason: "not UTF-8 text".into(),
     })?;
+    script_text(path, body)
+}
+
+fn script_text(path: &Path, body: String) -> Result<ScriptFile, MigrationError> {
+    if body.len() as u64 > MAX_SCRIPT_BYTES {
+        return Err(MigrationError::BadScript {
+            path: path.to_owned(),
+            reason: format!("larger than {MAX_SCRIPT_BYTES} bytes"),
+        });
+    }
     if body.trim().is_empty() {
         return Err(MigrationError::BadScript {
             path: path.to_owned(),
@@ -303,8 +313,7 @@ pub fn load_store(store: StoreKind, dir: &Path) -> Result<Vec<Migration>, Migrat
             source: e,
         })?;
     files.sort();
-    let mut ups: BTreeMap<u64, Migration> = BTreeMap::new();
-    let mut downs: Vec<(u64, String, ScriptFile)> = Vec::new();
+    let mut scripts = Vec::new();
     for path in files {
         let file = path
             .file_name()
@@ -319,12 +328,55 @@ pub fn load_store(store: StoreKind, dir: &Path) -> Result<Vec<Migration>, Migrat
                 reason: "a folder inside a store's migrations".into(),
             });
         }
+        parse_name(&file, store.extension()).map_err(|reason| MigrationError::BadName {
+            path: path.clone(),
+            reason,
+        })?;
+        scripts.push(read_script(&path)?);
+    }
+    assemble(store, scripts)
+}
+
+/// One store's migrations from texts held in memory (scripts embedded in a
+/// binary with `include_str!`): `(file name, text)` pairs, checked as
+/// [`load`] checks files. Errors name `<store>/<file name>`.
+///
+/// # Errors
+/// The first problem found, naming the file.
+pub fn from_texts(
+    store: StoreKind,
+    files: &[(&str, &str)],
+) -> Result<Vec<Migration>, MigrationError> {
+    let mut files = files.to_vec();
+    files.sort_unstable();
+    let mut scripts = Vec::with_capacity(files.len());
+    for (file, body) in files {
+        let path = Path::new(store.name()).join(file);
+        parse_name(file, store.extension()).map_err(|reason| MigrationError::BadName {
+            path: path.clone(),
+            reason,
+        })?;
+        scripts.push(script_text(&path, body.to_owned())?);
+    }
+    assemble(store, scripts)
+}
+
+/// Pairs up and down scripts (named correctly: checked by the caller) and
+/// checks their content and versions.
+fn assemble(store: StoreKind, scripts: Vec<ScriptFile>) -> Result<Vec<Migration>, MigrationError> {
+    let mut ups: BTreeMap<u64, Migration> = BTreeMap::new();
+    let mut downs: Vec<(u64, String, ScriptFile)> = Vec::new();
+    for script in scripts {
+        let path = script.path.clone();
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let (version, name, down) =
             parse_name(&file, store.extension()).map_err(|reason| MigrationError::BadName {
                 path: path.clone(),
                 reason,
             })?;
-        let script = read_script(&path)?;
         check_content(store, &script)?;
         if down {
             downs.push((version, name, script));

@@ -12,7 +12,7 @@ use std::fmt;
 use async_trait::async_trait;
 use dl_models::{EntitySchema, Record, Value};
 
-use crate::error::{Result, Store};
+use crate::error::{Error, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 
 /// Which filters a store can serve without a full scan.
@@ -111,7 +111,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// What it can do.
     fn capabilities(&self) -> Capabilities;
 
-    /// Makes sure the entity's table / collection / indexes exist.
+    /// Checks that the entity's table or collection, its columns and the
+    /// unique indexes it needs exist (made by migrations, never here:
+    /// [`Error::SchemaNotReady`] otherwise), and prepares its statements.
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()>;
 
     /// Inserts one record.
@@ -195,4 +197,66 @@ pub trait Backend: Send + Sync + fmt::Debug {
             "this store has no native cursor",
         ))
     }
+}
+
+/// Checks that a table exists (`columns` is not empty) and has a column of
+/// every field.
+pub(crate) fn check_columns(
+    store: Store,
+    schema: &'static EntitySchema,
+    table: &str,
+    columns: &[String],
+) -> Result<()> {
+    let reason = if columns.is_empty() {
+        format!("table {table} does not exist")
+    } else {
+        let missing: Vec<String> = schema
+            .fields
+            .iter()
+            .filter(|f| !columns.iter().any(|c| c == f.name))
+            .map(|f| format!("`{}`", f.name))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        format!("table {table} lacks the column(s) {}", missing.join(", "))
+    };
+    Err(Error::SchemaNotReady {
+        store,
+        entity: schema.name,
+        reason,
+    })
+}
+
+/// Checks that every `#[indexed(unique)]` field (other than the key) has
+/// a unique index of its own among `unique_columns`: without it the
+/// store would silently accept duplicates.
+pub(crate) fn check_unique_indexes(
+    store: Store,
+    schema: &'static EntitySchema,
+    unique_columns: &[String],
+) -> Result<()> {
+    let missing: Vec<&str> = schema
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i != schema.key && f.unique)
+        .map(|(_, f)| f.name)
+        .filter(|name| !unique_columns.iter().any(|c| c == name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::SchemaNotReady {
+        store,
+        entity: schema.name,
+        reason: format!(
+            "no unique index on {} (declared #[indexed(unique)])",
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
 }

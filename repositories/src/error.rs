@@ -53,7 +53,8 @@ impl fmt::Display for Store {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Operation {
-    /// Creating the table, collection or index set of an entity.
+    /// Checking that an entity's table, collection and unique indexes
+    /// exist (they are made by migrations), and preparing its statements.
     Prepare,
     /// A health probe's round trip.
     Ping,
@@ -217,6 +218,21 @@ pub enum Error {
         /// Why not, and what to do instead.
         reason: Cow<'static, str>,
     },
+    /// The store's schema is not ready for the entity: its table or
+    /// collection is missing, lacks a column, or lacks the unique index an
+    /// `#[indexed(unique)]` field needs. Repositories never create schema:
+    /// the migrations do (`data-layer migrate up`).
+    #[error(
+        "{store}: the schema of {entity} is not ready: {reason}; apply the migrations: data-layer migrate up --store {store}"
+    )]
+    SchemaNotReady {
+        /// The store.
+        store: Store,
+        /// The entity's store name.
+        entity: &'static str,
+        /// What is missing (names only, never values).
+        reason: String,
+    },
     /// The store could not be reached, or dropped the connection.
     #[error("{store} is unavailable during {operation}: {reason}")]
     Unavailable {
@@ -276,6 +292,7 @@ impl Error {
             | Error::Batch { .. }
             | Error::Invalid { .. }
             | Error::Unsupported { .. }
+            | Error::SchemaNotReady { .. }
             | Error::CircuitOpen { .. } => false,
         }
     }
@@ -289,6 +306,7 @@ impl Error {
             Error::Batch { .. } => "batch",
             Error::Invalid { .. } => "invalid",
             Error::Unsupported { .. } => "unsupported",
+            Error::SchemaNotReady { .. } => "schema_not_ready",
             Error::Unavailable { .. } => "unavailable",
             Error::Timeout { .. } => "timeout",
             Error::CircuitOpen { .. } => "circuit_open",

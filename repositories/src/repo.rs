@@ -104,12 +104,14 @@ impl<T> Clone for Repo<T> {
 }
 
 impl<T: Entity> Repo<T> {
-    /// A repository over `backend`, after making sure the entity's table,
-    /// collection or index set exists there.
+    /// A repository over `backend`, after checking that the entity's table
+    /// or collection, its columns and its unique indexes exist there. They
+    /// are made by the migrations (`data-layer migrate up`), never here.
     ///
     /// # Errors
-    /// When the entity's schema is not valid for the backend, or the store
-    /// fails to create it.
+    /// When the entity's schema is not valid for the backend,
+    /// [`Error::SchemaNotReady`] when the store lacks the table, a column or
+    /// a unique index, or the store's fault.
     pub async fn open(backend: Arc<dyn Backend>) -> Result<Self> {
         let schema = T::schema();
         if !dl_models::is_valid_identifier(schema.name) {

@@ -22,3 +22,4 @@ pub mod migrate;
 pub mod model;
 pub mod private;
 pub mod proxy;
+pub mod schema;

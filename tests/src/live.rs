@@ -77,7 +77,8 @@ impl PgNamespaces {
         }
     }
 
-    /// A factory: each call opens a pool and a backend in a fresh namespace.
+    /// A factory: each call migrates a fresh namespace (the test entities'
+    /// migrations) and opens a pool and a backend there.
     #[must_use]
     pub fn factory(&self, pool_size: u32) -> Factory {
         let me = self.clone();
@@ -85,6 +86,9 @@ impl PgNamespaces {
             let me = me.clone();
             Box::pin(async move {
                 let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                crate::schema::postgres(&postgres_url(), &ns)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let pool =
                     dl_connections::postgres::connect_lazy(&postgres_url(), &test_pool(pool_size))
                         .expect("postgres options");
@@ -248,7 +252,8 @@ impl MongoNamespaces {
         }
     }
 
-    /// A factory: each call opens a client and a backend in a fresh database.
+    /// A factory: each call migrates a fresh database (the test entities'
+    /// migrations) and opens a client and a backend there.
     #[must_use]
     pub fn factory(&self) -> Factory {
         let me = self.clone();
@@ -256,6 +261,9 @@ impl MongoNamespaces {
             let me = me.clone();
             Box::pin(async move {
                 let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                crate::schema::mongo(&mongo_url(), &ns)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let pool = test_pool(2);
                 let client = dl_connections::mongo::connect(&mongo_url(), &pool)
                     .await
@@ -361,7 +369,8 @@ impl ScyllaNamespaces {
         }
     }
 
-    /// A factory: each call a backend in a fresh keyspace, on one shared session.
+    /// A factory: each call migrates a fresh keyspace (the test entities'
+    /// migrations) and makes a backend there, on one shared session.
     #[must_use]
     pub fn factory(&self, lightweight_transactions: bool) -> Factory {
         let me = self.clone();
@@ -369,6 +378,11 @@ impl ScyllaNamespaces {
             let me = me.clone();
             Box::pin(async move {
                 let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                // The runner takes its lease as the server allows
+                // (TEST_SCYLLA_LWT), whatever the backend under test uses.
+                crate::schema::scylla(&scylla_settings(), &ns)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 Arc::new(
                     ScyllaBackend::new(
                         Arc::clone(&me.session),

@@ -40,6 +40,9 @@ fn sqlite_file() -> Factory {
             )
             .await
             .expect("open sqlite");
+            dl_tests::schema::sqlite(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             Arc::new(SqliteBackend::new(pool)) as Arc<dyn Backend>
         })
     })
@@ -51,6 +54,9 @@ fn sqlite_memory() -> Factory {
             let pool = dl_connections::sqlite::connect(":memory:", &pool_settings())
                 .await
                 .expect("open sqlite");
+            dl_tests::schema::sqlite(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             Arc::new(SqliteBackend::new(pool)) as Arc<dyn Backend>
         })
     })
@@ -168,4 +174,100 @@ async fn conformance_sqlite_behind_the_guard() {
     say(&report.summary());
     assert!(report.failed.is_empty(), "{}", report.summary());
     assert!(report.passed >= 90, "{}", report.summary());
+}
+
+/// Repositories never create schema (the migrations do): on an empty
+/// database, opening one is `SchemaNotReady` naming the table, and nothing
+/// is created; a table that lacks a column, or the unique index of a
+/// `#[indexed(unique)]` field, is refused the same way; after the test
+/// entities' migrations, all three open.
+#[tokio::test]
+async fn sqlite_repositories_need_their_migrations() {
+    use dl_repositories::{Error, Repo, Store};
+    use dl_tests::entities::{Note, Specimen, UniqueSpecimen};
+    let pool = dl_connections::sqlite::connect(":memory:", &pool_settings())
+        .await
+        .expect("open sqlite");
+    let backend: Arc<dyn Backend> = Arc::new(SqliteBackend::new(pool.clone()));
+    let tables = async || -> Vec<String> {
+        sqlx::query_scalar("SELECT name FROM sqlite_master ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .expect("sqlite_master")
+    };
+
+    match Repo::<Specimen>::open(Arc::clone(&backend)).await {
+        Err(Error::SchemaNotReady {
+            store: Store::Sqlite,
+            entity: "specimens",
+            reason,
+        }) => assert_eq!(reason, "table \"specimens\" does not exist"),
+        other => panic!("expected SchemaNotReady, got {:?}", other.map(|_| ())),
+    }
+    let shown = Repo::<Note>::open(Arc::clone(&backend))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        shown.contains("notes") && shown.contains("data-layer migrate up --store sqlite"),
+        "{shown}"
+    );
+    assert!(
+        tables().await.is_empty(),
+        "opening created {:?}",
+        tables().await
+    );
+
+    // A table of the right name, with two of its columns.
+    sqlx::query("CREATE TABLE specimens (id TEXT PRIMARY KEY, label TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("create");
+    match Repo::<Specimen>::open(Arc::clone(&backend)).await {
+        Err(Error::SchemaNotReady { reason, .. }) => {
+            assert!(
+                reason.ends_with("lacks the column(s) `code`, `rank`, `score`, `active`, `born`, `seen_at`, `ref_id`, `tags`, `body`, `owner`, `version`"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected SchemaNotReady, got {:?}", other.map(|_| ())),
+    }
+    sqlx::query("DROP TABLE specimens")
+        .execute(&pool)
+        .await
+        .expect("drop");
+
+    // Every column, but `code` without its unique index: duplicates would
+    // be accepted silently, so the repository refuses to open.
+    let ddl = dl_repositories::backends::sqlite::create_table_sql(
+        <UniqueSpecimen as dl_models::Entity>::schema(),
+    );
+    for stmt in ddl.iter().filter(|s| !s.contains("UNIQUE INDEX")) {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.clone()))
+            .execute(&pool)
+            .await
+            .expect("ddl");
+    }
+    match Repo::<UniqueSpecimen>::open(Arc::clone(&backend)).await {
+        Err(Error::SchemaNotReady { reason, .. }) => {
+            assert!(reason.contains("no unique index on `code`"), "{reason}");
+        }
+        other => panic!("expected SchemaNotReady, got {:?}", other.map(|_| ())),
+    }
+    sqlx::query("DROP TABLE unique_specimens")
+        .execute(&pool)
+        .await
+        .expect("drop");
+
+    dl_tests::schema::sqlite(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Repo::<Specimen>::open(Arc::clone(&backend))
+        .await
+        .expect("specimens");
+    Repo::<UniqueSpecimen>::open(Arc::clone(&backend))
+        .await
+        .expect("unique_specimens");
+    Repo::<Note>::open(backend).await.expect("notes");
 }

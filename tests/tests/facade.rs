@@ -47,6 +47,10 @@ async fn one_data_layer_reaches_every_store() {
             ),
     )
     .expect("settings");
+    let runs = data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(runs.len(), 4, "postgres, mongo, scylla, redis: {runs:?}");
     let dl = DataLayer::from_settings(settings)
         .await
         .expect("data layer");

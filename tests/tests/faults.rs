@@ -247,7 +247,14 @@ async fn latency_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProxy) {
     ));
 }
 
+/// The test entities' migrations, straight to the store (not through the
+/// proxy).
+async fn migrated(what: Result<(), String>) {
+    what.unwrap_or_else(|e| panic!("{e}"));
+}
+
 async fn pg_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
+    migrated(dl_tests::schema::postgres(&postgres_url(), ns).await).await;
     Arc::new(PostgresBackend::new(pg_pool(&via(&postgres_url(), proxy)), ns).expect("backend"))
 }
 
@@ -261,6 +268,7 @@ async fn redis_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
 }
 
 async fn mongo_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
+    migrated(dl_tests::schema::mongo(&dl_tests::live::mongo_url(), ns).await).await;
     let mut pool = test_pool(2);
     pool.connect_timeout = Duration::from_millis(300);
     pool.acquire_timeout = Duration::from_millis(400);
@@ -288,6 +296,7 @@ fn scylla_node() -> SocketAddr {
 
 async fn scylla_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
     let mut settings = dl_tests::live::scylla_settings();
+    migrated(dl_tests::schema::scylla(&settings, ns).await).await;
     settings.nodes = vec![proxy.addr().to_string()];
     let mut pool = test_pool(1);
     pool.connect_timeout = Duration::from_millis(300);
@@ -367,6 +376,7 @@ async fn postgres_terminated_sessions_recover() {
         .acquire_timeout(Duration::from_secs(2))
         .test_before_acquire(true)
         .connect_lazy_with(opts.application_name(&app));
+    migrated(dl_tests::schema::postgres(&postgres_url(), &ns).await).await;
     let guard = guarded(Arc::new(PostgresBackend::new(pool, &ns).expect("backend")));
     let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
         .await
@@ -455,6 +465,7 @@ async fn postgres_acknowledged_writes_survive_resets() {
     let url = postgres_url();
     let proxy = Arc::new(FaultProxy::start(upstream(&url)).await);
     let ns = unique_prefix("fault_ack");
+    migrated(dl_tests::schema::postgres(&url, &ns).await).await;
     let backend =
         Arc::new(PostgresBackend::new(pg_pool(&via(&url, &proxy)), &ns).expect("backend"));
     let guard = Arc::new(Guarded::new(
@@ -534,14 +545,20 @@ async fn scylla_blackhole() {
 /// port, so the shared stack is untouched): calls fail fast and retryably
 /// while it is down, and are served again after the restart with no caller
 /// action. `durable`: the data written before the stop must still be there
-/// (PostgreSQL); the in-memory test servers lose it, so the entity is
-/// opened again (its table created) before writing.
+/// (PostgreSQL); the in-memory test servers lose it, so the migrations run
+/// again and the entity is opened again before writing. `migrate` makes
+/// the test entities' schema (none on Redis).
 async fn restart_scenario(
     name: &str,
     server: &mut PrivateServer,
     backend: Arc<dyn Backend>,
     durable: bool,
+    migrate: Option<Migrate>,
 ) {
+    if let Some(m) = &migrate {
+        m().await
+            .unwrap_or_else(|e| panic!("{name}: migrations: {e}"));
+    }
     let guard = guarded(backend);
     let notes = Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
         .await
@@ -574,12 +591,18 @@ async fn restart_scenario(
         &format!("{name}: calls served after the restart"),
         Duration::from_secs(30),
         async || {
-            if !durable
-                && Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+            if !durable {
+                if let Some(m) = &migrate
+                    && m().await.is_err()
+                {
+                    return false;
+                }
+                if Repo::<Note>::open(Arc::clone(&guard) as Arc<dyn Backend>)
                     .await
                     .is_err()
-            {
-                return false;
+                {
+                    return false;
+                }
             }
             notes
                 .upsert(&Note {
@@ -607,6 +630,10 @@ async fn restart_scenario(
     ));
 }
 
+/// Applies the test entities' migrations to a private server.
+type Migrate =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 fn restart_pool() -> dl_connections::PoolSettings {
     let mut pool = test_pool(2);
     pool.connect_timeout = Duration::from_millis(300);
@@ -621,7 +648,7 @@ async fn redis_restart_recovers() {
     let url = dl_connections::SecretUrl::parse(&server.url()).expect("url");
     let conn = dl_connections::redis::connect_lazy(&url, &restart_pool()).expect("redis");
     let backend = Arc::new(RedisBackend::new(conn, "restart", DEADLINE).expect("backend"));
-    restart_scenario("redis", &mut server, backend, false).await;
+    restart_scenario("redis", &mut server, backend, false, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,7 +664,11 @@ async fn postgres_restart_recovers() {
     )
     .await;
     let backend = Arc::new(PostgresBackend::new(pool, "restart").expect("backend"));
-    restart_scenario("postgres", &mut server, backend, true).await;
+    let migrate: Migrate = Box::new(move || {
+        let url = url.clone();
+        Box::pin(async move { dl_tests::schema::postgres(&url, "restart").await })
+    });
+    restart_scenario("postgres", &mut server, backend, true, Some(migrate)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,7 +682,11 @@ async fn mongo_restart_recovers() {
         dl_repositories::backends::mongo::MongoBackend::new(&client, "restart", DEADLINE)
             .expect("backend"),
     );
-    restart_scenario("mongo", &mut server, backend, false).await;
+    let migrate: Migrate = Box::new(move || {
+        let url = url.clone();
+        Box::pin(async move { dl_tests::schema::mongo(&url, "restart").await })
+    });
+    restart_scenario("mongo", &mut server, backend, false, Some(migrate)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,7 +704,11 @@ async fn scylla_restart_recovers() {
         )
         .expect("backend"),
     );
-    restart_scenario("scylla", &mut server, backend, false).await;
+    let migrate: Migrate = Box::new(move || {
+        let settings = settings.clone();
+        Box::pin(async move { dl_tests::schema::scylla(&settings, "restart").await })
+    });
+    restart_scenario("scylla", &mut server, backend, false, Some(migrate)).await;
 }
 
 /// Log events captured by a test: level, message and `store` field.

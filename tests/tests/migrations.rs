@@ -394,14 +394,14 @@ async fn the_projects_scripts_on_every_live_store() {
     )
     .expect("settings");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let dir = migrate::load(&dir).expect("the project's scripts load");
     let stores = migrate::stores("all").expect("all");
     let o = dl_migrations::Options::default();
     let mut lines = Vec::new();
     let runs = migrate::run(&settings, &dir, &stores, Action::Up, &o, &mut |s| {
         lines.push(format!("{} {} {}", s.store, s.version, s.outcome));
     })
-    .await
-    .expect("scripts load");
+    .await;
     for r in &runs {
         assert!(r.error.is_none(), "{}: {:?}", r.store, r.error);
         assert!(
@@ -416,17 +416,13 @@ async fn the_projects_scripts_on_every_live_store() {
     for store in ["postgres", "mongo", "scylla"] {
         assert!(lines.contains(&format!("{store} 1 ok")), "{lines:?}");
     }
-    let again = migrate::run(&settings, &dir, &stores, Action::Up, &o, &mut |_| {})
-        .await
-        .expect("again");
+    let again = migrate::run(&settings, &dir, &stores, Action::Up, &o, &mut |_| {}).await;
     assert!(
         again
             .iter()
             .all(|r| r.steps.is_empty() && r.error.is_none())
     );
-    let verified = migrate::run(&settings, &dir, &stores, Action::Verify, &o, &mut |_| {})
-        .await
-        .expect("verify");
+    let verified = migrate::run(&settings, &dir, &stores, Action::Verify, &o, &mut |_| {}).await;
     assert!(verified.iter().all(|r| r.error.is_none()), "{verified:?}");
 
     let dl = DataLayer::from_settings(settings)
@@ -458,4 +454,184 @@ async fn the_projects_scripts_on_every_live_store() {
     .execute(&pool)
     .await
     .expect("drop");
+}
+
+/// Repositories never create schema on the live stores either: before the
+/// migrations, opening one is `SchemaNotReady` naming what is missing, and
+/// the namespace stays empty; a unique field without its unique index is
+/// refused (PostgreSQL, MongoDB); after the migrations, they open.
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_repositories_need_their_migrations() {
+    use dl_repositories::backends::mongo::MongoBackend;
+    use dl_repositories::backends::postgres::PostgresBackend;
+    use dl_repositories::backends::scylla::ScyllaBackend;
+    use dl_repositories::{Backend, Error, Repo, Store};
+    use dl_tests::entities::{Note, Specimen, UniqueSpecimen};
+    use dl_tests::live::{mongo_url, postgres_url, scylla_settings, test_pool, unique_prefix};
+
+    fn not_ready<T>(store: Store, r: Result<T, Error>) -> String {
+        match r {
+            Err(Error::SchemaNotReady {
+                store: s, reason, ..
+            }) if s == store => reason,
+            Err(e) => panic!("{store}: expected SchemaNotReady, got {e}"),
+            Ok(_) => panic!("{store}: expected SchemaNotReady, it opened"),
+        }
+    }
+
+    // PostgreSQL.
+    let ns = unique_prefix("mignr");
+    let pool =
+        dl_connections::postgres::connect_lazy(&postgres_url(), &test_pool(2)).expect("pool");
+    let pg: Arc<dyn Backend> = Arc::new(PostgresBackend::new(pool.clone(), &ns).expect("backend"));
+    let reason = not_ready(
+        Store::Postgres,
+        Repo::<Specimen>::open(Arc::clone(&pg)).await,
+    );
+    assert_eq!(
+        reason,
+        format!("table \"{ns}\".\"specimens\" does not exist")
+    );
+    let (schemas,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&ns)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(schemas, 0, "opening created the schema");
+    let ddl = dl_repositories::backends::postgres::create_table_sql(
+        <UniqueSpecimen as dl_models::Entity>::schema(),
+    );
+    let mut tx = pool.begin().await.expect("tx");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{ns}\"")))
+        .execute(&mut *tx)
+        .await
+        .expect("schema");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL search_path TO \"{ns}\""
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("search_path");
+    for stmt in ddl.iter().filter(|s| !s.contains("UNIQUE INDEX")) {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.clone()))
+            .execute(&mut *tx)
+            .await
+            .expect("ddl");
+    }
+    sqlx::query("ALTER TABLE unique_specimens DROP COLUMN owner")
+        .execute(&mut *tx)
+        .await
+        .expect("drop column");
+    tx.commit().await.expect("commit");
+    let reason = not_ready(
+        Store::Postgres,
+        Repo::<UniqueSpecimen>::open(Arc::clone(&pg)).await,
+    );
+    assert!(reason.ends_with("lacks the column(s) `owner`"), "{reason}");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE \"{ns}\".unique_specimens ADD COLUMN owner text"
+    )))
+    .execute(&pool)
+    .await
+    .expect("add column");
+    let reason = not_ready(
+        Store::Postgres,
+        Repo::<UniqueSpecimen>::open(Arc::clone(&pg)).await,
+    );
+    assert_eq!(
+        reason,
+        "no unique index on `code` (declared #[indexed(unique)])"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE \"{ns}\".unique_specimens"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop");
+    dl_tests::schema::postgres(&postgres_url(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Repo::<Specimen>::open(Arc::clone(&pg))
+        .await
+        .expect("specimens");
+    Repo::<UniqueSpecimen>::open(Arc::clone(&pg))
+        .await
+        .expect("unique_specimens");
+    Repo::<Note>::open(pg).await.expect("notes");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{ns}\" CASCADE")))
+        .execute(&pool)
+        .await
+        .expect("drop schema");
+
+    // MongoDB.
+    let client = dl_connections::mongo::connect(&mongo_url(), &test_pool(2))
+        .await
+        .expect("client");
+    let mongo: Arc<dyn Backend> = Arc::new(
+        MongoBackend::new(&client, &ns, std::time::Duration::from_secs(10)).expect("backend"),
+    );
+    let reason = not_ready(Store::Mongo, Repo::<Note>::open(Arc::clone(&mongo)).await);
+    assert_eq!(
+        reason,
+        format!("collection `notes` does not exist in database `{ns}`")
+    );
+    let db = client.database(&ns);
+    assert!(
+        db.list_collection_names().await.expect("list").is_empty(),
+        "opening created a collection"
+    );
+    db.create_collection("unique_specimens")
+        .await
+        .expect("create");
+    let reason = not_ready(
+        Store::Mongo,
+        Repo::<UniqueSpecimen>::open(Arc::clone(&mongo)).await,
+    );
+    assert_eq!(
+        reason,
+        "no unique index on `code` (declared #[indexed(unique)])"
+    );
+    db.drop().await.expect("drop");
+    dl_tests::schema::mongo(&mongo_url(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Repo::<Specimen>::open(Arc::clone(&mongo))
+        .await
+        .expect("specimens");
+    Repo::<UniqueSpecimen>::open(Arc::clone(&mongo))
+        .await
+        .expect("unique_specimens");
+    Repo::<Note>::open(mongo).await.expect("notes");
+    db.drop().await.expect("drop");
+
+    // ScyllaDB (the CQL test server): the keyspace does not exist yet.
+    let settings = scylla_settings();
+    let session = dl_connections::scylla::connect(&settings, &test_pool(1))
+        .await
+        .expect("session");
+    let scylla: Arc<dyn Backend> = Arc::new(
+        ScyllaBackend::new(
+            session,
+            &ns,
+            settings.lightweight_transactions,
+            std::time::Duration::from_secs(10),
+        )
+        .expect("backend"),
+    );
+    let reason = not_ready(Store::Scylla, Repo::<Note>::open(Arc::clone(&scylla)).await);
+    assert!(
+        reason.starts_with(&format!("table {ns}.notes cannot be used: ")),
+        "{reason}"
+    );
+    dl_tests::schema::scylla(&settings, &ns)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Repo::<Specimen>::open(Arc::clone(&scylla))
+        .await
+        .expect("specimens");
+    Repo::<Note>::open(scylla).await.expect("notes");
+    say(
+        "migrations[schema]: before their migrations, repositories on postgres, mongo and scylla refuse to open with SchemaNotReady and create nothing; a missing column or unique index is named; after them, they open",
+    );
 }

@@ -41,6 +41,10 @@ async fn postgres_over_verified_tls() {
         assert!(started.elapsed() < Duration::from_secs(30), "never up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let url = dl_connections::SecretUrl::parse(&verified).expect("url");
+    dl_tests::schema::postgres(&url, &dl.settings().postgres_schema)
+        .await
+        .unwrap_or_else(|e| panic!("migrations over TLS: {e}"));
     let notes = dl.repository::<Note>().await.expect("open over TLS");
     notes
         .insert(&Note {

@@ -221,9 +221,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            let scripts = migrate::load(&dir)?;
             let runs = rt.block_on(migrate::run(
                 &settings,
-                &dir,
+                &scripts,
                 &stores,
                 action,
                 &options,
@@ -240,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 },
-            ))?;
+            ));
             if json {
                 out!("{}", serde_json::to_string(&runs)?);
             } else {
@@ -338,11 +339,22 @@ const FAMILY: [&str; 4] = ["Testperson", "Example", "Sample", "Fakename"];
 async fn demo(settings: Settings) -> anyhow::Result<()> {
     let started = Instant::now();
     let where_ = settings.database_url.to_string();
+    // The built-in clinical schema, as `data-layer migrate up` would apply
+    // it from migrations/ (repositories never create tables themselves).
+    let runs =
+        data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts()).await?;
     let dl = DataLayer::from_settings(settings).await?;
     let patients = dl.repository::<Patient>().await?;
     let appointments = dl.repository::<Appointment>().await?;
     out!("data-layer demo on {} ({where_})", patients.store());
-    out!("  schema ready: patients, appointments (tables and indexes from the entity schemas)");
+    for run in &runs {
+        let applied = run.steps.len();
+        let current = run.status.iter().filter(|s| s.state == "applied").count();
+        out!(
+            "  migrations on {}: {applied} applied now, {current} applied in all (the built-in clinical schema)",
+            run.store
+        );
+    }
 
     // A run tag keeps this run's rows apart from earlier runs' in the same file.
     let run = Uuid::new_v4().simple().to_string()[..8].to_uppercase();

@@ -24,10 +24,10 @@ use chrono::NaiveDate;
 use dl_models::{EntitySchema, FieldType, Record, Value};
 use futures::TryStreamExt as _;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
 
-use crate::backend::{Backend, Capabilities, FilterSupport};
+use crate::backend::{Backend, Capabilities, FilterSupport, check_unique_indexes};
 use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
 use crate::versions::version_of;
@@ -148,6 +148,37 @@ fn from_bson(ty: FieldType, b: Bson) -> Option<Value> {
         }
         _ => return None,
     })
+}
+
+/// The `createIndexes` command this backend expects for an entity (its
+/// `#[indexed]` fields; unique ones over non-null values only, as
+/// MongoDB's unique indexes count null as a value). The backend never runs
+/// it; it is a starting point for a migration script
+/// (`migrations/mongo/<version>_<name>.json`). `None` when the entity has
+/// no indexed field (a `{"create": ...}` command makes its collection).
+#[must_use]
+pub fn create_indexes_command(schema: &EntitySchema) -> Option<Document> {
+    let indexes: Vec<Document> = schema
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i != schema.key && f.indexed)
+        .map(|(_, f)| {
+            let mut index = doc! {
+                "key": { f.name: 1 },
+                "name": format!("{}__{}", schema.name, f.name),
+            };
+            if f.unique {
+                index.insert("unique", true);
+                index.insert(
+                    "partialFilterExpression",
+                    doc! { f.name: { "$type": bson_type(f.ty) } },
+                );
+            }
+            index
+        })
+        .collect();
+    (!indexes.is_empty()).then(|| doc! { "createIndexes": schema.name, "indexes": indexes })
 }
 
 /// The BSON type name values of a field type are stored as.
@@ -410,42 +441,47 @@ impl Backend for MongoBackend {
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         let op = Operation::Prepare;
-        let coll = self.coll(schema);
-        let models: Vec<IndexModel> = schema
+        let names = self
+            .db
+            .list_collection_names()
+            .filter(doc! { "name": schema.name })
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        if !names.iter().any(|n| n == schema.name) {
+            return Err(Error::SchemaNotReady {
+                store: Store::Mongo,
+                entity: schema.name,
+                reason: format!(
+                    "collection `{}` does not exist in database `{}`",
+                    schema.name,
+                    self.db.name()
+                ),
+            });
+        }
+        let needs_unique = schema
             .fields
             .iter()
             .enumerate()
-            .filter(|(i, f)| *i != schema.key && f.indexed)
-            .map(|(_, f)| {
-                // Unique over non-null values only (MongoDB's unique indexes
-                // count null as a value): partial on the field's BSON type,
-                // so many entities may hold null.
-                let partial = f
-                    .unique
-                    .then(|| doc! { f.name: { "$type": bson_type(f.ty) } });
-                let opts = IndexOptions::builder()
-                    .name(format!("{}__{}", schema.name, f.name))
-                    .unique(f.unique.then_some(true))
-                    .partial_filter_expression(partial)
-                    .build();
-                IndexModel::builder()
-                    .keys(doc! { f.name: 1 })
-                    .options(opts)
-                    .build()
-            })
-            .collect();
-        if models.is_empty() {
-            // Make sure the server answers.
-            self.db
-                .run_command(doc! { "ping": 1 })
+            .any(|(i, f)| i != schema.key && f.unique);
+        let mut unique = Vec::new();
+        if needs_unique {
+            let mut indexes = self
+                .coll(schema)
+                .list_indexes()
                 .await
                 .map_err(|e| self.err(schema, op, e))?;
-        } else {
-            coll.create_indexes(models)
+            while let Some(index) = indexes
+                .try_next()
                 .await
-                .map_err(|e| self.err(schema, op, e))?;
+                .map_err(|e| self.err(schema, op, e))?
+            {
+                let is_unique = index.options.as_ref().and_then(|o| o.unique) == Some(true);
+                if is_unique && index.keys.len() == 1 {
+                    unique.extend(index.keys.keys().cloned());
+                }
+            }
         }
-        Ok(())
+        check_unique_indexes(Store::Mongo, schema, &unique)
     }
 
     async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {

@@ -18,7 +18,7 @@ use dl_models::{EntitySchema, FieldType, Record, Value};
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row as _};
 
-use crate::backend::{Backend, Capabilities};
+use crate::backend::{Backend, Capabilities, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{
@@ -100,10 +100,13 @@ impl PostgresBackend {
     super::sql_common::sqlx_stored_version!();
 }
 
-/// The DDL of an entity in a namespace: the schema, the table, its indexes.
+/// The DDL this backend expects for an entity: the table and its indexes,
+/// unqualified (migration scripts run with `search_path` set to the
+/// configured schema). The backend never runs it; it is a starting point
+/// for a migration script (`migrations/postgres/<version>_<name>.sql`).
 #[must_use]
-pub fn create_table_sql(namespace: &str, schema: &EntitySchema) -> Vec<String> {
-    let table = format!("{}.{}", ident(namespace), ident(schema.name));
+pub fn create_table_sql(schema: &EntitySchema) -> Vec<String> {
+    let table = ident(schema.name);
     let mut cols = Vec::with_capacity(schema.fields.len());
     for (i, f) in schema.fields.iter().enumerate() {
         let mut col = format!("{} {}", ident(f.name), sql_type(f.ty));
@@ -115,10 +118,10 @@ pub fn create_table_sql(namespace: &str, schema: &EntitySchema) -> Vec<String> {
         }
         cols.push(col);
     }
-    let mut out = vec![
-        format!("CREATE SCHEMA IF NOT EXISTS {}", ident(namespace)),
-        format!("CREATE TABLE IF NOT EXISTS {table} ({})", cols.join(", ")),
-    ];
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({})",
+        cols.join(", ")
+    )];
     for (i, f) in schema.fields.iter().enumerate() {
         if i == schema.key || !f.indexed {
             continue;
@@ -274,26 +277,28 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         let op = Operation::Prepare;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
-        // Concurrent `CREATE ... IF NOT EXISTS` of the same object can still
-        // collide in the catalog; one advisory lock per namespace serialises
-        // them (held to the end of the transaction).
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("data-layer:ddl:{}", self.namespace))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
-        for stmt in create_table_sql(&self.namespace, schema) {
-            sqlx::query(AssertSqlSafe(stmt))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(schema, op, e))?;
-        }
-        tx.commit().await.map_err(|e| self.err(schema, op, e))?;
+        let table = self.table(schema);
+        // Names every column: fails when the schema, the table or a column
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(&table)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(schema, op, e))?;
+        check_columns(Store::Postgres, schema, &table, &columns)?;
+        // Columns with a single-column, non-partial unique index.
+        let unique: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique \
+             AND i.indnkeyatts = 1 AND i.indpred IS NULL",
+        )
+        .bind(&table)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(schema, op, e))?;
+        check_unique_indexes(Store::Postgres, schema, &unique)?;
         self.statements(schema);
         Ok(())
     }

@@ -236,8 +236,23 @@ impl ScyllaBackend {
             .join(", ");
         let marks = vec!["?"; schema.fields.len()].join(", ");
         let key = cql_ident(schema.key_field().name);
+        let table = t.as_str();
         let p = |cql: String| async move {
-            self.session.prepare(cql).await.map_err(|e| self.err(op, e))
+            self.session.prepare(cql).await.map_err(|e| {
+                use scylla::errors::{DbError, PrepareError, RequestAttemptError};
+                match &e {
+                    // The server refuses a statement naming a missing
+                    // keyspace, table or column (its message names them).
+                    PrepareError::AllAttemptsFailed {
+                        first_attempt: RequestAttemptError::DbError(DbError::Invalid, msg),
+                    } => Error::SchemaNotReady {
+                        store: Store::Scylla,
+                        entity: schema.name,
+                        reason: format!("table {table} cannot be used: {msg}"),
+                    },
+                    _ => self.err(op, e),
+                }
+            })
         };
         Ok(Statements {
             insert: p(format!("INSERT INTO {t} ({cols}) VALUES ({marks})")).await?,
@@ -743,45 +758,8 @@ impl Backend for ScyllaBackend {
     }
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
-        let op = Operation::Prepare;
-        let ks = format!(
-            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}",
-            cql_ident(&self.keyspace)
-        );
-        self.session
-            .query_unpaged(ks, ())
-            .await
-            .map_err(|e| self.err(op, e))?;
-        let cols: Vec<String> = schema
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let ty = match f.ty {
-                    FieldType::Text | FieldType::Json => "text",
-                    FieldType::Int => "bigint",
-                    FieldType::Float => "double",
-                    FieldType::Bool => "boolean",
-                    FieldType::Date => "date",
-                    FieldType::Timestamp => "timestamp",
-                    FieldType::Uuid => "uuid",
-                };
-                if i == schema.key {
-                    format!("{} {ty} PRIMARY KEY", cql_ident(f.name))
-                } else {
-                    format!("{} {ty}", cql_ident(f.name))
-                }
-            })
-            .collect();
-        let table = format!(
-            "CREATE TABLE IF NOT EXISTS {} ({})",
-            self.table(schema),
-            cols.join(", ")
-        );
-        self.session
-            .query_unpaged(table, ())
-            .await
-            .map_err(|e| self.err(op, e))?;
+        // Preparing names the table and every column: the server refuses
+        // when the keyspace, the table or a column is missing.
         let statements = Arc::new(self.prepare_all(schema).await?);
         self.statements
             .write()

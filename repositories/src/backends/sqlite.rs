@@ -15,7 +15,7 @@ use dl_models::{EntitySchema, FieldType, Record, Value};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 
-use crate::backend::{Backend, Capabilities};
+use crate::backend::{Backend, Capabilities, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, statements, update_sql};
@@ -79,7 +79,9 @@ impl SqliteBackend {
     super::sql_common::sqlx_stored_version!();
 }
 
-/// The DDL of an entity: a STRICT table and its indexes.
+/// The DDL this backend expects for an entity: a STRICT table and its
+/// indexes. The backend never runs it; it is a starting point for a
+/// migration script (`migrations/sqlite/<version>_<name>.sql`).
 #[must_use]
 pub fn create_table_sql(schema: &EntitySchema) -> Vec<String> {
     let table = ident(schema.name);
@@ -217,20 +219,25 @@ super::sql_common::sqlx_backend!(SqliteBackend, Store::Sqlite, Dialect::Sqlite, 
     }
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin()
+        let op = Operation::Prepare;
+        let table = ident(schema.name);
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+            .bind(schema.name)
+            .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.err(schema, Operation::Prepare, e))?;
-        for stmt in create_table_sql(schema) {
-            sqlx::query(AssertSqlSafe(stmt))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(schema, Operation::Prepare, e))?;
-        }
-        tx.commit()
-            .await
-            .map_err(|e| self.err(schema, Operation::Prepare, e))?;
+            .map_err(|e| self.err(schema, op, e))?;
+        check_columns(Store::Sqlite, schema, &table, &columns)?;
+        // Columns with a single-column, non-partial unique index.
+        let unique: Vec<String> = sqlx::query_scalar(
+            "SELECT ii.name FROM pragma_index_list(?1) AS il, pragma_index_info(il.name) AS ii \
+             WHERE il.\"unique\" = 1 AND il.partial = 0 \
+             AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1",
+        )
+        .bind(schema.name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(schema, op, e))?;
+        check_unique_indexes(Store::Sqlite, schema, &unique)?;
         self.statements(schema);
         Ok(())
     }

@@ -12,6 +12,7 @@ use kassandra::error::DbError;
 use kassandra::frame::request::Request;
 use kassandra::frame::response::Response;
 use kassandra::frame::response::error::Error as CqlError;
+use kassandra::frame::response::result::QueryResult;
 use kassandra::frame::{request_stream, response_sink};
 use kassandra::session::KassandraSession;
 use tokio::net::{TcpListener, TcpStream};
@@ -60,12 +61,15 @@ async fn serve(session: Shared, mut stream: TcpStream) {
     let (mut read, mut write) = stream.split();
     let mut requests = request_stream(&mut read);
     let mut responses = response_sink(&mut write);
+    // `USE` is per connection in CQL; kassandra keeps one keyspace for its
+    // whole session, so each connection's is set before its requests.
+    let mut keyspace: Option<String> = None;
     while let Some(frame) = requests.next().await {
         let Ok((frame, opcode, data)) = frame else {
             return;
         };
         let response = match Request::deserialize(opcode, &data, frame.flags) {
-            Ok(request) => answer(&session, request),
+            Ok(request) => answer(&session, &mut keyspace, request),
             Err(_) => Response::Error(CqlError::new(
                 DbError::ProtocolError,
                 "cannot parse the request",
@@ -77,11 +81,14 @@ async fn serve(session: Shared, mut stream: TcpStream) {
     }
 }
 
-fn answer(session: &Shared, request: Request<'_>) -> Response {
+fn answer(session: &Shared, keyspace: &mut Option<String>, request: Request<'_>) -> Response {
     let mut kassandra = match session.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     };
+    // A connection that never chose a keyspace resolves unqualified names
+    // in `system` (where the tables it means do not exist).
+    kassandra.use_keyspace(keyspace.as_deref().unwrap_or("system"));
     let result = match request {
         Request::StartUp(_) | Request::Register { .. } => return Response::Ready,
         Request::Options => return Response::options(),
@@ -96,6 +103,9 @@ fn answer(session: &Shared, request: Request<'_>) -> Response {
         Request::Execute(e) => kassandra.execute(e),
         Request::Batch(b) => kassandra.process_batch(b),
     };
+    if let Ok(QueryResult::SetKeyspace(set)) = &result {
+        keyspace.clone_from(&Some(set.keyspace_name.clone()));
+    }
     match result {
         Ok(r) => Response::Result(r),
         Err(e) => Response::Error(e),
