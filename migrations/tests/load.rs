@@ -162,3 +162,65 @@ fn a_missing_folder() {
     let e = script::load(Path::new("/nonexistent/migrations")).expect_err("refused");
     assert!(e.to_string().contains("/nonexistent/migrations"), "{e}");
 }
+
+/// Scripts built into a binary get the same checks as files, and errors
+/// name `<store>/<file>`.
+#[test]
+fn in_memory_scripts_are_checked_like_files() {
+    let ok = script::from_texts(
+        StoreKind::Sqlite,
+        &[
+            ("2_b.sql", "SELECT 2;"),
+            ("1_a.down.sql", "SELECT 0;"),
+            ("1_a.sql", "SELECT 1;"),
+        ],
+    )
+    .expect("loads");
+    assert_eq!(ok.iter().map(|m| m.version).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(ok[0].down.is_some() && ok[1].down.is_none());
+    assert_eq!(ok[0].up.checksum, script::checksum("SELECT 1;"));
+
+    let refused = |store: StoreKind, files: &[(&str, &str)]| -> String {
+        script::from_texts(store, files)
+            .expect_err("refused")
+            .to_string()
+    };
+    let big = "-- x\n".repeat(1024 * 1024);
+    for (store, files, expect) in [
+        (
+            StoreKind::Sqlite,
+            vec![("one.sql", "SELECT 1;")],
+            "sqlite/one.sql",
+        ),
+        (
+            StoreKind::Sqlite,
+            vec![("../1_x.sql", "SELECT 1;")],
+            "version",
+        ),
+        (StoreKind::Sqlite, vec![("1_x.sql", "  \n")], "empty"),
+        (
+            StoreKind::Sqlite,
+            vec![("1_x.sql", big.as_str())],
+            "larger than",
+        ),
+        (
+            StoreKind::Mongo,
+            vec![("1_x.json", "[{\"create\": }]")],
+            "invalid JSON",
+        ),
+        (
+            StoreKind::Postgres,
+            vec![("1_a.sql", "SELECT 1;"), ("1_b.sql", "SELECT 2;")],
+            "1_b.sql",
+        ),
+        (
+            StoreKind::Postgres,
+            vec![("1_a.down.sql", "SELECT 1;")],
+            "needs its up script",
+        ),
+        (StoreKind::Scylla, vec![("1_x.sql", "SELECT 1;")], ".cql"),
+    ] {
+        let e = refused(store, &files);
+        assert!(e.contains(expect), "{files:?}: {e}");
+    }
+}
