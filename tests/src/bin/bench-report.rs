@@ -1,0 +1,183 @@
+//! Prints the table of the `stores` benchmark (store × operation: raw
+//! driver p50, framework p50, ratio) from criterion's results, and writes it
+//! to `docs/benchmarks.md` with the machine it ran on.
+//!
+//! ```sh
+//! cargo bench -p dl-tests --bench stores
+//! cargo run -p dl-tests --bin bench-report [-- --criterion DIR --out FILE]
+//! ```
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+const STORES: [&str; 5] = ["sqlite", "postgres", "mongo", "redis", "scylla"];
+const OPS: [(&str, &str); 6] = [
+    ("get", "get by id"),
+    ("insert", "insert"),
+    ("update", "update by patch"),
+    ("list", "list, filter, limit 100"),
+    ("insert_many", "insert_many of 1,000"),
+    ("get_many", "get_many of 100"),
+];
+
+/// The median of one benchmark, in nanoseconds (criterion's estimate of
+/// the per-iteration time's median over its samples).
+fn median_ns(root: &Path, group: &str, side: &str) -> Option<f64> {
+    let path = root
+        .join(group)
+        .join(side)
+        .join("new")
+        .join("estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("median")?.get("point_estimate")?.as_f64()
+}
+
+fn human(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .map_or_else(
+            || "unknown".into(),
+            |kb| format!("{} GiB", kb / 1024 / 1024),
+        );
+    format!(
+        "- CPU: {model}, {cores} cores available\n- memory: {mem}\n- kernel: {}\n- {}\n",
+        first_line("uname", &["-sr"]),
+        first_line("rustc", &["-V"]),
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut root = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest.join("../target"), PathBuf::from)
+        .join("criterion");
+    let mut out = manifest.join("../docs/benchmarks.md");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--criterion", Some(v)) => root = PathBuf::from(v),
+            ("--out", Some(v)) => out = PathBuf::from(v),
+            _ => {
+                eprintln!("usage: bench-report [--criterion DIR] [--out FILE]");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+
+    let mut table = String::from(
+        "| store | operation | raw driver p50 | framework p50 | ratio |\n| --- | --- | ---: | ---: | ---: |\n",
+    );
+    let mut batches = String::from(
+        "| store | 1,000 single inserts (framework) | one insert_many of 1,000 | speed-up |\n| --- | ---: | ---: | ---: |\n",
+    );
+    let mut found = 0;
+    for store in STORES {
+        for (op, label) in OPS {
+            let group = format!("{store}_{op}");
+            match (
+                median_ns(&root, &group, "raw"),
+                median_ns(&root, &group, "framework"),
+            ) {
+                (Some(raw), Some(fw)) => {
+                    found += 1;
+                    let _ = writeln!(
+                        table,
+                        "| {store} | {label} | {} | {} | {:.2} |",
+                        human(raw),
+                        human(fw),
+                        fw / raw
+                    );
+                }
+                _ if store == "scylla" && op == "list" => {
+                    let _ = writeln!(
+                        table,
+                        "| {store} | {label} | n/a | n/a | Unsupported: a filter on a non-key column needs an index the CQL test server cannot create |"
+                    );
+                }
+                _ => {
+                    let _ = writeln!(table, "| {store} | {label} | not run | not run | |");
+                }
+            }
+        }
+        if let (Some(one), Some(many)) = (
+            median_ns(&root, &format!("{store}_insert"), "framework"),
+            median_ns(&root, &format!("{store}_insert_many"), "framework"),
+        ) {
+            let _ = writeln!(
+                batches,
+                "| {store} | {} | {} | {:.1}× |",
+                human(one * 1000.0),
+                human(many),
+                one * 1000.0 / many
+            );
+        }
+    }
+    if found == 0 {
+        eprintln!(
+            "no results under {}: run `cargo bench -p dl-tests --bench stores` first",
+            root.display()
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    print!("{table}\n{batches}");
+    let doc = format!(
+        "# Benchmarks: the framework against the raw drivers\n\n\
+         Written by `cargo run -p dl-tests --bin bench-report` from the results of\n\
+         `cargo bench -p dl-tests --bench stores` (criterion; `tests/benches/stores.rs`).\n\
+         Each operation ran twice in the same run against the same server: through the\n\
+         raw driver, used as that driver is best used, and through\n\
+         `Repository<Appointment>` with the guard (breaker, retry, deadline) on. The p50\n\
+         is criterion's median of the per-iteration time. Ratio = framework / raw.\n\n\
+         ## Machine\n\n{}\
+         - servers: the test stack of `scripts/stack.sh` on the same machine (PostgreSQL\n  \
+         and Redis of the machine, SecantusDB `secantusd-rs` for MongoDB, the CQL test\n  \
+         server for ScyllaDB); SQLite embedded (a file, WAL).\n\n\
+         ## Per operation\n\n{table}\n\
+         ## insert_many against single inserts (framework)\n\n{batches}\n\
+         ## Reproduce\n\n\
+         ```sh\nscripts/stack.sh up && set -a && . ./.env.test && set +a\n\
+         cargo bench -p dl-tests --bench stores\n\
+         cargo run -p dl-tests --bin bench-report\n```\n\n\
+         `DL_BENCH_STORES=sqlite,postgres` limits the run to some stores.\n",
+        machine()
+    );
+    if let Err(e) = std::fs::write(&out, doc) {
+        eprintln!("cannot write {}: {e}", out.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    eprintln!("wrote {}", out.display());
+    std::process::ExitCode::SUCCESS
+}
