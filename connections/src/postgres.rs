@@ -13,6 +13,12 @@ use crate::settings::PoolSettings;
 /// Connections are opened lazily (the first call opens one), so a service
 /// starts while the database is still coming up.
 ///
+/// A pooled connection is not pinged before each use (sqlx's
+/// `test_before_acquire`, a round trip per call): a connection the server
+/// closed fails its next call at once, retryably (`Unavailable`), the pool
+/// drops it, and the guard retries idempotent calls on a fresh one. This
+/// is deadpool-postgres's default ("fast" recycling) too.
+///
 /// # Errors
 /// When the URL does not parse as PostgreSQL connection options.
 pub fn connect_lazy(url: &SecretUrl, pool: &PoolSettings) -> Result<PgPool, sqlx::Error> {
@@ -26,6 +32,6 @@ pub fn connect_lazy(url: &SecretUrl, pool: &PoolSettings) -> Result<PgPool, sqlx
         .acquire_timeout(pool.acquire_timeout)
         .idle_timeout(Some(pool.idle_timeout))
         .max_lifetime(Some(pool.max_lifetime))
-        .test_before_acquire(true)
+        .test_before_acquire(false)
         .connect_lazy_with(opts))
 }

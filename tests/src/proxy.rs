@@ -2,9 +2,11 @@
 //! live store on the loopback interface and, on command, adds latency,
 //! blackholes (accepts and forwards nothing, never answers), or resets every
 //! connection. Traffic goes only to the given upstream address on this
-//! machine.
+//! machine. It also counts round trips (for tests that an operation takes
+//! one).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,11 +31,18 @@ struct Shared {
     connections: Vec<JoinHandle<()>>,
 }
 
+/// Round trips seen: a reply chunk after request bytes, per connection.
+#[derive(Debug, Default)]
+struct Trips {
+    count: AtomicU64,
+}
+
 /// A running proxy; dropped, it stops.
 #[derive(Debug)]
 pub struct FaultProxy {
     addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
+    trips: Arc<Trips>,
     accept: JoinHandle<()>,
 }
 
@@ -64,10 +73,13 @@ impl FaultProxy {
             connections: Vec::new(),
         }));
         let accept_shared = Arc::clone(&shared);
+        let trips = Arc::new(Trips::default());
+        let accept_trips = Arc::clone(&trips);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let _ = client.set_nodelay(true);
                 let conn_shared = Arc::clone(&accept_shared);
+                let trips = Arc::clone(&accept_trips);
                 let task = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
@@ -75,8 +87,15 @@ impl FaultProxy {
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up = pump(cr, sw, Arc::clone(&conn_shared));
-                    let down = pump(sr, cw, conn_shared);
+                    // Whether the client sent bytes not yet answered.
+                    let asked = Arc::new(AtomicBool::new(false));
+                    let up = pump(
+                        cr,
+                        sw,
+                        Arc::clone(&conn_shared),
+                        Side::Request(Arc::clone(&asked)),
+                    );
+                    let down = pump(sr, cw, conn_shared, Side::Reply(asked, trips));
                     let _ = tokio::join!(up, down);
                 });
                 let mut s = accept_shared
@@ -89,8 +108,22 @@ impl FaultProxy {
         FaultProxy {
             addr,
             shared,
+            trips,
             accept,
         }
+    }
+
+    /// Round trips since the last [`FaultProxy::reset_round_trips`]: on each
+    /// connection, a reply that follows request bytes counts once, however
+    /// many chunks either side took (a pipeline is one round trip).
+    #[must_use]
+    pub fn round_trips(&self) -> u64 {
+        self.trips.count.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting round trips from zero.
+    pub fn reset_round_trips(&self) {
+        self.trips.count.store(0, Ordering::SeqCst);
     }
 
     /// The address clients connect to.
@@ -119,10 +152,17 @@ impl FaultProxy {
     }
 }
 
+/// Which way a pump carries bytes, for counting round trips.
+enum Side {
+    Request(Arc<AtomicBool>),
+    Reply(Arc<AtomicBool>, Arc<Trips>),
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     shared: Arc<Mutex<Shared>>,
+    side: Side,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -139,6 +179,14 @@ async fn pump(
             Fault::Latency(d) => tokio::time::sleep(d).await,
             // Swallow: the peer waits forever (until the connection is cut).
             Fault::Blackhole => continue,
+        }
+        match &side {
+            Side::Request(asked) => asked.store(true, Ordering::SeqCst),
+            Side::Reply(asked, trips) => {
+                if asked.swap(false, Ordering::SeqCst) {
+                    trips.count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

@@ -812,3 +812,83 @@ async fn health_checker_logs_each_transition_once() {
         "health checker: noticed redis down {noticed:?} after it stopped and back {back:?} after it restarted, one log line each"
     ));
 }
+
+/// `get_many` of 100 keys takes one round trip to PostgreSQL (`= ANY($1)`;
+/// the proxy also sees sqlx's ping of the connection on its way back to the
+/// pool, which the caller does not wait for), MongoDB (`$in`, one batch)
+/// and Redis (one pipeline), counted by the proxy after a warm-up call
+/// (which prepares statements). ScyllaDB reads
+/// each partition with its own request, in parallel (its advice for key
+/// lookups, instead of a multi-partition `IN`): that is asserted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_round_trips() {
+    let notes: Vec<Note> = (0..100)
+        .map(|id| Note {
+            id,
+            body: "fake".into(),
+        })
+        .collect();
+    let keys: Vec<i64> = (0..100).collect();
+    let mut lines = Vec::new();
+    for store in ["postgres", "mongo", "redis", "scylla"] {
+        let ns = unique_prefix("trips");
+        let proxy = match store {
+            "postgres" => FaultProxy::start(upstream(&postgres_url())).await,
+            "mongo" => FaultProxy::start(upstream(&dl_tests::live::mongo_url())).await,
+            "redis" => FaultProxy::start(upstream(&redis_url())).await,
+            _ => FaultProxy::start(scylla_node()).await,
+        };
+        let backend = match store {
+            // One connection, so the warm-up prepared the statement on it.
+            "postgres" => {
+                migrated(dl_tests::schema::postgres(&postgres_url(), &ns).await).await;
+                let mut pool = test_pool(1);
+                pool.request_timeout = DEADLINE;
+                let pool =
+                    dl_connections::postgres::connect_lazy(&via(&postgres_url(), &proxy), &pool)
+                        .expect("pool");
+                Arc::new(PostgresBackend::new(pool, &ns).expect("backend")) as Arc<dyn Backend>
+            }
+            "mongo" => mongo_through(&proxy, &ns).await,
+            "redis" => redis_through(&proxy, &ns).await,
+            _ => scylla_through(&proxy, &ns).await,
+        };
+        let repo = Repo::<Note>::open(backend).await.expect("open");
+        repo.insert_many(&notes).await.expect("insert_many");
+        assert_eq!(repo.get_many(&keys).await.expect("warm-up").len(), 100);
+        // Quiet before and after: sqlx pings a connection as it goes back
+        // to the pool (off the caller's path); let those land in the window
+        // of the call they belong to.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.reset_round_trips();
+        assert_eq!(repo.get_many(&keys).await.expect("get_many").len(), 100);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let trips = proxy.round_trips();
+        let expected = match store {
+            // Parallel reads, one per key.
+            "scylla" => None,
+            // The query, and sqlx's ping as the connection goes back to the
+            // pool (which the caller does not wait for).
+            "postgres" => Some(2),
+            _ => Some(1),
+        };
+        match expected {
+            None => assert!(trips > 1, "scylla: {trips} round trips"),
+            Some(n) => assert_eq!(
+                trips, n,
+                "{store}: get_many of 100 took {trips} round trips"
+            ),
+        }
+        lines.push(format!("{store} {trips}"));
+        drop(proxy);
+        match store {
+            "postgres" => drop_schema(&ns).await,
+            "mongo" => drop_mongo(&ns).await,
+            _ => {}
+        }
+    }
+    say(&format!(
+        "round trips of get_many(100): {} (scylla: one request per key, in parallel)",
+        lines.join(", ")
+    ));
+}
