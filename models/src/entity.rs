@@ -143,18 +143,15 @@ pub fn decode<T: Entity>(record: &Record) -> Result<T, CodecError> {
             ),
         ));
     }
-    let mut map = serde_json::Map::with_capacity(schema.fields.len());
-    for (field, value) in schema.fields.iter().zip(&record.0) {
-        map.insert(field.name.to_owned(), value.to_json());
-    }
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+    let mut de = crate::record_de::RecordDe {
+        schema,
+        record,
+        at: None,
+    };
+    T::deserialize(&mut de).map_err(|_| {
         codec_err(
-            None,
-            format!(
-                "stored data does not fit {}: {}",
-                schema.rust_name,
-                e.classify_name()
-            ),
+            de.at,
+            format!("stored data does not fit {}", schema.rust_name),
         )
     })
 }

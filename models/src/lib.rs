@@ -52,6 +52,7 @@ extern crate self as dl_models;
 
 pub mod domain;
 mod entity;
+mod record_de;
 pub mod schema;
 pub mod value;
 
