@@ -86,21 +86,23 @@ fn codec_err(field: Option<&'static str>, reason: impl Into<String>) -> CodecErr
 /// integer beyond `i64`, or a serialized field the schema does not know.
 pub fn encode<T: Entity>(entity: &T) -> Result<Record, CodecError> {
     let schema = T::schema();
-    let json = serde_json::to_value(entity)
-        .map_err(|e| codec_err(None, format!("serialization failed: {}", e.classify_name())))?;
-    let serde_json::Value::Object(mut map) = json else {
-        return Err(codec_err(None, "the entity did not serialize to a map"));
-    };
-    let mut values = Vec::with_capacity(schema.fields.len());
-    for field in schema.fields {
-        let raw = map.remove(field.name).unwrap_or(serde_json::Value::Null);
-        let found = json_kind(&raw);
-        let value = Value::from_json(field.ty, raw).ok_or_else(|| {
-            codec_err(
-                Some(field.name),
-                format!("expected {}, serde produced {found}", field.ty),
-            )
+    let (fields, unknown) = entity
+        .serialize(crate::record_ser::RecordSer { schema })
+        .map_err(|e| match e {
+            crate::record_ser::SerError::Field(field, ty, found) => codec_err(
+                Some(field),
+                format!("expected {ty}, serde produced {found}"),
+            ),
+            crate::record_ser::SerError::NotAStruct => {
+                codec_err(None, "the entity did not serialize to a map")
+            }
+            crate::record_ser::SerError::Kind(_) | crate::record_ser::SerError::Custom => {
+                codec_err(None, "serialization failed")
+            }
         })?;
+    let mut values = Vec::with_capacity(schema.fields.len());
+    for (field, value) in schema.fields.iter().zip(fields) {
+        let value = value.unwrap_or(Value::Null);
         if value.is_null() && !field.nullable {
             return Err(codec_err(
                 Some(field.name),
@@ -112,12 +114,11 @@ pub fn encode<T: Entity>(entity: &T) -> Result<Record, CodecError> {
         }
         values.push(value);
     }
-    if let Some(extra) = map.keys().next() {
+    if let Some(name) = unknown {
         return Err(codec_err(
             None,
             format!(
-                "serde produced a field `{}` that the schema of {} does not have",
-                crate::truncate_name(extra),
+                "serde produced a field `{name}` that the schema of {} does not have",
                 schema.rust_name
             ),
         ));
@@ -154,32 +155,4 @@ pub fn decode<T: Entity>(record: &Record) -> Result<T, CodecError> {
             format!("stored data does not fit {}", schema.rust_name),
         )
     })
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "bool",
-        serde_json::Value::Number(_) => "number",
-        serde_json::Value::String(_) => "string",
-        serde_json::Value::Array(_) => "array",
-        serde_json::Value::Object(_) => "map",
-    }
-}
-
-/// serde_json's error messages can quote the offending input, which may be
-/// PHI; we only say which class of error it was.
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "i/o error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "a value of the wrong type or form",
-            serde_json::error::Category::Eof => "unexpected end of input",
-        }
-    }
 }

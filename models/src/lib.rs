@@ -53,6 +53,7 @@ extern crate self as dl_models;
 pub mod domain;
 mod entity;
 mod record_de;
+mod record_ser;
 pub mod schema;
 pub mod value;
 
