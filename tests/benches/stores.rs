@@ -456,6 +456,17 @@ return out";
                 update: redis::Script::new(UPDATE),
             }
         }
+        /// Loads the scripts (a pipeline sends them by SHA only).
+        pub(crate) async fn load(&self) {
+            for body in [INSERT, UPDATE] {
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(body)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .expect("script load");
+            }
+        }
         fn key(&self, id: Uuid) -> String {
             format!("{}:a:{}", self.prefix, id.hyphenated())
         }
@@ -508,14 +519,18 @@ return out";
             Self::decode(raw)
         }
         async fn list(&self, status: &str) -> Vec<Appointment> {
-            // The status set's members in key order, first page, then MGET.
-            let mut keys: Vec<String> = redis::cmd("SMEMBERS")
+            // The status index (a lexically sorted set): the first page of
+            // keys in key order, then MGET.
+            let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
                 .arg(format!("{}:status:{status}", self.prefix))
+                .arg("-")
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(PAGE)
                 .query_async(&mut self.conn.clone())
                 .await
-                .expect("smembers");
-            keys.sort_unstable();
-            keys.truncate(PAGE);
+                .expect("zrangebylex");
             if keys.is_empty() {
                 return Vec::new();
             }
@@ -830,9 +845,11 @@ async fn redis() -> Pair {
     let ns = dl_tests::live::unique_prefix("bench");
     let raw = dl_connections::redis::connect_lazy(&url, &pool(1)).expect("redis");
     let fw = dl_connections::redis::connect_lazy(&url, &pool(1)).expect("redis");
+    let raw = redis_raw::Redis::new(raw, format!("{ns}_raw"));
+    raw.load().await;
     Pair {
         store: "redis",
-        raw: Box::new(redis_raw::Redis::new(raw, format!("{ns}_raw"))),
+        raw: Box::new(raw),
         framework: framework(Arc::new(
             dl_repositories::backends::redis::RedisBackend::new(
                 fw,
