@@ -334,6 +334,39 @@ pub fn scylla_settings() -> dl_connections::ScyllaSettings {
     settings.scylla.expect("SCYLLA_URI is set")
 }
 
+/// Settings that reach every store of the test stack, each in namespace
+/// `ns` (PostgreSQL schema, MongoDB database, Redis key prefix, Scylla
+/// keyspace), as a service's settings would.
+///
+/// # Panics
+/// When the stack's URLs do not make valid settings.
+#[must_use]
+pub fn all_stores_settings(ns: &str) -> Settings {
+    let mongo = mongo_url().expose().replacen("/?", &format!("/{ns}?"), 1);
+    let scylla = scylla_settings();
+    Settings::load(
+        &Sources::isolated()
+            .var("DATABASE_URL", postgres_url().expose())
+            .var("DL_POSTGRES__SCHEMA", ns)
+            .var("MONGODB_URI", &mongo)
+            .var("REDIS_URL", redis_url().expose())
+            .var("DL_REDIS__KEY_PREFIX", ns)
+            .var("SCYLLA_URI", &scylla.nodes.join(","))
+            .var("DL_SCYLLA__KEYSPACE", ns)
+            .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
+            .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
+            .var(
+                "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
+                if scylla.lightweight_transactions {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
+    )
+    .expect("settings for every store")
+}
+
 /// Scylla keyspaces made for one test.
 #[derive(Debug, Clone)]
 pub struct ScyllaNamespaces {

@@ -4,8 +4,8 @@
 #![cfg(feature = "integration")]
 
 use data_layer::models::domain::{Appointment, Patient};
-use data_layer::{DataLayer, Error, Settings, Sources, Store};
-use dl_tests::live::{mongo_url, postgres_url, redis_url, scylla_settings, unique_prefix};
+use data_layer::{DataLayer, Error, Store};
+use dl_tests::live::{postgres_url, unique_prefix};
 
 fn appointment() -> Appointment {
     Appointment {
@@ -24,29 +24,7 @@ fn appointment() -> Appointment {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_data_layer_reaches_every_store() {
     let ns = unique_prefix("facade");
-    let mongo = mongo_url().expose().replacen("/?", &format!("/{ns}?"), 1);
-    let scylla = scylla_settings();
-    let settings = Settings::load(
-        &Sources::isolated()
-            .var("DATABASE_URL", postgres_url().expose())
-            .var("DL_POSTGRES__SCHEMA", &ns)
-            .var("MONGODB_URI", &mongo)
-            .var("REDIS_URL", redis_url().expose())
-            .var("DL_REDIS__KEY_PREFIX", &ns)
-            .var("SCYLLA_URI", &scylla.nodes.join(","))
-            .var("DL_SCYLLA__KEYSPACE", &ns)
-            .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
-            .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
-            .var(
-                "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
-                if scylla.lightweight_transactions {
-                    "true"
-                } else {
-                    "false"
-                },
-            ),
-    )
-    .expect("settings");
+    let settings = dl_tests::live::all_stores_settings(&ns);
     let runs = data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts())
         .await
         .unwrap_or_else(|e| panic!("{e}"));

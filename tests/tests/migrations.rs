@@ -366,33 +366,9 @@ async fn scylla_runner() {
 async fn the_projects_scripts_on_every_live_store() {
     use data_layer::migrate::{self, Action};
     use data_layer::models::domain::Appointment;
-    use data_layer::{DataLayer, Settings, Sources, Store};
+    use data_layer::{DataLayer, Store};
     let ns = dl_tests::live::unique_prefix("migall");
-    let mongo = dl_tests::live::mongo_url()
-        .expose()
-        .replacen("/?", &format!("/{ns}?"), 1);
-    let scylla = dl_tests::live::scylla_settings();
-    let settings = Settings::load(
-        &Sources::isolated()
-            .var("DATABASE_URL", dl_tests::live::postgres_url().expose())
-            .var("DL_POSTGRES__SCHEMA", &ns)
-            .var("MONGODB_URI", &mongo)
-            .var("REDIS_URL", dl_tests::live::redis_url().expose())
-            .var("DL_REDIS__KEY_PREFIX", &ns)
-            .var("SCYLLA_URI", &scylla.nodes.join(","))
-            .var("DL_SCYLLA__KEYSPACE", &ns)
-            .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
-            .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
-            .var(
-                "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
-                if scylla.lightweight_transactions {
-                    "true"
-                } else {
-                    "false"
-                },
-            ),
-    )
-    .expect("settings");
+    let settings = dl_tests::live::all_stores_settings(&ns);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
     let dir = migrate::load(&dir).expect("the project's scripts load");
     let stores = migrate::stores("all").expect("all");
