@@ -161,6 +161,16 @@ impl RedisNamespaces {
         }
     }
 
+    /// A fresh key prefix under this maker's (removed by `drop_all`).
+    #[must_use]
+    pub fn namespace(&self) -> String {
+        format!(
+            "{}_{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     /// A factory: each call opens a connection and a backend under a fresh prefix.
     #[must_use]
     pub fn factory(&self) -> Factory {
@@ -168,7 +178,7 @@ impl RedisNamespaces {
         Arc::new(move || {
             let me = me.clone();
             Box::pin(async move {
-                let ns = format!("{}_{}", me.prefix, me.next.fetch_add(1, Ordering::Relaxed));
+                let ns = me.namespace();
                 let pool = test_pool(1);
                 let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool)
                     .expect("redis options");

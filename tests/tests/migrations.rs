@@ -389,7 +389,7 @@ async fn the_projects_scripts_on_every_live_store() {
     }
     let names: Vec<&str> = runs.iter().map(|r| r.store.name()).collect();
     assert_eq!(names, vec!["postgres", "mongo", "scylla", "redis"]);
-    for store in ["postgres", "mongo", "scylla"] {
+    for store in ["postgres", "mongo", "scylla", "redis"] {
         assert!(lines.contains(&format!("{store} 1 ok")), "{lines:?}");
     }
     let again = migrate::run(&settings, &dir, &stores, Action::Up, &o, &mut |_| {}).await;

@@ -6,7 +6,10 @@
 //!   unique claims the record owns, so a write can move them atomically);
 //! - `:k` — a sorted set of every key in an order-preserving encoding, read
 //!   with `ZRANGEBYLEX` for listing in key order and for cursors;
-//! - `:i:<field>:<value>` — a set of keys per value of an `#[indexed]` field;
+//! - `:i:<field>:<value>` — the keys with that value of an `#[indexed]`
+//!   field, a sorted set in the same order-preserving encoding as `:k`, so
+//!   a filter on one indexed field reads its keys in order, a page at a
+//!   time (`ZRANGEBYLEX ... LIMIT`);
 //! - `:u:<field>` — a hash of value → key per `#[indexed(unique)]` field.
 //!
 //! Every write is one Lua script that checks (revision, duplicates, unique
@@ -50,13 +53,13 @@ for _, c in ipairs(claims) do
 end
 if cur_rev then
   for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do
-    redis.call('SREM', k, ARGV[7])
+    redis.call('ZREM', k, ARGV[7])
   end
   for _, c in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'u'))) do
     if redis.call('HGET', c[1], c[2]) == ARGV[7] then redis.call('HDEL', c[1], c[2]) end
   end
 end
-for _, k in ipairs(cjson.decode(ARGV[5])) do redis.call('SADD', k, ARGV[7]) end
+for _, k in ipairs(cjson.decode(ARGV[5])) do redis.call('ZADD', k, 0, ARGV[7]) end
 for _, c in ipairs(claims) do redis.call('HSET', c[1], c[2], ARGV[7]) end
 local rev = (tonumber(cur_rev) or 0) + 1
 redis.call('HSET', KEYS[1], 'd', ARGV[4], 'rev', rev, 'ix', ARGV[5], 'u', ARGV[6])
@@ -80,7 +83,7 @@ for _, it in ipairs(items) do
 end
 for _, it in ipairs(items) do
   local rk = ARGV[1] .. it[1]
-  for _, k in ipairs(cjson.decode(it[3])) do redis.call('SADD', k, it[1]) end
+  for _, k in ipairs(cjson.decode(it[3])) do redis.call('ZADD', k, 0, it[1]) end
   for _, c in ipairs(cjson.decode(it[4])) do redis.call('HSET', c[1], c[2], it[1]) end
   redis.call('HSET', rk, 'd', it[2], 'rev', 1, 'ix', it[3], 'u', it[4])
   if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', rk, ARGV[2]) end
@@ -94,7 +97,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
-for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do redis.call('SREM', k, ARGV[1]) end
+for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do redis.call('ZREM', k, ARGV[1]) end
 for _, c in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'u'))) do
   if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
 end
@@ -354,6 +357,28 @@ impl RedisBackend {
         })
     }
 
+    /// The index a condition can be walked by, in key order: an `eq` on an
+    /// indexed field that every match satisfies (the whole condition, or a
+    /// term of a top-level `and`). The rest of the condition is checked on
+    /// each record read.
+    fn driving_index(&self, schema: &EntitySchema, cond: &Cond) -> Option<String> {
+        let eq = |c: &Cond| match c {
+            Cond::Cmp(i, CmpOp::Eq, v)
+                if *i != schema.key
+                    && schema.fields[*i].indexed
+                    && schema.fields[*i].ty != FieldType::Json
+                    && !v.is_null() =>
+            {
+                Some(self.index_key(schema, schema.fields[*i].name, v))
+            }
+            _ => None,
+        };
+        match cond {
+            Cond::And(cs) => cs.iter().find_map(eq),
+            c => eq(c),
+        }
+    }
+
     /// The keys a condition narrows to, from the index sets; `None` when it
     /// does not narrow (the whole key order is read and filtered).
     async fn candidates(
@@ -368,7 +393,7 @@ impl RedisBackend {
         if !sets.is_empty() {
             let mut pipe = redis::pipe();
             for s in &sets {
-                pipe.cmd("SMEMBERS").arg(s);
+                pipe.cmd("ZRANGE").arg(s).arg(0).arg(-1);
             }
             let mut conn = self.conn.clone();
             let members: Vec<Vec<String>> = pipe
@@ -475,37 +500,24 @@ fn value_token(v: &Value) -> String {
 }
 
 fn encode_record(schema: &EntitySchema, record: &Record) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = schema
-        .fields
-        .iter()
-        .zip(&record.0)
-        .map(|(f, v)| (f.name.to_owned(), v.to_json()))
-        .collect();
-    serde_json::Value::Object(map).to_string()
+    super::redis_json::encode(schema, record)
 }
 
 fn decode_record(schema: &'static EntitySchema, op: Operation, d: &str) -> Result<Record> {
-    let bad = |why: String| Error::Backend {
+    use super::redis_json::Unreadable;
+    super::redis_json::decode(schema, d).map_err(|why| Error::Backend {
         store: Store::Redis,
         operation: op,
-        message: why,
+        message: match why {
+            Unreadable::NotAnObject => "a stored record is not a JSON object".into(),
+            Unreadable::Field(i) => {
+                let f = &schema.fields[i];
+                format!("stored field `{}` is not {}", f.name, f.ty)
+            }
+        },
         retryable: false,
         source: None,
-    };
-    let serde_json::Value::Object(mut map) =
-        serde_json::from_str(d).map_err(|_| bad("a stored record is not JSON".into()))?
-    else {
-        return Err(bad("a stored record is not a JSON object".into()));
-    };
-    let mut values = Vec::with_capacity(schema.fields.len());
-    for f in schema.fields {
-        let j = map.remove(f.name).unwrap_or(serde_json::Value::Null);
-        values.push(
-            Value::from_json(f.ty, j)
-                .ok_or_else(|| bad(format!("stored field `{}` is not {}", f.name, f.ty)))?,
-        );
-    }
-    Ok(Record(values))
+    })
 }
 
 fn protocol(op: Operation, why: &str) -> Error {
@@ -654,11 +666,15 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
-        Ok(self
-            .read_many(schema, Operation::Get, &[key_token(key)])
-            .await?
-            .pop()
-            .flatten())
+        let op = Operation::Get;
+        let mut conn = self.conn.clone();
+        let d: Option<String> = redis::cmd("HGET")
+            .arg(self.record_key(schema, &key_token(key)))
+            .arg("d")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        d.map(|d| decode_record(schema, op, &d)).transpose()
     }
 
     async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
@@ -749,7 +765,14 @@ impl Backend for RedisBackend {
         let bound = key_bound(schema, &request.cond).map(|(_, v)| key_token(&v));
         let chunk = request.limit.clamp(16, 512);
         let mut out = Vec::with_capacity(request.limit);
-        match self.candidates(schema, op, &request.cond).await? {
+        // An `eq` on an indexed field is walked in key order a page at a
+        // time; other filters gather their candidate keys first.
+        let driving = self.driving_index(schema, &request.cond);
+        let candidates = match driving {
+            Some(_) => None,
+            None => self.candidates(schema, op, &request.cond).await?,
+        };
+        match candidates {
             Some(set) => {
                 let ordered: Vec<String> = if desc {
                     set.into_iter()
@@ -778,6 +801,7 @@ impl Backend for RedisBackend {
                 }
             }
             None => {
+                let walked = driving.unwrap_or_else(|| self.keys_key(schema));
                 let mut from = bound;
                 loop {
                     let mut conn = self.conn.clone();
@@ -787,14 +811,14 @@ impl Backend for RedisBackend {
                             .as_ref()
                             .map_or_else(|| "+".to_owned(), |b| format!("({b}"));
                         let mut c = redis::cmd("ZREVRANGEBYLEX");
-                        c.arg(self.keys_key(schema)).arg(max).arg("-");
+                        c.arg(&walked).arg(max).arg("-");
                         c
                     } else {
                         let min = from
                             .as_ref()
                             .map_or_else(|| "-".to_owned(), |b| format!("({b}"));
                         let mut c = redis::cmd("ZRANGEBYLEX");
-                        c.arg(self.keys_key(schema)).arg(min).arg("+");
+                        c.arg(&walked).arg(min).arg("+");
                         c
                     };
                     cmd.arg("LIMIT").arg(0).arg(count);
