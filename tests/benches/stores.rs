@@ -11,9 +11,15 @@
 //!
 //! ```sh
 //! scripts/stack.sh up && set -a && . ./.env.test && set +a
-//! cargo bench -p dl-tests --bench stores          # criterion groups <store>_<op>
+//! DL_BENCH_MODE=paired cargo bench -p dl-tests --bench stores   # the ratios
 //! cargo run -p dl-tests --release --bin bench-report   # the table, into docs/benchmarks.md
+//! cargo bench -p dl-tests --bench stores          # criterion groups <store>_<op>
 //! ```
+//!
+//! The table's ratios come from the interleaved run (`DL_BENCH_MODE=paired`,
+//! module `paired`): raw and framework blocks alternate, so drift of the
+//! server between the two sides cancels out. The criterion groups measure
+//! each side on its own, with criterion's statistics and history.
 //!
 //! A store that does not answer fails the run (never skipped).
 //! `DL_BENCH_STORES=sqlite,postgres` limits the stores;
@@ -26,15 +32,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone as _, Utc};
-use criterion::{
-    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
-};
+use criterion::{BenchmarkGroup, Criterion, criterion_group, measurement::WallTime};
 use data_layer::migrate::{Options, StoreKind, domain_scripts};
 use data_layer::models::domain::Appointment;
 use dl_migrations::Target;
 use dl_repositories::guard::{BreakerSettings, Guarded, RetrySettings};
 use dl_repositories::{Backend, Filter, Patch, Query, Repo, Repository};
 use uuid::Uuid;
+
+#[path = "stores/paired.rs"]
+mod paired;
 
 /// Entities seeded on each side before timing.
 const SEED: usize = 1_000;
@@ -916,41 +923,132 @@ fn wanted(store: &str) -> bool {
     std::env::var("DL_BENCH_STORES").map_or(true, |v| v.split(',').any(|s| s.trim() == store))
 }
 
-fn stores(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
-    type Make = fn() -> futures::future::BoxFuture<'static, Pair>;
-    let makers: [(&str, Make); 5] = [
+        .expect("runtime")
+}
+
+type Make = fn() -> futures::future::BoxFuture<'static, Pair>;
+
+/// The stores to run (`DL_BENCH_STORES`), each as the maker of its pair.
+fn makers() -> Vec<Make> {
+    let all: [(&str, Make); 5] = [
         ("sqlite", || Box::pin(sqlite())),
         ("postgres", || Box::pin(postgres())),
         ("mongo", || Box::pin(mongo())),
         ("redis", || Box::pin(redis())),
         ("scylla", || Box::pin(scylla())),
     ];
-    for (name, make) in makers {
-        if !wanted(name) {
-            continue;
-        }
+    all.into_iter()
+        .filter(|(name, _)| wanted(name))
+        .map(|(_, make)| make)
+        .collect()
+}
+
+fn stores(c: &mut Criterion) {
+    let rt = runtime();
+    for make in makers() {
         let pair = rt.block_on(make());
         bench_store(c, &rt, &pair);
     }
 }
 
-fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, p: &Pair) {
-    // Seed both sides alike.
-    let seeded: Vec<Appointment> = (0..SEED).map(appointment).collect();
-    let raw_ids: Vec<Uuid> = rt.block_on(async {
-        let mine: Vec<Appointment> = (0..SEED).map(appointment).collect();
-        p.raw.insert_many(&mine).await;
-        mine.iter().map(|a| a.id).collect()
-    });
+/// The interleaved run of every operation of one store (see `paired`).
+fn paired_store(rt: &tokio::runtime::Runtime, p: &Pair) {
+    let (raw_ids, fw_ids) = seed(rt, p);
+    let next = AtomicUsize::new(0);
+    let pick = |ids: &[Uuid]| ids[next.fetch_add(7, Ordering::Relaxed) % ids.len()];
+    let start = AtomicUsize::new(0);
+    let window = |ids: &[Uuid]| -> Vec<Uuid> {
+        let s = start.fetch_add(MANY_KEYS, Ordering::Relaxed) % (ids.len() - MANY_KEYS);
+        ids[s..s + MANY_KEYS].to_vec()
+    };
+    let store = p.store;
+    let (raw, fw) = (&p.raw, &p.framework);
     rt.block_on(async {
-        p.framework.insert_many(&seeded).await.expect("seed");
+        let m = paired::measure(
+            || pick(&raw_ids),
+            async |id: Uuid| assert!(raw.get(id).await.is_some()),
+            || pick(&fw_ids),
+            async |id: Uuid| assert!(fw.get(&id).await.expect("get").is_some()),
+        )
+        .await;
+        paired::save(store, "get", &m);
+
+        let m = paired::measure(
+            || appointment(1),
+            async |a: Appointment| raw.insert(&a).await,
+            || appointment(1),
+            async |a: Appointment| fw.insert(&a).await.expect("insert"),
+        )
+        .await;
+        paired::save(store, "insert", &m);
+
+        let patch = Patch::new().set("duration_minutes", 45);
+        let m = paired::measure(
+            || pick(&raw_ids),
+            async |id: Uuid| assert!(raw.update(id, 45).await.is_some()),
+            || pick(&fw_ids),
+            async |id: Uuid| assert!(fw.update(&id, &patch).await.expect("update").is_some()),
+        )
+        .await;
+        paired::save(store, "update", &m);
+
+        if p.filters {
+            let query = Query::new()
+                .filter(Filter::eq("status", "scheduled"))
+                .limit(100);
+            let m = paired::measure(
+                || (),
+                async |()| assert_eq!(raw.list("scheduled").await.len(), PAGE),
+                || (),
+                async |()| assert_eq!(fw.list(&query).await.expect("list").items.len(), PAGE),
+            )
+            .await;
+            paired::save(store, "list", &m);
+        }
+
+        let m = paired::measure(
+            batch,
+            async |all: Vec<Appointment>| raw.insert_many(&all).await,
+            batch,
+            async |all: Vec<Appointment>| fw.insert_many(&all).await.expect("insert_many"),
+        )
+        .await;
+        paired::save(store, "insert_many", &m);
+
+        let m = paired::measure(
+            || window(&raw_ids),
+            async |keys: Vec<Uuid>| assert_eq!(raw.get_many(&keys).await.len(), MANY_KEYS),
+            || window(&fw_ids),
+            async |keys: Vec<Uuid>| {
+                assert_eq!(fw.get_many(&keys).await.expect("get_many").len(), MANY_KEYS)
+            },
+        )
+        .await;
+        paired::save(store, "get_many", &m);
     });
-    let fw_ids: Vec<Uuid> = seeded.iter().map(|a| a.id).collect();
+}
+
+/// Seeds both sides alike; their keys (raw, framework).
+fn seed(rt: &tokio::runtime::Runtime, p: &Pair) -> (Vec<Uuid>, Vec<Uuid>) {
+    rt.block_on(async {
+        let raw: Vec<Appointment> = (0..SEED).map(appointment).collect();
+        p.raw.insert_many(&raw).await;
+        let fw: Vec<Appointment> = (0..SEED).map(appointment).collect();
+        p.framework.insert_many(&fw).await.expect("seed");
+        (
+            raw.iter().map(|a| a.id).collect(),
+            fw.iter().map(|a| a.id).collect(),
+        )
+    })
+}
+
+fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, p: &Pair) {
+    let (raw_ids, fw_ids) = seed(rt, p);
     let next = AtomicUsize::new(0);
     let pick = |ids: &[Uuid]| ids[next.fetch_add(7, Ordering::Relaxed) % ids.len()];
     let store = p.store;
@@ -1079,4 +1177,16 @@ fn group<'c>(c: &'c mut Criterion, store: &str, op: &str) -> BenchmarkGroup<'c, 
 }
 
 criterion_group!(benches, stores);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var("DL_BENCH_MODE").as_deref() == Ok("paired") {
+        let rt = runtime();
+        for make in makers() {
+            let pair = rt.block_on(make());
+            paired_store(&rt, &pair);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -125,6 +125,16 @@ async fn index_sets_from_before_sorted_indexes_are_migrated() {
         .await
         .expect("smembers");
     assert_eq!(members.len(), 3);
+    // The backend of this version names the cause and the command.
+    let query = Query::new()
+        .filter(Filter::eq("status", "scheduled"))
+        .limit(10);
+    match repo.list(&query).await {
+        Err(data_layer::Error::SchemaNotReady { reason, .. }) => {
+            assert!(reason.contains("migrate up --store redis"), "{reason}");
+        }
+        other => panic!("expected SchemaNotReady, got {other:?}"),
+    }
 
     // Up again: converted, members kept, the filter reads them in key order.
     migrate_to(Action::Up, None).await;

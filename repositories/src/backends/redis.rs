@@ -192,7 +192,18 @@ impl RedisBackend {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    fn err(&self, _schema: &'static EntitySchema, op: Operation, e: redis::RedisError) -> Error {
+    fn err(&self, schema: &'static EntitySchema, op: Operation, e: redis::RedisError) -> Error {
+        // A key of the entity holds another type than this layout's: data
+        // written by an older layout that its migration has not converted.
+        let wrong_type =
+            e.code() == Some("WRONGTYPE") || e.detail().is_some_and(|d| d.contains("WRONGTYPE"));
+        if wrong_type {
+            return Error::SchemaNotReady {
+                store: Store::Redis,
+                entity: schema.name,
+                reason: "a key of this entity holds an older layout (index entries as plain sets); run `data-layer migrate up --store redis`".into(),
+            };
+        }
         map_redis_error(op, self.timeout, e)
     }
 

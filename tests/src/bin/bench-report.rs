@@ -1,10 +1,11 @@
 //! Prints the table of the `stores` benchmark (store × operation: raw
-//! driver p50, framework p50, ratio) from criterion's results, and writes it
-//! to `docs/benchmarks.md` with the machine it ran on.
+//! driver p50, framework p50, ratio) from its interleaved run (or, for an
+//! operation without one, criterion's results), and writes it to
+//! `docs/benchmarks.md` with the machine it ran on.
 //!
 //! ```sh
-//! cargo bench -p dl-tests --bench stores
-//! cargo run -p dl-tests --bin bench-report [-- --criterion DIR --out FILE]
+//! DL_BENCH_MODE=paired cargo bench -p dl-tests --bench stores
+//! cargo run -p dl-tests --bin bench-report [-- --paired DIR --criterion DIR --out FILE]
 //! ```
 
 use std::fmt::Write as _;
@@ -20,8 +21,8 @@ const OPS: [(&str, &str); 6] = [
     ("get_many", "get_many of 100"),
 ];
 
-/// The median of one benchmark, in nanoseconds (criterion's estimate of
-/// the per-iteration time's median over its samples).
+/// The median of one criterion benchmark, in nanoseconds (criterion's
+/// estimate of the per-iteration time's median over its samples).
 fn median_ns(root: &Path, group: &str, side: &str) -> Option<f64> {
     let path = root
         .join(group)
@@ -31,6 +32,39 @@ fn median_ns(root: &Path, group: &str, side: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("median")?.get("point_estimate")?.as_f64()
+}
+
+/// One operation's numbers.
+struct Row {
+    raw: f64,
+    framework: f64,
+    ratio: f64,
+    /// The per-round ratios' quartiles (interleaved run only).
+    spread: Option<(f64, f64)>,
+}
+
+/// The interleaved run's result for a group, else criterion's medians.
+fn row(paired: &Path, criterion: &Path, group: &str) -> Option<Row> {
+    if let Some(v) = std::fs::read_to_string(paired.join(format!("{group}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    {
+        let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        return Some(Row {
+            raw: f("raw_ns")?,
+            framework: f("framework_ns")?,
+            ratio: f("ratio")?,
+            spread: Some((f("ratio_p25")?, f("ratio_p75")?)),
+        });
+    }
+    let raw = median_ns(criterion, group, "raw")?;
+    let framework = median_ns(criterion, group, "framework")?;
+    Some(Row {
+        raw,
+        framework,
+        ratio: framework / raw,
+        spread: None,
+    })
 }
 
 fn human(ns: f64) -> String {
@@ -81,24 +115,26 @@ fn machine() -> String {
 
 fn main() -> std::process::ExitCode {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut root = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| manifest.join("../target"), PathBuf::from)
-        .join("criterion");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest.join("../target"), PathBuf::from);
+    let mut root = target.join("criterion");
+    let mut paired = target.join("bench-paired");
     let mut out = manifest.join("../docs/benchmarks.md");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--criterion", Some(v)) => root = PathBuf::from(v),
+            ("--paired", Some(v)) => paired = PathBuf::from(v),
             ("--out", Some(v)) => out = PathBuf::from(v),
             _ => {
-                eprintln!("usage: bench-report [--criterion DIR] [--out FILE]");
+                eprintln!("usage: bench-report [--paired DIR] [--criterion DIR] [--out FILE]");
                 return std::process::ExitCode::from(2);
             }
         }
     }
 
     let mut table = String::from(
-        "| store | operation | raw driver p50 | framework p50 | ratio |\n| --- | --- | ---: | ---: | ---: |\n",
+        "| store | operation | raw driver p50 | framework p50 | ratio | ratio p25–p75 |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
     );
     let mut batches = String::from(
         "| store | 1,000 single inserts (framework) | one insert_many of 1,000 | speed-up |\n| --- | ---: | ---: | ---: |\n",
@@ -110,37 +146,37 @@ fn main() -> std::process::ExitCode {
     for store in STORES {
         for (op, label) in OPS {
             let group = format!("{store}_{op}");
-            match (
-                median_ns(&root, &group, "raw"),
-                median_ns(&root, &group, "framework"),
-            ) {
-                (Some(raw), Some(fw)) => {
+            match row(&paired, &root, &group) {
+                Some(r) => {
                     found += 1;
-                    if matches!(op, "get" | "insert" | "update") && fw / raw > 1.10 {
-                        missed.push(format!("{store} {label}: {:.2} (target ≤ 1.10)", fw / raw));
+                    if matches!(op, "get" | "insert" | "update") && r.ratio > 1.10 {
+                        missed.push(format!("{store} {label}: {:.2} (target ≤ 1.10)", r.ratio));
                     }
+                    let spread = r
+                        .spread
+                        .map_or_else(|| "criterion".to_owned(), |(a, b)| format!("{a:.2}–{b:.2}"));
                     let _ = writeln!(
                         table,
-                        "| {store} | {label} | {} | {} | {:.2} |",
-                        human(raw),
-                        human(fw),
-                        fw / raw
+                        "| {store} | {label} | {} | {} | {:.2} | {spread} |",
+                        human(r.raw),
+                        human(r.framework),
+                        r.ratio
                     );
                 }
                 _ if store == "scylla" && op == "list" => {
                     let _ = writeln!(
                         table,
-                        "| {store} | {label} | n/a | n/a | Unsupported: a filter on a non-key column needs an index the CQL test server cannot create |"
+                        "| {store} | {label} | n/a | n/a | n/a | Unsupported: a filter on a non-key column needs an index the CQL test server cannot create |"
                     );
                 }
                 _ => {
-                    let _ = writeln!(table, "| {store} | {label} | not run | not run | |");
+                    let _ = writeln!(table, "| {store} | {label} | not run | not run | | |");
                 }
             }
         }
         if let (Some(one), Some(many)) = (
-            median_ns(&root, &format!("{store}_insert"), "framework"),
-            median_ns(&root, &format!("{store}_insert_many"), "framework"),
+            row(&paired, &root, &format!("{store}_insert")).map(|r| r.framework),
+            row(&paired, &root, &format!("{store}_insert_many")).map(|r| r.framework),
         ) {
             let _ = writeln!(
                 batches,
@@ -159,7 +195,8 @@ fn main() -> std::process::ExitCode {
     }
     if found == 0 {
         eprintln!(
-            "no results under {}: run `cargo bench -p dl-tests --bench stores` first",
+            "no results under {} or {}: run `DL_BENCH_MODE=paired cargo bench -p dl-tests --bench stores` first",
+            paired.display(),
             root.display()
         );
         return std::process::ExitCode::FAILURE;
@@ -176,12 +213,17 @@ fn main() -> std::process::ExitCode {
     print!("{table}\n{batches}\n{targets}");
     let doc = format!(
         "# Benchmarks: the framework against the raw drivers\n\n\
-         Written by `cargo run -p dl-tests --bin bench-report` from the results of\n\
-         `cargo bench -p dl-tests --bench stores` (criterion; `tests/benches/stores.rs`).\n\
-         Each operation ran twice in the same run against the same server: through the\n\
-         raw driver, used as that driver is best used, and through\n\
-         `Repository<Appointment>` with the guard (breaker, retry, deadline) on. The p50\n\
-         is criterion's median of the per-iteration time. Ratio = framework / raw.\n\n\
+         Written by `cargo run -p dl-tests --bin bench-report` from the interleaved run\n\
+         of `tests/benches/stores.rs` (`DL_BENCH_MODE=paired`). Each operation ran\n\
+         both ways in the same run against the same server: through the raw driver,\n\
+         used as that driver is best used, and through `Repository<Appointment>` with\n\
+         the guard (breaker, retry, deadline) on. The two sides alternate in blocks of\n\
+         about 20 ms (31 rounds; 15 rounds of one call for the slow batches), which goes\n\
+         first alternating, so that drift of the shared machine falls on both. A p50 is\n\
+         the median over rounds of a side's per-iteration time; the ratio is the median\n\
+         of the per-round ratios framework / raw, with their quartiles beside it.\n\
+         Without an interleaved result for an operation, criterion's medians are used\n\
+         and the spread column says `criterion`.\n\n\
          ## Machine\n\n{}\
          - servers: the test stack of `scripts/stack.sh` on the same machine (PostgreSQL\n  \
          and Redis of the machine, SecantusDB `secantusd-rs` for MongoDB, the CQL test\n  \
@@ -194,8 +236,11 @@ fn main() -> std::process::ExitCode {
          PostgreSQL, MongoDB and Redis.\n\n{targets}\n\
          ## Reproduce\n\n\
          ```sh\nscripts/stack.sh up && set -a && . ./.env.test && set +a\n\
-         cargo bench -p dl-tests --bench stores\n\
+         DL_BENCH_MODE=paired cargo bench -p dl-tests --bench stores\n\
          cargo run -p dl-tests --bin bench-report\n```\n\n\
+         `cargo bench -p dl-tests --bench stores` (without the mode) runs the same\n\
+         operations as criterion groups `<store>_<op>` (functions `raw` and\n\
+         `framework`), one side after the other, with criterion's statistics.\n\
          `DL_BENCH_STORES=sqlite,postgres` limits the run to some stores.\n",
         machine()
     );
