@@ -68,12 +68,23 @@ redis.call('ZADD', KEYS[2], 0, ARGV[7])
 return {'ok', tostring(rev)}
 "#;
 
+/// All or nothing: every check first, then the writes. Calls into Redis
+/// are what a script pays for, so keys are checked with one `EXISTS` per
+/// 500 and index entries are added with one `ZADD` per index key (and per
+/// 500 members), not one per entity.
 const INSERT_MANY: &str = r#"
 local items = cjson.decode(ARGV[3])
+local n = #items
+for s = 1, n, 500 do
+  local ks = {}
+  for i = s, math.min(s + 499, n) do ks[#ks + 1] = ARGV[1] .. items[i][1] end
+  if redis.call('EXISTS', unpack(ks)) > 0 then return {'dup'} end
+end
+local claims = {}
 local claimed = {}
-for _, it in ipairs(items) do
-  if redis.call('EXISTS', ARGV[1] .. it[1]) == 1 then return {'dup'} end
-  for _, c in ipairs(cjson.decode(it[4])) do
+for i, it in ipairs(items) do
+  claims[i] = cjson.decode(it[4])
+  for _, c in ipairs(claims[i]) do
     local slot = c[1] .. '\0' .. c[2]
     if claimed[slot] then return {'unique', c[3]} end
     claimed[slot] = true
@@ -81,14 +92,29 @@ for _, it in ipairs(items) do
     if owner and redis.call('EXISTS', ARGV[1] .. owner) == 1 then return {'unique', c[3]} end
   end
 end
-for _, it in ipairs(items) do
+local groups, order = {}, {}
+local everyone = {}
+for i, it in ipairs(items) do
   local rk = ARGV[1] .. it[1]
-  for _, k in ipairs(cjson.decode(it[3])) do redis.call('ZADD', k, 0, it[1]) end
-  for _, c in ipairs(cjson.decode(it[4])) do redis.call('HSET', c[1], c[2], it[1]) end
+  for _, k in ipairs(cjson.decode(it[3])) do
+    local g = groups[k]
+    if not g then g = {}; groups[k] = g; order[#order + 1] = k end
+    g[#g + 1] = 0
+    g[#g + 1] = it[1]
+  end
+  for _, c in ipairs(claims[i]) do redis.call('HSET', c[1], c[2], it[1]) end
   redis.call('HSET', rk, 'd', it[2], 'rev', 1, 'ix', it[3], 'u', it[4])
   if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', rk, ARGV[2]) end
-  redis.call('ZADD', KEYS[1], 0, it[1])
+  everyone[#everyone + 1] = 0
+  everyone[#everyone + 1] = it[1]
 end
+local function zadd(key, args)
+  for s = 1, #args, 1000 do
+    redis.call('ZADD', key, unpack(args, s, math.min(s + 999, #args)))
+  end
+end
+for _, k in ipairs(order) do zadd(k, groups[k]) end
+zadd(KEYS[1], everyone)
 return {'ok'}
 "#;
 
