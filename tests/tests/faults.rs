@@ -892,3 +892,34 @@ async fn get_many_round_trips() {
         lines.join(", ")
     ));
 }
+
+/// An update by patch on Redis is one round trip (one script that splices
+/// the stored record), counted by the proxy after a warm-up call (which
+/// loads the script).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_update_by_patch_is_one_round_trip() {
+    let nss = dl_tests::live::RedisNamespaces::new("patchtrip").await;
+    let proxy = FaultProxy::start(upstream(&redis_url())).await;
+    let notes = Repo::<Note>::open(redis_through(&proxy, &nss.namespace()).await)
+        .await
+        .expect("open");
+    notes
+        .insert(&Note {
+            id: 1,
+            body: "fake".into(),
+        })
+        .await
+        .expect("insert");
+    let patch = |body: &str| dl_repositories::Patch::new().set("body", body);
+    notes.update(&1, &patch("warm-up")).await.expect("warm-up");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.reset_round_trips();
+    let after = notes.update(&1, &patch("fake 2")).await.expect("update");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let trips = proxy.round_trips();
+    assert_eq!(after.map(|n| n.body), Some("fake 2".to_owned()));
+    assert_eq!(trips, 1, "redis: update by patch took {trips} round trips");
+    drop(proxy);
+    nss.drop_all().await;
+    say("round trips of a Redis update by patch: 1");
+}

@@ -118,6 +118,188 @@ zadd(KEYS[1], everyone)
 return {'ok'}
 "#;
 
+/// An update by patch in one script (one round trip): the stored JSON is
+/// split at its top level (no number goes through Lua's doubles: values
+/// stay text), the patched fields are replaced with the JSON the client
+/// encoded, the version is checked and bumped as decimal text, and only
+/// the patched fields' index entries and unique claims move. A stored
+/// record this cannot read exactly answers `fallback` (the client then
+/// reads, patches and compares-and-sets).
+///
+/// ARGV: member, record key prefix, TTL ms, version field, expected
+/// version, number of sets; then per set: field, JSON text, index prefix,
+/// new index key (empty for null), unique claims hash, claim token.
+const PATCH: &str = r#"
+local got = redis.call('HMGET', KEYS[1], 'd', 'ix', 'u', 'rev')
+local d = got[1]
+if not d then return {'missing'} end
+local function str_end(p)
+  local q = p + 1
+  while true do
+    local e = string.find(d, '["\\]', q)
+    if not e then return nil end
+    if string.sub(d, e, e) == '"' then return e end
+    q = e + 2
+  end
+end
+local function value_end(p)
+  local c = string.sub(d, p, p)
+  if c == '"' then return str_end(p) end
+  if c == '{' or c == '[' then
+    local depth, q = 0, p
+    while true do
+      local e = string.find(d, '["{}%[%]]', q)
+      if not e then return nil end
+      local x = string.sub(d, e, e)
+      if x == '"' then
+        e = str_end(e)
+        if not e then return nil end
+      elseif x == '{' or x == '[' then
+        depth = depth + 1
+      else
+        depth = depth - 1
+        if depth == 0 then return e end
+      end
+      q = e + 1
+    end
+  end
+  local e = string.find(d, '[,}%]%s]', p)
+  if not e or e == p then return nil end
+  return e - 1
+end
+local function split()
+  local names, vals = {}, {}
+  local p = string.find(d, '%S')
+  if not p or string.sub(d, p, p) ~= '{' then return nil end
+  p = string.find(d, '%S', p + 1)
+  if p and string.sub(d, p, p) == '}' then return names, vals end
+  while p do
+    if string.sub(d, p, p) ~= '"' then return nil end
+    local e = str_end(p)
+    if not e then return nil end
+    local name = string.sub(d, p + 1, e - 1)
+    p = string.find(d, '%S', e + 1)
+    if not p or string.sub(d, p, p) ~= ':' then return nil end
+    p = string.find(d, '%S', p + 1)
+    if not p then return nil end
+    e = value_end(p)
+    if not e then return nil end
+    names[#names + 1] = name
+    vals[#vals + 1] = string.sub(d, p, e)
+    p = string.find(d, '%S', e + 1)
+    if not p then return nil end
+    local c = string.sub(d, p, p)
+    if c == '}' then
+      if string.find(d, '%S', p + 1) then return nil end
+      return names, vals
+    end
+    if c ~= ',' then return nil end
+    p = string.find(d, '%S', p + 1)
+  end
+  return nil
+end
+local names, vals = split()
+if not names then return {'fallback'} end
+local pos = {}
+for i, nm in ipairs(names) do pos[nm] = i end
+if ARGV[4] ~= '' then
+  local i = pos[ARGV[4]]
+  local v = i and vals[i] or 'null'
+  if v ~= 'null' then
+    local digits = string.gsub(v, '^%-', '')
+    local canonical = v == '0' or string.find(v, '^%-?[1-9]%d*$')
+    if not canonical or #digits > 19 or (#digits == 19 and digits > '9223372036854775807') then
+      return {'fallback'}
+    end
+    if ARGV[5] ~= '' and v ~= ARGV[5] then return {'version', v} end
+    if #v <= 15 then
+      vals[i] = string.format('%d', tonumber(v) + 1)
+    elseif string.sub(v, 1, 1) == '-' then
+      return {'fallback'}
+    elseif v ~= '9223372036854775807' then
+      local b = {string.byte(v, 1, -1)}
+      local k = #b
+      while k > 0 and b[k] == 57 do b[k] = 48; k = k - 1 end
+      if k == 0 then
+        vals[i] = '1' .. string.char(unpack(b))
+      else
+        b[k] = b[k] + 1
+        vals[i] = string.char(unpack(b))
+      end
+    end
+  end
+end
+local n = tonumber(ARGV[6])
+for s = 0, n - 1 do
+  local a = 7 + s * 6
+  if ARGV[a + 4] ~= '' and ARGV[a + 3] ~= '' then
+    local owner = redis.call('HGET', ARGV[a + 4], ARGV[a + 5])
+    if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+      return {'unique', ARGV[a]}
+    end
+  end
+end
+local ix = cjson.decode(got[2] or '[]')
+local u = cjson.decode(got[3] or '[]')
+for s = 0, n - 1 do
+  local a = 7 + s * 6
+  local name, text, ipre, ikey, uh, tok =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local i = pos[name]
+  if i then
+    vals[i] = text
+  else
+    names[#names + 1] = name
+    vals[#vals + 1] = text
+    pos[name] = #names
+  end
+  if ipre ~= '' then
+    local kept, had = {}, false
+    for _, k in ipairs(ix) do
+      if string.sub(k, 1, #ipre) ~= ipre then
+        kept[#kept + 1] = k
+      elseif k == ikey then
+        had = true
+        kept[#kept + 1] = k
+      else
+        redis.call('ZREM', k, ARGV[1])
+      end
+    end
+    if ikey ~= '' and not had then
+      redis.call('ZADD', ikey, 0, ARGV[1])
+      kept[#kept + 1] = ikey
+    end
+    ix = kept
+  end
+  if uh ~= '' then
+    local kept = {}
+    for _, c in ipairs(u) do
+      if c[3] ~= name then
+        kept[#kept + 1] = c
+      elseif (c[1] ~= uh or c[2] ~= tok or ikey == '') and redis.call('HGET', c[1], c[2]) == ARGV[1] then
+        redis.call('HDEL', c[1], c[2])
+      end
+    end
+    if ikey ~= '' then
+      redis.call('HSET', uh, tok, ARGV[1])
+      kept[#kept + 1] = {uh, tok, name}
+    end
+    u = kept
+  end
+end
+local function list(t)
+  local parts = {}
+  for i, x in ipairs(t) do parts[i] = cjson.encode(x) end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+local parts = {}
+for i, nm in ipairs(names) do parts[i] = '"' .. nm .. '":' .. vals[i] end
+local out = '{' .. table.concat(parts, ',') .. '}'
+redis.call('HSET', KEYS[1], 'd', out, 'ix', list(ix), 'u', list(u), 'rev', (tonumber(got[4]) or 0) + 1)
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return {'ok', out}
+"#;
+
 const DELETE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -141,6 +323,7 @@ pub struct RedisBackend {
     ttl: HashMap<&'static str, Duration>,
     write: redis::Script,
     insert_many: redis::Script,
+    patch: redis::Script,
     delete: redis::Script,
 }
 
@@ -184,6 +367,7 @@ impl RedisBackend {
             ttl: HashMap::new(),
             write: redis::Script::new(WRITE),
             insert_many: redis::Script::new(INSERT_MANY),
+            patch: redis::Script::new(PATCH),
             delete: redis::Script::new(DELETE),
         })
     }
@@ -392,6 +576,86 @@ impl RedisBackend {
             retryable: true,
             source: None,
         })
+    }
+
+    /// An update by patch in one round trip (the `PATCH` script). `None`
+    /// when the stored record needs the general path (read, patch in the
+    /// client, compare-and-set): text the script cannot split exactly, or a
+    /// version it cannot bump as text.
+    async fn patch_in_place(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Option<Record>>> {
+        let op = Operation::Update;
+        let member = key_token(key);
+        let base = self.base(schema);
+        let mut conn = self.conn.clone();
+        let mut call = self.patch.prepare_invoke();
+        call.key(self.record_key(schema, &member))
+            .arg(&member)
+            .arg(format!("{base}:r:"))
+            .arg(self.ttl_ms(schema))
+            .arg(schema.version.map_or("", |vi| schema.fields[vi].name))
+            .arg(
+                patch
+                    .expected_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(patch.sets.len());
+        for (i, v) in &patch.sets {
+            let f = &schema.fields[*i];
+            call.arg(f.name).arg(super::redis_json::value_text(v));
+            if f.indexed && f.ty != FieldType::Json {
+                call.arg(format!("{base}:i:{}:", f.name))
+                    .arg(if v.is_null() {
+                        String::new()
+                    } else {
+                        self.index_key(schema, f.name, v)
+                    });
+            } else {
+                call.arg("").arg("");
+            }
+            if f.unique && f.indexed && f.ty != FieldType::Json {
+                call.arg(format!("{base}:u:{}", f.name)).arg(value_token(v));
+            } else {
+                call.arg("").arg("");
+            }
+        }
+        let reply: Vec<String> = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                let d = reply
+                    .get(1)
+                    .ok_or_else(|| protocol(op, "no record in the reply"))?;
+                Ok(Some(Some(decode_record(schema, op, d)?)))
+            }
+            Some("missing") => Ok(Some(None)),
+            Some("fallback") => Ok(None),
+            Some("unique") => Err(Self::unique_conflict(
+                schema,
+                reply.get(1).map_or("", String::as_str),
+            )),
+            Some("version") => {
+                let actual = reply
+                    .get(1)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .ok_or_else(|| protocol(op, "unreadable version in the reply"))?;
+                Err(Error::Conflict {
+                    entity: schema.name,
+                    kind: ConflictKind::VersionMismatch {
+                        expected: patch.expected_version.unwrap_or_default(),
+                        actual,
+                    },
+                })
+            }
+            _ => Err(protocol(op, "unexpected reply from the patch script")),
+        }
     }
 
     /// The index a condition can be walked by, in key order: an `eq` on an
@@ -730,6 +994,9 @@ impl Backend for RedisBackend {
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
+        if let Some(done) = self.patch_in_place(schema, key, patch).await? {
+            return Ok(done);
+        }
         self.cas(
             schema,
             Operation::Update,

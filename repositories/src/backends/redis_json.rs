@@ -40,6 +40,11 @@ pub(crate) fn encode(schema: &EntitySchema, record: &Record) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// One value as JSON text, in the form [`encode`] writes it.
+pub(crate) fn value_text(v: &Value) -> String {
+    serde_json::to_string(&Json(v)).unwrap_or_else(|_| "null".to_owned())
+}
+
 /// One value in its stored JSON form.
 struct Json<'a>(&'a Value);
 
