@@ -329,6 +329,12 @@ async fn patch_script_reads_stored_text_exactly() {
         stored("s9").await,
         json!({"id": "s9", "version": 10_000_000_000_000_000_i64, "rank": 2})
     );
+    store("s10", " { } ").await;
+    backend
+        .update(schema, &key("s10"), &patch(Patch::new().set("rank", 2)))
+        .await
+        .expect("update");
+    assert_eq!(stored("s10").await, json!({"rank": 2}));
     store("s4", r#"{"id":"s4","version":9223372036854775807}"#).await;
     backend
         .update(schema, &key("s4"), &patch(Patch::new().set("rank", 2)))
@@ -393,6 +399,6 @@ async fn patch_script_reads_stored_text_exactly() {
     }
     nss.drop_all().await;
     say(
-        "redis[patch]: the one-script update read 6 stored texts exactly (nested names, escapes, whitespace, missing and unknown fields, 19-digit versions); 4 others took the general path",
+        "redis[patch]: the one-script update read 7 stored texts exactly (nested names, escapes, whitespace, missing and unknown fields, 19-digit versions); 4 others took the general path",
     );
 }

@@ -118,13 +118,15 @@ zadd(KEYS[1], everyone)
 return {'ok'}
 "#;
 
-/// An update by patch in one script (one round trip): the stored JSON is
-/// split at its top level (no number goes through Lua's doubles: values
-/// stay text), the patched fields are replaced with the JSON the client
-/// encoded, the version is checked and bumped as decimal text, and only
-/// the patched fields' index entries and unique claims move. A stored
-/// record this cannot read exactly answers `fallback` (the client then
-/// reads, patches and compares-and-sets).
+/// An update by patch in one script (one round trip). One pass over the
+/// top level of the stored JSON finds where the patched fields' values
+/// (and the version's) start and end; the new record is the stored text
+/// with those spans replaced by the JSON the client encoded (fields the
+/// text lacks are added), so no stored number goes through Lua's doubles.
+/// The version is checked and bumped as decimal text. Only the patched
+/// fields' index entries and unique claims move. Text this cannot read
+/// exactly, or a version it cannot bump as text, answers `fallback` (the
+/// client then reads, patches and compares-and-sets).
 ///
 /// ARGV: member, record key prefix, TTL ms, version field, expected
 /// version, number of sets; then per set: field, JSON text, index prefix,
@@ -133,103 +135,98 @@ const PATCH: &str = r#"
 local got = redis.call('HMGET', KEYS[1], 'd', 'ix', 'u', 'rev')
 local d = got[1]
 if not d then return {'missing'} end
-local function str_end(p)
+local find, match, byte, sub = string.find, string.match, string.byte, string.sub
+local n = tonumber(ARGV[6])
+local wanted = {}
+for s = 0, n - 1 do wanted[ARGV[7 + s * 6]] = true end
+if ARGV[4] ~= '' then wanted[ARGV[4]] = true end
+-- One pass over the top level: where each wanted field's value starts
+-- and ends (the last one, if a name repeats: that is the one read).
+local function string_end(p)
+  local e = match(d, '^"[^"\\]*"()', p)
+  if e then return e end
   local q = p + 1
   while true do
-    local e = string.find(d, '["\\]', q)
-    if not e then return nil end
-    if string.sub(d, e, e) == '"' then return e end
-    q = e + 2
+    local x = find(d, '["\\]', q)
+    if not x then return nil end
+    if byte(d, x) == 34 then return x + 1 end
+    q = x + 2
   end
 end
-local function value_end(p)
-  local c = string.sub(d, p, p)
-  if c == '"' then return str_end(p) end
-  if c == '{' or c == '[' then
-    local depth, q = 0, p
-    while true do
-      local e = string.find(d, '["{}%[%]]', q)
-      if not e then return nil end
-      local x = string.sub(d, e, e)
-      if x == '"' then
-        e = str_end(e)
-        if not e then return nil end
-      elseif x == '{' or x == '[' then
-        depth = depth + 1
-      else
-        depth = depth - 1
-        if depth == 0 then return e end
-      end
-      q = e + 1
+local function nested_end(p)
+  local depth, q = 0, p
+  while true do
+    local x = find(d, '["{}%[%]]', q)
+    if not x then return nil end
+    local c = byte(d, x)
+    if c == 34 then
+      q = string_end(x)
+      if not q then return nil end
+    else
+      if c == 123 or c == 91 then depth = depth + 1 else depth = depth - 1 end
+      q = x + 1
+      if depth == 0 then return q end
     end
   end
-  local e = string.find(d, '[,}%]%s]', p)
-  if not e or e == p then return nil end
-  return e - 1
 end
-local function split()
-  local names, vals = {}, {}
-  local p = string.find(d, '%S')
-  if not p or string.sub(d, p, p) ~= '{' then return nil end
-  p = string.find(d, '%S', p + 1)
-  if p and string.sub(d, p, p) == '}' then return names, vals end
-  while p do
-    if string.sub(d, p, p) ~= '"' then return nil end
-    local e = str_end(p)
-    if not e then return nil end
-    local name = string.sub(d, p + 1, e - 1)
-    p = string.find(d, '%S', e + 1)
-    if not p or string.sub(d, p, p) ~= ':' then return nil end
-    p = string.find(d, '%S', p + 1)
-    if not p then return nil end
-    e = value_end(p)
-    if not e then return nil end
-    names[#names + 1] = name
-    vals[#vals + 1] = string.sub(d, p, e)
-    p = string.find(d, '%S', e + 1)
-    if not p then return nil end
-    local c = string.sub(d, p, p)
-    if c == '}' then
-      if string.find(d, '%S', p + 1) then return nil end
-      return names, vals
-    end
-    if c ~= ',' then return nil end
-    p = string.find(d, '%S', p + 1)
+local spans = {}
+local p = match(d, '^%s*{%s*()')
+if not p then return {'fallback'} end
+local close
+if byte(d, p) == 125 then close = p end
+while not close do
+  local name, v = match(d, '^"([^"\\]*)"%s*:%s*()', p)
+  if not name then return {'fallback'} end
+  local c, e = byte(d, v)
+  if c == 34 then
+    e = string_end(v)
+  elseif c == 123 or c == 91 then
+    e = nested_end(v)
+  else
+    e = match(d, '^[^,}%]%s"]+()', v)
   end
-  return nil
+  if not e then return {'fallback'} end
+  if wanted[name] then spans[name] = {v, e - 1} end
+  local at, sep, nxt = match(d, '^%s*()([,}])%s*()', e)
+  if not sep then return {'fallback'} end
+  if sep == '}' then
+    if nxt <= #d then return {'fallback'} end
+    close = at
+  else
+    p = nxt
+  end
 end
-local names, vals = split()
-if not names then return {'fallback'} end
-local pos = {}
-for i, nm in ipairs(names) do pos[nm] = i end
-if ARGV[4] ~= '' then
-  local i = pos[ARGV[4]]
-  local v = i and vals[i] or 'null'
+local edits = {}
+local added = {}
+if ARGV[4] ~= '' and spans[ARGV[4]] then
+  local span = spans[ARGV[4]]
+  local v = sub(d, span[1], span[2])
   if v ~= 'null' then
     local digits = string.gsub(v, '^%-', '')
-    local canonical = v == '0' or string.find(v, '^%-?[1-9]%d*$')
+    local canonical = v == '0' or find(v, '^%-?[1-9]%d*$')
     if not canonical or #digits > 19 or (#digits == 19 and digits > '9223372036854775807') then
       return {'fallback'}
     end
     if ARGV[5] ~= '' and v ~= ARGV[5] then return {'version', v} end
+    local bumped = v
     if #v <= 15 then
-      vals[i] = string.format('%d', tonumber(v) + 1)
-    elseif string.sub(v, 1, 1) == '-' then
+      bumped = string.format('%d', tonumber(v) + 1)
+    elseif byte(v, 1) == 45 then
       return {'fallback'}
     elseif v ~= '9223372036854775807' then
-      local b = {string.byte(v, 1, -1)}
+      local b = {byte(v, 1, -1)}
       local k = #b
       while k > 0 and b[k] == 57 do b[k] = 48; k = k - 1 end
       if k == 0 then
-        vals[i] = '1' .. string.char(unpack(b))
+        bumped = '1' .. string.char(unpack(b))
       else
         b[k] = b[k] + 1
-        vals[i] = string.char(unpack(b))
+        bumped = string.char(unpack(b))
       end
     end
+    edits[#edits + 1] = {span[1], span[2], bumped}
   end
 end
-local n = tonumber(ARGV[6])
 for s = 0, n - 1 do
   local a = 7 + s * 6
   if ARGV[a + 4] ~= '' and ARGV[a + 3] ~= '' then
@@ -239,24 +236,22 @@ for s = 0, n - 1 do
     end
   end
 end
-local ix = cjson.decode(got[2] or '[]')
-local u = cjson.decode(got[3] or '[]')
+local ix, u
 for s = 0, n - 1 do
   local a = 7 + s * 6
   local name, text, ipre, ikey, uh, tok =
     ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local i = pos[name]
-  if i then
-    vals[i] = text
+  local span = spans[name]
+  if span then
+    edits[#edits + 1] = {span[1], span[2], text}
   else
-    names[#names + 1] = name
-    vals[#vals + 1] = text
-    pos[name] = #names
+    added[#added + 1] = '"' .. name .. '":' .. text
   end
   if ipre ~= '' then
+    ix = ix or cjson.decode(got[2] or '[]')
     local kept, had = {}, false
     for _, k in ipairs(ix) do
-      if string.sub(k, 1, #ipre) ~= ipre then
+      if sub(k, 1, #ipre) ~= ipre then
         kept[#kept + 1] = k
       elseif k == ikey then
         had = true
@@ -272,6 +267,7 @@ for s = 0, n - 1 do
     ix = kept
   end
   if uh ~= '' then
+    u = u or cjson.decode(got[3] or '[]')
     local kept = {}
     for _, c in ipairs(u) do
       if c[3] ~= name then
@@ -287,15 +283,34 @@ for s = 0, n - 1 do
     u = kept
   end
 end
-local function list(t)
-  local parts = {}
-  for i, x in ipairs(t) do parts[i] = cjson.encode(x) end
-  return '[' .. table.concat(parts, ',') .. ']'
+table.sort(edits, function(x, y) return x[1] < y[1] end)
+local parts, at = {}, 1
+for _, ed in ipairs(edits) do
+  parts[#parts + 1] = sub(d, at, ed[1] - 1)
+  parts[#parts + 1] = ed[3]
+  at = ed[2] + 1
 end
-local parts = {}
-for i, nm in ipairs(names) do parts[i] = '"' .. nm .. '":' .. vals[i] end
-local out = '{' .. table.concat(parts, ',') .. '}'
-redis.call('HSET', KEYS[1], 'd', out, 'ix', list(ix), 'u', list(u), 'rev', (tonumber(got[4]) or 0) + 1)
+parts[#parts + 1] = sub(d, at, close - 1)
+if #added > 0 then
+  if match(d, '^%s*{%s*}') then
+    parts[#parts + 1] = table.concat(added, ',')
+  else
+    parts[#parts + 1] = ',' .. table.concat(added, ',')
+  end
+end
+parts[#parts + 1] = sub(d, close)
+local out = table.concat(parts)
+local function list(t)
+  local items = {}
+  for i, x in ipairs(t) do items[i] = cjson.encode(x) end
+  return '[' .. table.concat(items, ',') .. ']'
+end
+local rev = (tonumber(got[4]) or 0) + 1
+if ix or u then
+  redis.call('HSET', KEYS[1], 'd', out, 'rev', rev, 'ix', ix and list(ix) or got[2], 'u', u and list(u) or got[3])
+else
+  redis.call('HSET', KEYS[1], 'd', out, 'rev', rev)
+end
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {'ok', out}
 "#;
