@@ -13,9 +13,12 @@
 //! - `:u:<field>` — a hash of value → key per `#[indexed(unique)]` field.
 //!
 //! Every write is one Lua script that checks (revision, duplicates, unique
-//! claims) and writes record, key order and index entries atomically;
-//! `update`, `replace` and `upsert` read, compute the new record, and write
-//! only if the revision is unchanged (optimistic compare-and-set, retried).
+//! claims) and writes record, key order and index entries atomically.
+//! `insert` and `update` by patch are one script each (one round trip; the
+//! patch script splices the stored JSON text, so no number goes through
+//! Lua's doubles); `replace` and `upsert` read, compute the new record, and
+//! write only if the revision is unchanged (optimistic compare-and-set,
+//! retried).
 //! `insert_many` is one all-or-nothing script; `get_many` one pipeline.
 //! Filters: `eq` and `in` on the key and on `#[indexed]` fields (set
 //! operations); anything else is `Unsupported`. No `KEYS` anywhere.
@@ -36,36 +39,64 @@ use crate::versions::{bumped, check_expected, patched, version_of};
 /// How many times a compare-and-set write re-reads after a concurrent write.
 const CAS_ATTEMPTS: usize = 64;
 
+/// A write of a whole record (replace, upsert, and updates the patch
+/// script cannot do): only if the revision is still the one read. ARGV:
+/// expected revision, must exist, record JSON, index keys JSON, claims
+/// JSON, member, record key prefix, TTL ms.
 const WRITE: &str = r#"
 local cur_rev = redis.call('HGET', KEYS[1], 'rev')
-if ARGV[1] == 'insert' then
-  if cur_rev then return {'dup'} end
-else
-  if ARGV[2] ~= '' and (cur_rev or '0') ~= ARGV[2] then return {'retry'} end
-  if ARGV[3] == '1' and not cur_rev then return {'missing'} end
-end
-local claims = cjson.decode(ARGV[6])
+if ARGV[1] ~= '' and (cur_rev or '0') ~= ARGV[1] then return {'retry'} end
+if ARGV[2] == '1' and not cur_rev then return {'missing'} end
+local claims = cjson.decode(ARGV[5])
 for _, c in ipairs(claims) do
   local owner = redis.call('HGET', c[1], c[2])
-  if owner and owner ~= ARGV[7] and redis.call('EXISTS', ARGV[8] .. owner) == 1 then
+  if owner and owner ~= ARGV[6] and redis.call('EXISTS', ARGV[7] .. owner) == 1 then
     return {'unique', c[3]}
   end
 end
 if cur_rev then
   for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do
-    redis.call('ZREM', k, ARGV[7])
+    redis.call('ZREM', k, ARGV[6])
   end
   for _, c in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'u'))) do
-    if redis.call('HGET', c[1], c[2]) == ARGV[7] then redis.call('HDEL', c[1], c[2]) end
+    if redis.call('HGET', c[1], c[2]) == ARGV[6] then redis.call('HDEL', c[1], c[2]) end
   end
 end
-for _, k in ipairs(cjson.decode(ARGV[5])) do redis.call('ZADD', k, 0, ARGV[7]) end
-for _, c in ipairs(claims) do redis.call('HSET', c[1], c[2], ARGV[7]) end
+for _, k in ipairs(cjson.decode(ARGV[4])) do redis.call('ZADD', k, 0, ARGV[6]) end
+for _, c in ipairs(claims) do redis.call('HSET', c[1], c[2], ARGV[6]) end
 local rev = (tonumber(cur_rev) or 0) + 1
-redis.call('HSET', KEYS[1], 'd', ARGV[4], 'rev', rev, 'ix', ARGV[5], 'u', ARGV[6])
-if tonumber(ARGV[9]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
-redis.call('ZADD', KEYS[2], 0, ARGV[7])
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 'rev', rev, 'ix', ARGV[4], 'u', ARGV[5])
+if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
+redis.call('ZADD', KEYS[2], 0, ARGV[6])
 return {'ok', tostring(rev)}
+"#;
+
+/// A single insert. The index keys and unique claims come as arguments
+/// (and as JSON, kept on the record for later writes), so the script
+/// decodes nothing: ARGV: record JSON, index keys JSON, claims JSON,
+/// member, record key prefix, TTL ms, number of index keys, the index
+/// keys, number of claims, per claim: hash, token, field.
+const INSERT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
+local nix = tonumber(ARGV[7])
+local nc = tonumber(ARGV[8 + nix])
+local c0 = 9 + nix
+for j = 0, nc - 1 do
+  local a = c0 + j * 3
+  local owner = redis.call('HGET', ARGV[a], ARGV[a + 1])
+  if owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. owner) == 1 then
+    return {'unique', ARGV[a + 2]}
+  end
+end
+for j = 8, 7 + nix do redis.call('ZADD', ARGV[j], 0, ARGV[4]) end
+for j = 0, nc - 1 do
+  local a = c0 + j * 3
+  redis.call('HSET', ARGV[a], ARGV[a + 1], ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 'rev', 1, 'ix', ARGV[2], 'u', ARGV[3])
+if tonumber(ARGV[6]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+redis.call('ZADD', KEYS[2], 0, ARGV[4])
+return {'ok', '1'}
 "#;
 
 /// All or nothing: every check first, then the writes. Calls into Redis
@@ -337,6 +368,7 @@ pub struct RedisBackend {
     timeout: Duration,
     ttl: HashMap<&'static str, Duration>,
     write: redis::Script,
+    insert: redis::Script,
     insert_many: redis::Script,
     patch: redis::Script,
     delete: redis::Script,
@@ -354,7 +386,6 @@ impl std::fmt::Debug for RedisBackend {
 /// The outcome of a write script.
 enum Written {
     Ok,
-    Duplicate,
     Retry,
     Missing,
     Unique(String),
@@ -381,6 +412,7 @@ impl RedisBackend {
             timeout,
             ttl: HashMap::new(),
             write: redis::Script::new(WRITE),
+            insert: redis::Script::new(INSERT),
             insert_many: redis::Script::new(INSERT_MANY),
             patch: redis::Script::new(PATCH),
             delete: redis::Script::new(DELETE),
@@ -461,7 +493,6 @@ impl RedisBackend {
         &self,
         schema: &'static EntitySchema,
         op: Operation,
-        mode: &str,
         expected_rev: &str,
         must_exist: bool,
         record: &Record,
@@ -473,7 +504,6 @@ impl RedisBackend {
             .write
             .key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
-            .arg(mode)
             .arg(expected_rev)
             .arg(if must_exist { "1" } else { "0" })
             .arg(encode_record(schema, record))
@@ -487,7 +517,6 @@ impl RedisBackend {
             .map_err(|e| self.err(schema, op, e))?;
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => Written::Ok,
-            Some("dup") => Written::Duplicate,
             Some("retry") => Written::Retry,
             Some("missing") => Written::Missing,
             Some("unique") => Written::Unique(reply.get(1).cloned().unwrap_or_default()),
@@ -573,15 +602,11 @@ impl RedisBackend {
                 return Ok(None);
             };
             let rev = current.as_ref().map_or("0", |(_, rev)| rev.as_str());
-            match self
-                .run_write(schema, op, "put", rev, must_exist, &next)
-                .await?
-            {
+            match self.run_write(schema, op, rev, must_exist, &next).await? {
                 Written::Ok => return Ok(Some(next)),
                 Written::Retry => {}
                 Written::Missing => return Ok(None),
                 Written::Unique(f) => return Err(Self::unique_conflict(schema, &f)),
-                Written::Duplicate => return Err(protocol(op, "duplicate on a put")),
             }
         }
         Err(Error::Backend {
@@ -926,20 +951,40 @@ impl Backend for RedisBackend {
     }
 
     async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
-        match self
-            .run_write(schema, Operation::Insert, "insert", "", false, record)
-            .await?
-        {
-            Written::Ok => Ok(()),
-            Written::Duplicate => Err(Error::Conflict {
+        let op = Operation::Insert;
+        let member = key_token(record.get(schema.key));
+        let (ix, claims) = self.entries(schema, record);
+        let mut call = self.insert.prepare_invoke();
+        call.key(self.record_key(schema, &member))
+            .key(self.keys_key(schema))
+            .arg(encode_record(schema, record))
+            .arg(serde_json::to_string(&ix).unwrap_or_default())
+            .arg(serde_json::to_string(&claims).unwrap_or_default())
+            .arg(&member)
+            .arg(format!("{}:r:", self.base(schema)))
+            .arg(self.ttl_ms(schema))
+            .arg(ix.len())
+            .arg(&ix)
+            .arg(claims.len());
+        for (hash, token, field) in &claims {
+            call.arg(hash).arg(token).arg(*field);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("dup") => Err(Error::Conflict {
                 entity: schema.name,
                 kind: ConflictKind::DuplicateKey,
             }),
-            Written::Unique(f) => Err(Self::unique_conflict(schema, &f)),
-            Written::Retry | Written::Missing => Err(protocol(
-                Operation::Insert,
-                "unexpected answer to an insert",
+            Some("unique") => Err(Self::unique_conflict(
+                schema,
+                reply.get(1).map_or("", String::as_str),
             )),
+            _ => Err(protocol(op, "unexpected reply from the insert script")),
         }
     }
 
