@@ -402,3 +402,67 @@ async fn patch_script_reads_stored_text_exactly() {
         "redis[patch]: the one-script update read 7 stored texts exactly (nested names, escapes, whitespace, missing and unknown fields, 19-digit versions); 4 others took the general path",
     );
 }
+
+/// `RedisBackend::with_ttl`: an entity expires its TTL after its last
+/// write. Insert sets it, an update by patch (the one-script path) sets it
+/// again, and an expired entity reads as absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_expire_their_ttl_after_the_last_write() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use dl_repositories::backends::redis::RedisBackend;
+    use dl_repositories::{Backend, Patch, Repo, Repository as _};
+    use dl_tests::entities::Note;
+
+    let nss = RedisNamespaces::new("ttl").await;
+    let ns = nss.namespace();
+    let pool = dl_tests::live::test_pool(1);
+    let conn =
+        dl_connections::redis::connect_lazy(&dl_tests::live::redis_url(), &pool).expect("redis");
+    let ttl = Duration::from_millis(800);
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
+            .expect("backend")
+            .with_ttl("notes", ttl),
+    );
+    let notes = Repo::<Note>::open(backend).await.expect("open");
+    let pttl = || {
+        let mut conn = conn.clone();
+        let key = format!("{ns}:notes:r:{:016x}", 1_u64 ^ 0x8000_0000_0000_0000);
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("pttl");
+            ms
+        }
+    };
+    notes
+        .insert(&Note {
+            id: 1,
+            body: "fake".into(),
+        })
+        .await
+        .expect("insert");
+    let after_insert = pttl().await;
+    assert!(after_insert > 0 && after_insert <= 800, "{after_insert}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    notes
+        .update(&1, &Patch::new().set("body", "fake 2"))
+        .await
+        .expect("update")
+        .expect("present");
+    let after_update = pttl().await;
+    assert!(
+        after_update > 600,
+        "the update set the TTL again: {after_update}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(notes.get(&1).await.expect("get"), None);
+    nss.drop_all().await;
+    say(&format!(
+        "redis[ttl]: {after_insert} ms left after insert, {after_update} ms after an update 400 ms later, absent after expiry"
+    ));
+}
