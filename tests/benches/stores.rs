@@ -22,7 +22,8 @@
 //! each side on its own, with criterion's statistics and history.
 //!
 //! A store that does not answer fails the run (never skipped).
-//! `DL_BENCH_STORES=sqlite,postgres` limits the stores;
+//! `DL_BENCH_STORES=sqlite,postgres` limits the stores, and
+//! `DL_BENCH_OPS=get,update` the operations of the interleaved run;
 //! `DL_BENCH_NO_GUARD=1` runs the framework side without the guard (to
 //! tell the guard's share from the rest).
 
@@ -956,6 +957,12 @@ fn stores(c: &mut Criterion) {
     }
 }
 
+/// Whether `DL_BENCH_OPS` (comma-separated operation names) asks for
+/// `op`; every operation when it is unset.
+fn op_wanted(op: &str) -> bool {
+    std::env::var("DL_BENCH_OPS").map_or(true, |v| v.split(',').any(|s| s.trim() == op))
+}
+
 /// The interleaved run of every operation of one store (see `paired`).
 fn paired_store(rt: &tokio::runtime::Runtime, p: &Pair) {
     let (raw_ids, fw_ids) = seed(rt, p);
@@ -969,67 +976,79 @@ fn paired_store(rt: &tokio::runtime::Runtime, p: &Pair) {
     let store = p.store;
     let (raw, fw) = (&p.raw, &p.framework);
     rt.block_on(async {
-        let m = paired::measure(
-            || pick(&raw_ids),
-            async |id: Uuid| assert!(raw.get(id).await.is_some()),
-            || pick(&fw_ids),
-            async |id: Uuid| assert!(fw.get(&id).await.expect("get").is_some()),
-        )
-        .await;
-        paired::save(store, "get", &m);
+        if op_wanted("get") {
+            let m = paired::measure(
+                || pick(&raw_ids),
+                async |id: Uuid| assert!(raw.get(id).await.is_some()),
+                || pick(&fw_ids),
+                async |id: Uuid| assert!(fw.get(&id).await.expect("get").is_some()),
+            )
+            .await;
+            paired::save(store, "get", &m);
+        }
 
-        let m = paired::measure(
-            || appointment(1),
-            async |a: Appointment| raw.insert(&a).await,
-            || appointment(1),
-            async |a: Appointment| fw.insert(&a).await.expect("insert"),
-        )
-        .await;
-        paired::save(store, "insert", &m);
+        if op_wanted("insert") {
+            let m = paired::measure(
+                || appointment(1),
+                async |a: Appointment| raw.insert(&a).await,
+                || appointment(1),
+                async |a: Appointment| fw.insert(&a).await.expect("insert"),
+            )
+            .await;
+            paired::save(store, "insert", &m);
+        }
 
         let patch = Patch::new().set("duration_minutes", 45);
-        let m = paired::measure(
-            || pick(&raw_ids),
-            async |id: Uuid| assert!(raw.update(id, 45).await.is_some()),
-            || pick(&fw_ids),
-            async |id: Uuid| assert!(fw.update(&id, &patch).await.expect("update").is_some()),
-        )
-        .await;
-        paired::save(store, "update", &m);
+        if op_wanted("update") {
+            let m = paired::measure(
+                || pick(&raw_ids),
+                async |id: Uuid| assert!(raw.update(id, 45).await.is_some()),
+                || pick(&fw_ids),
+                async |id: Uuid| assert!(fw.update(&id, &patch).await.expect("update").is_some()),
+            )
+            .await;
+            paired::save(store, "update", &m);
+        }
 
         if p.filters {
             let query = Query::new()
                 .filter(Filter::eq("status", "scheduled"))
                 .limit(100);
-            let m = paired::measure(
-                || (),
-                async |()| assert_eq!(raw.list("scheduled").await.len(), PAGE),
-                || (),
-                async |()| assert_eq!(fw.list(&query).await.expect("list").items.len(), PAGE),
-            )
-            .await;
-            paired::save(store, "list", &m);
+            if op_wanted("list") {
+                let m = paired::measure(
+                    || (),
+                    async |()| assert_eq!(raw.list("scheduled").await.len(), PAGE),
+                    || (),
+                    async |()| assert_eq!(fw.list(&query).await.expect("list").items.len(), PAGE),
+                )
+                .await;
+                paired::save(store, "list", &m);
+            }
         }
 
-        let m = paired::measure(
-            batch,
-            async |all: Vec<Appointment>| raw.insert_many(&all).await,
-            batch,
-            async |all: Vec<Appointment>| fw.insert_many(&all).await.expect("insert_many"),
-        )
-        .await;
-        paired::save(store, "insert_many", &m);
+        if op_wanted("insert_many") {
+            let m = paired::measure(
+                batch,
+                async |all: Vec<Appointment>| raw.insert_many(&all).await,
+                batch,
+                async |all: Vec<Appointment>| fw.insert_many(&all).await.expect("insert_many"),
+            )
+            .await;
+            paired::save(store, "insert_many", &m);
+        }
 
-        let m = paired::measure(
-            || window(&raw_ids),
-            async |keys: Vec<Uuid>| assert_eq!(raw.get_many(&keys).await.len(), MANY_KEYS),
-            || window(&fw_ids),
-            async |keys: Vec<Uuid>| {
-                assert_eq!(fw.get_many(&keys).await.expect("get_many").len(), MANY_KEYS)
-            },
-        )
-        .await;
-        paired::save(store, "get_many", &m);
+        if op_wanted("get_many") {
+            let m = paired::measure(
+                || window(&raw_ids),
+                async |keys: Vec<Uuid>| assert_eq!(raw.get_many(&keys).await.len(), MANY_KEYS),
+                || window(&fw_ids),
+                async |keys: Vec<Uuid>| {
+                    assert_eq!(fw.get_many(&keys).await.expect("get_many").len(), MANY_KEYS)
+                },
+            )
+            .await;
+            paired::save(store, "get_many", &m);
+        }
     });
 }
 
