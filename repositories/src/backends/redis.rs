@@ -582,6 +582,23 @@ impl RedisBackend {
         }
     }
 
+    /// The answer of the insert scripts: `ok`, `dup`, or `unique` and the
+    /// field.
+    fn inserted(schema: &'static EntitySchema, op: Operation, reply: &[String]) -> Result<()> {
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("dup") => Err(Error::Conflict {
+                entity: schema.name,
+                kind: ConflictKind::DuplicateKey,
+            }),
+            Some("unique") => Err(Self::unique_conflict(
+                schema,
+                reply.get(1).map_or("", String::as_str),
+            )),
+            _ => Err(protocol(op, "unexpected reply from an insert script")),
+        }
+    }
+
     /// Compare-and-set: `compute` gets the current record (if any) and
     /// returns the record to write (or an early answer); the write applies
     /// only if nobody wrote in between, else it starts over.
@@ -974,18 +991,7 @@ impl Backend for RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
-        match reply.first().map(String::as_str) {
-            Some("ok") => Ok(()),
-            Some("dup") => Err(Error::Conflict {
-                entity: schema.name,
-                kind: ConflictKind::DuplicateKey,
-            }),
-            Some("unique") => Err(Self::unique_conflict(
-                schema,
-                reply.get(1).map_or("", String::as_str),
-            )),
-            _ => Err(protocol(op, "unexpected reply from the insert script")),
-        }
+        Self::inserted(schema, op, &reply)
     }
 
     async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
@@ -1012,18 +1018,7 @@ impl Backend for RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
-        match reply.first().map(String::as_str) {
-            Some("ok") => Ok(()),
-            Some("dup") => Err(Error::Conflict {
-                entity: schema.name,
-                kind: ConflictKind::DuplicateKey,
-            }),
-            Some("unique") => Err(Self::unique_conflict(
-                schema,
-                reply.get(1).map_or("", String::as_str),
-            )),
-            _ => Err(protocol(op, "unexpected reply from the batch script")),
-        }
+        Self::inserted(schema, op, &reply)
     }
 
     async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
