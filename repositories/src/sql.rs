@@ -1,6 +1,7 @@
 //! SQL text shared by the SQL backends: quoted identifiers from the schema
 //! only, `?`/`$n` placeholders for every value.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use dl_models::{EntitySchema, Value};
@@ -223,6 +224,56 @@ pub(crate) struct Statements {
     pub replace: std::sync::Arc<str>,
     pub stored_version: Option<std::sync::Arc<str>>,
     pub count: String,
+    /// The table these were rendered for (for `update`).
+    table: String,
+    dialect: Dialect,
+    /// `update` statements rendered so far, by patched fields (in patch
+    /// order) and whether the version is checked; at most
+    /// [`UPDATE_CACHE`] of them.
+    updates: std::sync::RwLock<HashMap<UpdateShape, std::sync::Arc<str>>>,
+}
+
+/// What decides an `update` statement's text: the patched fields, in
+/// patch order, and whether the version is checked.
+type UpdateShape = (Vec<usize>, bool);
+
+/// How many distinct `update` statements one entity keeps rendered. A
+/// service patches a handful of field sets; past this bound a statement
+/// is rendered per call instead of growing the cache.
+const UPDATE_CACHE: usize = 64;
+
+impl Statements {
+    /// The `update` statement for these patched fields (see
+    /// [`update_sql`]), rendered once per set of fields and reused.
+    pub(crate) fn update(
+        &self,
+        schema: &EntitySchema,
+        patched: &[usize],
+        check_version: bool,
+    ) -> std::sync::Arc<str> {
+        let cached = self
+            .updates
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(patched.to_vec(), check_version))
+            .cloned();
+        if let Some(sql) = cached {
+            return sql;
+        }
+        let sql: std::sync::Arc<str> =
+            update_sql(self.dialect, &self.table, schema, patched, check_version).into();
+        let mut updates = self
+            .updates
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if updates.len() < UPDATE_CACHE {
+            updates.insert(
+                (patched.to_vec(), check_version),
+                std::sync::Arc::clone(&sql),
+            );
+        }
+        sql
+    }
 }
 
 /// Placeholder number `n` (1-based) in a dialect.
@@ -311,6 +362,9 @@ pub(crate) fn statements(d: Dialect, table: &str, schema: &EntitySchema) -> Stat
             format!("SELECT {} FROM {table} WHERE {key} = {m1}", ident(schema.fields[vi].name)).into()
         }),
         count: format!("SELECT COUNT(*) FROM {table}"),
+        table: table.to_owned(),
+        dialect: d,
+        updates: std::sync::RwLock::default(),
     }
 }
 
@@ -348,4 +402,48 @@ pub(crate) fn update_sql(
     }
     sql.push_str(&format!(" RETURNING {}", columns(schema)));
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    use dl_models::Entity as _;
+    use dl_models::domain::Appointment;
+
+    use super::*;
+
+    const TABLE: &str = "\"t\".\"appointments\"";
+
+    #[test]
+    fn update_statements_are_rendered_once_per_patched_field_set() {
+        let schema = Appointment::schema();
+        let st = statements(Dialect::Postgres, TABLE, schema);
+        let a = st.update(schema, &[3], false);
+        assert_eq!(
+            &*a,
+            update_sql(Dialect::Postgres, TABLE, schema, &[3], false)
+        );
+        assert!(std::sync::Arc::ptr_eq(&a, &st.update(schema, &[3], false)));
+        // The order of the patched fields is the order of the binds.
+        let b = st.update(schema, &[4, 3], true);
+        assert!(
+            b.contains("\"kind\" = $1, \"duration_minutes\" = $2"),
+            "{b}"
+        );
+        assert!(b.contains("AND \"version\" = $4 RETURNING"), "{b}");
+        assert!(!std::sync::Arc::ptr_eq(
+            &b,
+            &st.update(schema, &[3, 4], true)
+        ));
+        // Past the bound, statements are still right, just not kept.
+        for n in 0..UPDATE_CACHE * 2 {
+            let patched = [1 + n % 6, 1 + (n / 6) % 6, 1 + (n / 36) % 6];
+            let sql = st.update(schema, &patched, false);
+            assert_eq!(
+                &*sql,
+                update_sql(Dialect::Postgres, TABLE, schema, &patched, false)
+            );
+        }
+        let kept = st.updates.read().map(|u| u.len()).unwrap_or_default();
+        assert_eq!(kept, UPDATE_CACHE);
+    }
 }

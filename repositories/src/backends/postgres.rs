@@ -21,9 +21,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row as _};
 use crate::backend::{Backend, Capabilities, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
-use crate::sql::{
-    Bound, Dialect, SqlWriter, Statements, columns, ident, mark, statements, update_sql,
-};
+use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, mark, statements};
 use crate::sqlx_errors::map_sqlx_error;
 
 type Q<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;

@@ -1,7 +1,7 @@
 //! The operations the SQL backends share, written once.
 //!
 //! Each SQL backend module defines `bind`, `bind_all`, `decode_row`, and on
-//! its type `statements`, `table`, `err` and a `pool` field; these macros
+//! its type `statements`, `err` and a `pool` field; these macros
 //! expand the operations that are the same text for SQLite and PostgreSQL
 //! (only the store, the dialect and the table name differ). The batch
 //! operations, DDL and value encoding stay in each module.
@@ -100,13 +100,9 @@ macro_rules! sqlx_backend {
         let op = Operation::Update;
         let check = schema.version.zip(patch.expected_version);
         let patched: Vec<usize> = patch.sets.iter().map(|(i, _)| *i).collect();
-        let sql = update_sql(
-            $dialect,
-            &self.table(schema),
-            schema,
-            &patched,
-            check.is_some(),
-        );
+        let sql = self
+            .statements(schema)
+            .update(schema, &patched, check.is_some());
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (i, v) in &patch.sets {
             q = bind(q, schema.fields[*i].ty, v);

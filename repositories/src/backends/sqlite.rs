@@ -18,7 +18,7 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use crate::backend::{Backend, Capabilities, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
-use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, statements, update_sql};
+use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, statements};
 use crate::sqlx_errors::map_sqlx_error;
 
 /// Most bound values in one statement (SQLite's limit is 32766).
@@ -64,10 +64,6 @@ impl SqliteBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(schema.name, Arc::clone(&s));
         s
-    }
-
-    fn table(&self, schema: &EntitySchema) -> String {
-        ident(schema.name)
     }
 
     fn err(&self, schema: &'static EntitySchema, op: Operation, e: sqlx::Error) -> Error {
