@@ -55,6 +55,7 @@ mod entity;
 mod record_de;
 mod record_ser;
 pub mod schema;
+pub mod time_text;
 pub mod value;
 
 pub use dl_models_derive::Entity;
@@ -63,6 +64,7 @@ pub use schema::{
     DEFAULT_MAX_VALUE_BYTES, EntitySchema, FieldDef, FieldType, MAX_INDEXED_TEXT_BYTES, Redaction,
     Sensitivity, is_valid_identifier,
 };
+pub use time_text::{TimeText, date_text, timestamp_text};
 pub use value::{Record, Value};
 
 /// Stands in for a PHI field's value in `Debug` output.

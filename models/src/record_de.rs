@@ -99,10 +99,8 @@ impl<'de> Deserializer<'de> for ValueDe<'de> {
             Value::Int(i) => visitor.visit_i64(*i),
             Value::Float(x) => visitor.visit_f64(*x),
             Value::Text(s) => visitor.visit_str(s),
-            Value::Date(d) => visitor.visit_str(&d.format("%Y-%m-%d").to_string()),
-            Value::Timestamp(t) => {
-                visitor.visit_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            }
+            Value::Date(d) => visitor.visit_str(&crate::date_text(d)),
+            Value::Timestamp(t) => visitor.visit_str(&crate::timestamp_text(t)),
             Value::Uuid(u) => {
                 let mut buf = uuid::Uuid::encode_buffer();
                 visitor.visit_str(u.hyphenated().encode_lower(&mut buf))

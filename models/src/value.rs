@@ -159,10 +159,8 @@ impl Value {
             Value::Int(i) => J::from(*i),
             Value::Float(x) => serde_json::Number::from_f64(*x).map_or(J::Null, J::Number),
             Value::Text(s) => J::String(s.clone()),
-            Value::Date(d) => J::String(d.format("%Y-%m-%d").to_string()),
-            Value::Timestamp(t) => {
-                J::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            }
+            Value::Date(d) => J::String(crate::date_text(d).as_str().to_owned()),
+            Value::Timestamp(t) => J::String(crate::timestamp_text(t).as_str().to_owned()),
             Value::Uuid(u) => J::String(u.hyphenated().to_string()),
             Value::Json(j) => j.clone(),
         }

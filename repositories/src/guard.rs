@@ -422,15 +422,19 @@ impl Guarded {
         Fut: Future<Output = Result<T>> + Send,
     {
         self.budget(true);
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.max_retries)
-            .build();
+        // Built at the first retry: most calls never need it.
+        let mut delays = None;
         loop {
             match self.attempt(op, f).await {
                 Ok(v) => return Ok(v),
                 Err(e) if op.is_idempotent() && e.is_retryable() => {
+                    let delays = delays.get_or_insert_with(|| {
+                        backon::ExponentialBuilder::default()
+                            .with_min_delay(self.retry.min_delay)
+                            .with_max_delay(self.retry.max_delay)
+                            .with_max_times(self.retry.max_retries)
+                            .build()
+                    });
                     let Some(ceiling) = delays.next() else {
                         return Err(e);
                     };

@@ -462,20 +462,35 @@ impl RedisBackend {
         self
     }
 
-    fn base(&self, schema: &EntitySchema) -> String {
-        format!("{}:{}", self.prefix, schema.name)
+    /// `<prefix>:<entity>` and then `parts`. Keys are built on every call,
+    /// so by concatenation rather than through `format!`'s machinery.
+    fn key(&self, schema: &EntitySchema, parts: &[&str]) -> String {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut k = String::with_capacity(self.prefix.len() + 1 + schema.name.len() + len);
+        k.push_str(&self.prefix);
+        k.push(':');
+        k.push_str(schema.name);
+        for p in parts {
+            k.push_str(p);
+        }
+        k
     }
 
     fn record_key(&self, schema: &EntitySchema, member: &str) -> String {
-        format!("{}:r:{member}", self.base(schema))
+        self.key(schema, &[":r:", member])
+    }
+
+    /// The prefix of every record key (scripts append a member).
+    fn record_prefix(&self, schema: &EntitySchema) -> String {
+        self.key(schema, &[":r:"])
     }
 
     fn keys_key(&self, schema: &EntitySchema) -> String {
-        format!("{}:k", self.base(schema))
+        self.key(schema, &[":k"])
     }
 
     fn index_key(&self, schema: &EntitySchema, field: &str, v: &Value) -> String {
-        format!("{}:i:{field}:{}", self.base(schema), value_token(v))
+        self.key(schema, &[":i:", field, ":", &value_token(v)])
     }
 
     fn ttl_ms(&self, schema: &EntitySchema) -> u64 {
@@ -514,11 +529,7 @@ impl RedisBackend {
             }
             ix.push(self.index_key(schema, f.name, v));
             if f.unique {
-                claims.push((
-                    format!("{}:u:{}", self.base(schema), f.name),
-                    value_token(v),
-                    f.name,
-                ));
+                claims.push((self.key(schema, &[":u:", f.name]), value_token(v), f.name));
             }
         }
         (ix, claims)
@@ -545,7 +556,7 @@ impl RedisBackend {
             .arg(serde_json::to_string(&ix).unwrap_or_default())
             .arg(serde_json::to_string(&claims).unwrap_or_default())
             .arg(&member)
-            .arg(format!("{}:r:", self.base(schema)))
+            .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .invoke_async(&mut conn)
             .await
@@ -682,12 +693,11 @@ impl RedisBackend {
     ) -> Result<Option<Option<Record>>> {
         let op = Operation::Update;
         let member = key_token(key);
-        let base = self.base(schema);
         let mut conn = self.conn.clone();
         let mut call = self.patch.prepare_invoke();
         call.key(self.record_key(schema, &member))
             .arg(&member)
-            .arg(format!("{base}:r:"))
+            .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .arg(schema.version.map_or("", |vi| schema.fields[vi].name))
             .arg(
@@ -701,7 +711,7 @@ impl RedisBackend {
             let f = &schema.fields[*i];
             call.arg(f.name).arg(super::redis_json::value_text(v));
             if f.indexed && f.ty != FieldType::Json {
-                call.arg(format!("{base}:i:{}:", f.name))
+                call.arg(self.key(schema, &[":i:", f.name, ":"]))
                     .arg(if v.is_null() {
                         String::new()
                     } else {
@@ -711,7 +721,8 @@ impl RedisBackend {
                 call.arg("").arg("");
             }
             if f.unique && f.indexed && f.ty != FieldType::Json {
-                call.arg(format!("{base}:u:{}", f.name)).arg(value_token(v));
+                call.arg(self.key(schema, &[":u:", f.name]))
+                    .arg(value_token(v));
             } else {
                 call.arg("").arg("");
             }
@@ -885,7 +896,7 @@ fn value_token(v: &Value) -> String {
         Value::Int(i) => i.to_string(),
         Value::Float(x) => format!("{:016x}", x.to_bits()),
         Value::Text(s) => s.clone(),
-        Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+        Value::Date(d) => dl_models::date_text(d).as_str().to_owned(),
         Value::Timestamp(t) => t.timestamp_millis().to_string(),
         Value::Uuid(u) => u.hyphenated().to_string(),
         Value::Json(j) => j.to_string(),
@@ -1013,7 +1024,7 @@ impl Backend for RedisBackend {
             .arg(serde_json::to_string(&ix).unwrap_or_default())
             .arg(serde_json::to_string(&claims).unwrap_or_default())
             .arg(&member)
-            .arg(format!("{}:r:", self.base(schema)))
+            .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .arg(ix.len())
             .arg(&ix)
@@ -1047,7 +1058,7 @@ impl Backend for RedisBackend {
         let reply: Vec<String> = self
             .insert_many
             .key(self.keys_key(schema))
-            .arg(format!("{}:r:", self.base(schema)))
+            .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .arg(serde_json::to_string(&items).unwrap_or_default())
             .invoke_async(&mut conn)

@@ -57,11 +57,12 @@ impl serde::Serialize for Json<'_> {
             Value::Float(x) if x.is_finite() => s.serialize_f64(*x),
             Value::Float(_) => s.serialize_unit(),
             Value::Text(t) => s.serialize_str(t),
-            Value::Date(d) => s.collect_str(&d.format("%Y-%m-%d")),
-            Value::Timestamp(t) => {
-                s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            }
-            Value::Uuid(u) => s.collect_str(&u.hyphenated()),
+            Value::Date(d) => s.serialize_str(&dl_models::date_text(d)),
+            Value::Timestamp(t) => s.serialize_str(&dl_models::timestamp_text(t)),
+            Value::Uuid(u) => s.serialize_str(
+                u.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
             Value::Json(j) => j.serialize(s),
         }
     }
