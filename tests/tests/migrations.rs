@@ -392,6 +392,7 @@ async fn the_projects_scripts_on_every_live_store() {
     for store in ["postgres", "mongo", "scylla", "redis"] {
         assert!(lines.contains(&format!("{store} 1 ok")), "{lines:?}");
     }
+    assert!(lines.contains(&"redis 2 ok".to_owned()), "{lines:?}");
     let again = migrate::run(&settings, &dir, &stores, Action::Up, &o, &mut |_| {}).await;
     assert!(
         again

@@ -37,12 +37,14 @@ fn model_redis_matches_memory() {
     ));
 }
 
-/// The index layout change of issue 6 (index entries as sorted sets) comes
-/// with a migration: index entries written as plain sets, as before, are
-/// converted with their members, and filters read them again; the down
-/// script turns them back into sets.
+/// The layout changes of issue 6 come with migrations: index entries
+/// written as plain sets (migration 1) and records written as hashes
+/// (migration 2), as before, are converted with their members, records,
+/// index entries and TTLs, and reads and filters work again; the down
+/// scripts turn them back. Before a keyspace is converted, the backend
+/// answers `SchemaNotReady` naming the command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn index_sets_from_before_sorted_indexes_are_migrated() {
+async fn keyspaces_from_before_are_migrated() {
     use data_layer::migrate::{self, Action, Options};
     use data_layer::models::domain::Appointment;
     use data_layer::{DataLayer, Filter, Query, Store};
@@ -115,6 +117,57 @@ async fn index_sets_from_before_sorted_indexes_are_migrated() {
         }
     };
     assert_eq!(kind(&mut conn).await, "zset");
+    let probe = conn.clone();
+    let type_of = |key: String| {
+        let mut conn = probe.clone();
+        async move {
+            let t: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("type");
+            t
+        }
+    };
+    let member = scheduled[0].hyphenated().to_string();
+    let record_key = format!("{ns}:appointments:r:{member}");
+    let meta_key = format!("{ns}:appointments:m:{member}");
+    assert_eq!(type_of(record_key.clone()).await, "string");
+    assert_eq!(type_of(meta_key.clone()).await, "hash");
+    // An expiring record keeps its TTL through both conversions.
+    let () = redis::cmd("PEXPIRE")
+        .arg(&record_key)
+        .arg(600_000)
+        .query_async(&mut conn)
+        .await
+        .map(|_: i64| ())
+        .expect("pexpire");
+    let ttl = |key: String| {
+        let mut conn = probe.clone();
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("pttl");
+            ms
+        }
+    };
+
+    // Back to records as hashes (migration 1's layout).
+    migrate_to(Action::Down, Some(1)).await;
+    assert_eq!(type_of(record_key.clone()).await, "hash");
+    assert_eq!(type_of(meta_key.clone()).await, "none");
+    assert!(ttl(record_key.clone()).await > 500_000);
+    match repo.get(&scheduled[0]).await {
+        Err(data_layer::Error::SchemaNotReady { reason, .. }) => {
+            assert!(reason.contains("migrate up --store redis"), "{reason}");
+        }
+        other => panic!(
+            "expected SchemaNotReady, got {:?}",
+            other.map(|a| a.map(|a| a.id))
+        ),
+    }
 
     // Back to the layout written before: plain sets.
     migrate_to(Action::Down, Some(0)).await;
@@ -149,9 +202,42 @@ async fn index_sets_from_before_sorted_indexes_are_migrated() {
         .expect("list");
     let ids: Vec<uuid::Uuid> = page.items.iter().map(|a| a.id).collect();
     assert_eq!(ids, scheduled);
+    assert_eq!(type_of(record_key.clone()).await, "string");
+    assert_eq!(type_of(meta_key.clone()).await, "hash");
+    assert!(ttl(record_key.clone()).await > 500_000);
+    assert!(ttl(meta_key.clone()).await > 500_000);
+    let got = repo
+        .get(&scheduled[0])
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.id, scheduled[0]);
+    // Writes after the round trip move the index entries the meta hash
+    // names: the record leaves the `scheduled` index.
+    repo.update(
+        &scheduled[0],
+        &data_layer::Patch::new().set("status", "done"),
+    )
+    .await
+    .expect("update")
+    .expect("present");
+    let page = repo
+        .list(
+            &Query::new()
+                .filter(Filter::eq("status", "scheduled"))
+                .limit(10),
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 2);
+    assert!(repo.delete(&scheduled[1]).await.expect("delete"));
+    assert_eq!(
+        type_of(format!("{ns}:appointments:m:{}", scheduled[1].hyphenated())).await,
+        "none"
+    );
     nss.drop_all().await;
     say(
-        "redis[migrations]: index sets written before sorted indexes: converted down and up again, 3 of 3 members kept, list reads them in key order",
+        "redis[migrations]: index sets and record hashes written before: converted down and up again, 3 of 3 members, records and TTLs kept, list reads them in key order",
     );
 }
 
@@ -226,29 +312,20 @@ async fn patch_script_reads_stored_text_exactly() {
         let text = text.to_owned();
         let mut conn = conn.clone();
         async move {
-            let () = redis::cmd("HSET")
+            let () = redis::cmd("SET")
                 .arg(&key)
-                .arg("d")
                 .arg(text)
-                .arg("rev")
-                .arg(1)
-                .arg("ix")
-                .arg("[]")
-                .arg("u")
-                .arg("[]")
                 .query_async(&mut conn)
                 .await
-                .map(|_: i64| ())
-                .expect("hset");
+                .expect("set");
         }
     };
     let stored = |id: &str| {
         let key = record_key(id);
         let mut conn = conn.clone();
         async move {
-            let d: String = redis::cmd("HGET")
+            let d: String = redis::cmd("GET")
                 .arg(key)
-                .arg("d")
                 .query_async(&mut conn)
                 .await
                 .expect("hget");
@@ -405,9 +482,8 @@ async fn patch_script_reads_stored_text_exactly() {
             .expect("present");
         assert_eq!(got.get(field("rank")), &Value::Int(2), "{id}");
         assert_eq!(got.get(field("version")), &Value::Int(5), "{id}");
-        let d: String = redis::cmd("HGET")
+        let d: String = redis::cmd("GET")
             .arg(record_key(id))
-            .arg("d")
             .query_async(&mut conn.clone())
             .await
             .expect("hget");
@@ -443,9 +519,8 @@ async fn patch_script_reads_stored_text_exactly() {
             }
             other => panic!("{id}: expected an error, got {other:?}"),
         }
-        let d: String = redis::cmd("HGET")
+        let d: String = redis::cmd("GET")
             .arg(record_key(id))
-            .arg("d")
             .query_async(&mut conn.clone())
             .await
             .expect("hget");

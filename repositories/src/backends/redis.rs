@@ -1,9 +1,11 @@
 //! The Redis backend (redis-rs, async, one multiplexed connection manager).
 //!
 //! Layout under `<prefix>:<entity>`:
-//! - `:r:<key>` — a hash per entity: `d` (the record as JSON), `rev` (a
-//!   revision bumped by every write), `ix` and `u` (the index entries and
-//!   unique claims the record owns, so a write can move them atomically);
+//! - `:r:<key>` — a string per entity: the record as JSON, so a read is
+//!   one `GET` and many reads one `MGET`;
+//! - `:m:<key>` — a hash beside it, `ix` and `u`: the index entries and
+//!   unique claims the record owns, so a write can move them atomically
+//!   (only for records that have any);
 //! - `:k` — a sorted set of every key in an order-preserving encoding, read
 //!   with `ZRANGEBYLEX` for listing in key order and for cursors;
 //! - `:i:<field>:<value>` — the keys with that value of an `#[indexed]`
@@ -12,17 +14,21 @@
 //!   time (`ZRANGEBYLEX ... LIMIT`);
 //! - `:u:<field>` — a hash of value → key per `#[indexed(unique)]` field.
 //!
-//! Every write is one Lua script that checks (revision, duplicates, unique
-//! claims) and writes record, key order and index entries atomically.
-//! `insert` and `update` by patch are one script each (one round trip; the
-//! patch script splices the stored JSON text, so no number goes through
-//! Lua's doubles); `replace` and `upsert` read, compute the new record, and
-//! write only if the revision is unchanged (optimistic compare-and-set,
-//! retried).
-//! `insert_many` is one all-or-nothing script; `get_many` one pipeline.
+//! Every write is one Lua script that checks (duplicates, unique claims,
+//! the record read for a compare-and-set) and writes record, key order and
+//! index entries atomically. `insert` and `update` by patch are one script
+//! each (one round trip; the patch script splices the stored JSON text, so
+//! no number goes through Lua's doubles); `replace` and `upsert` read,
+//! compute the new record, and write only if the stored text is still the
+//! one read (optimistic compare-and-set on the record itself, retried).
+//! `insert_many` is one all-or-nothing script; `get_many` one `MGET`.
 //! Filters: `eq` and `in` on the key and on `#[indexed]` fields (set
 //! operations); anything else is `Unsupported`. No `KEYS` anywhere.
 //! Single-node Redis (scripts touch keys they compute; not for Cluster).
+//!
+//! Keyspaces written before: `migrations/redis/` converts them
+//! (`data-layer migrate up --store redis`); until then the backend answers
+//! `SchemaNotReady`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -40,13 +46,15 @@ use crate::versions::{bumped, check_expected, patched, version_of};
 const CAS_ATTEMPTS: usize = 64;
 
 /// A write of a whole record (replace, upsert, and updates the patch
-/// script cannot do): only if the revision is still the one read. ARGV:
-/// expected revision, must exist, record JSON, index keys JSON, claims
-/// JSON, member, record key prefix, TTL ms.
+/// script cannot do): only if the stored text is still the one read (the
+/// record itself is the compare-and-set token: equal text, equal record,
+/// equal index entries). KEYS: record, key order, meta. ARGV: expected
+/// text ('' when read as absent), must exist, record JSON, index keys
+/// JSON, claims JSON, member, record key prefix, TTL ms.
 const WRITE: &str = r#"
-local cur_rev = redis.call('HGET', KEYS[1], 'rev')
-if ARGV[1] ~= '' and (cur_rev or '0') ~= ARGV[1] then return {'retry'} end
-if ARGV[2] == '1' and not cur_rev then return {'missing'} end
+local cur = redis.call('GET', KEYS[1])
+if (cur or '') ~= ARGV[1] then return {'retry'} end
+if ARGV[2] == '1' and not cur then return {'missing'} end
 local claims = cjson.decode(ARGV[5])
 for _, c in ipairs(claims) do
   local owner = redis.call('HGET', c[1], c[2])
@@ -54,28 +62,35 @@ for _, c in ipairs(claims) do
     return {'unique', c[3]}
   end
 end
-if cur_rev then
-  for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do
-    redis.call('ZREM', k, ARGV[6])
-  end
-  for _, c in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'u'))) do
+if cur then
+  local old = redis.call('HMGET', KEYS[3], 'ix', 'u')
+  for _, k in ipairs(cjson.decode(old[1] or '[]')) do redis.call('ZREM', k, ARGV[6]) end
+  for _, c in ipairs(cjson.decode(old[2] or '[]')) do
     if redis.call('HGET', c[1], c[2]) == ARGV[6] then redis.call('HDEL', c[1], c[2]) end
   end
 end
 for _, k in ipairs(cjson.decode(ARGV[4])) do redis.call('ZADD', k, 0, ARGV[6]) end
 for _, c in ipairs(claims) do redis.call('HSET', c[1], c[2], ARGV[6]) end
-local rev = (tonumber(cur_rev) or 0) + 1
-redis.call('HSET', KEYS[1], 'd', ARGV[3], 'rev', rev, 'ix', ARGV[4], 'u', ARGV[5])
-if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
+redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+if ARGV[4] == '[]' and ARGV[5] == '[]' then
+  redis.call('DEL', KEYS[3])
+else
+  redis.call('HSET', KEYS[3], 'ix', ARGV[4], 'u', ARGV[5])
+end
+if tonumber(ARGV[8]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], ARGV[8])
+end
 redis.call('ZADD', KEYS[2], 0, ARGV[6])
-return {'ok', tostring(rev)}
+return {'ok'}
 "#;
 
 /// A single insert. The index keys and unique claims come as arguments
-/// (and as JSON, kept on the record for later writes), so the script
-/// decodes nothing: ARGV: record JSON, index keys JSON, claims JSON,
-/// member, record key prefix, TTL ms, number of index keys, the index
-/// keys, number of claims, per claim: hash, token, field.
+/// (and as JSON, kept in the meta hash for later writes), so the script
+/// decodes nothing. KEYS: record, key order, meta. ARGV: record JSON,
+/// index keys JSON, claims JSON, member, record key prefix, TTL ms, number
+/// of index keys, the index keys, number of claims, per claim: hash,
+/// token, field.
 const INSERT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
 local nix = tonumber(ARGV[7])
@@ -93,16 +108,23 @@ for j = 0, nc - 1 do
   local a = c0 + j * 3
   redis.call('HSET', ARGV[a], ARGV[a + 1], ARGV[4])
 end
-redis.call('HSET', KEYS[1], 'd', ARGV[1], 'rev', 1, 'ix', ARGV[2], 'u', ARGV[3])
-if tonumber(ARGV[6]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+redis.call('SET', KEYS[1], ARGV[1])
+if nix + nc > 0 then redis.call('HSET', KEYS[3], 'ix', ARGV[2], 'u', ARGV[3]) end
+if tonumber(ARGV[6]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+end
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
-return {'ok', '1'}
+return {'ok'}
 "#;
 
 /// All or nothing: every check first, then the writes. Calls into Redis
 /// are what a script pays for, so keys are checked with one `EXISTS` per
 /// 500 and index entries are added with one `ZADD` per index key (and per
 /// 500 members), not one per entity.
+/// KEYS: key order. ARGV: record key prefix, TTL ms, the items as JSON
+/// (`[member, record JSON, index keys JSON, claims JSON]` each), meta key
+/// prefix.
 const INSERT_MANY: &str = r#"
 local items = cjson.decode(ARGV[3])
 local n = #items
@@ -134,8 +156,13 @@ for i, it in ipairs(items) do
     g[#g + 1] = it[1]
   end
   for _, c in ipairs(claims[i]) do redis.call('HSET', c[1], c[2], it[1]) end
-  redis.call('HSET', rk, 'd', it[2], 'rev', 1, 'ix', it[3], 'u', it[4])
-  if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', rk, ARGV[2]) end
+  redis.call('SET', rk, it[2])
+  local mk = ARGV[4] .. it[1]
+  if it[3] ~= '[]' or it[4] ~= '[]' then redis.call('HSET', mk, 'ix', it[3], 'u', it[4]) end
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('PEXPIRE', rk, ARGV[2])
+    redis.call('PEXPIRE', mk, ARGV[2])
+  end
   everyone[#everyone + 1] = 0
   everyone[#everyone + 1] = it[1]
 end
@@ -159,13 +186,18 @@ return {'ok'}
 /// exactly, or a version it cannot bump as text, answers `fallback` (the
 /// client then reads, patches and compares-and-sets).
 ///
-/// ARGV: member, record key prefix, TTL ms, version field, expected
-/// version, number of sets; then per set: field, JSON text, index prefix,
-/// new index key (empty for null), unique claims hash, claim token.
+/// KEYS: record, meta. ARGV: member, record key prefix, TTL ms, version
+/// field, expected version, number of sets; then per set: field, JSON
+/// text, index prefix, new index key (empty for null), unique claims hash,
+/// claim token.
 const PATCH: &str = r#"
-local got = redis.call('HMGET', KEYS[1], 'd', 'ix', 'u', 'rev')
-local d = got[1]
+local d = redis.call('GET', KEYS[1])
 if not d then return {'missing'} end
+local meta
+local function stored_meta()
+  meta = meta or redis.call('HMGET', KEYS[2], 'ix', 'u')
+  return meta
+end
 local find, match, byte, sub = string.find, string.match, string.byte, string.sub
 local n = tonumber(ARGV[6])
 local wanted = {}
@@ -305,7 +337,7 @@ for s = 0, n - 1 do
     added[#added + 1] = '"' .. name .. '":' .. text
   end
   if ipre ~= '' then
-    ix = ix or cjson.decode(got[2] or '[]')
+    ix = ix or cjson.decode(stored_meta()[1] or '[]')
     local kept, had = {}, false
     for _, k in ipairs(ix) do
       if sub(k, 1, #ipre) ~= ipre then
@@ -324,7 +356,7 @@ for s = 0, n - 1 do
     ix = kept
   end
   if uh ~= '' then
-    u = u or cjson.decode(got[3] or '[]')
+    u = u or cjson.decode(stored_meta()[2] or '[]')
     local kept = {}
     for _, c in ipairs(u) do
       if c[3] ~= name then
@@ -366,31 +398,40 @@ if #added > 0 then
 end
 parts[#parts + 1] = sub(d, close)
 local out = table.concat(parts)
-local function list(t)
-  local items = {}
-  for i, x in ipairs(t) do items[i] = cjson.encode(x) end
-  return '[' .. table.concat(items, ',') .. ']'
-end
-local rev = (tonumber(got[4]) or 0) + 1
+redis.call('SET', KEYS[1], out, 'KEEPTTL')
 if ix or u then
-  redis.call('HSET', KEYS[1], 'd', out, 'rev', rev, 'ix', ix and list(ix) or got[2], 'u', u and list(u) or got[3])
-else
-  redis.call('HSET', KEYS[1], 'd', out, 'rev', rev)
+  local function list(t)
+    local items = {}
+    for i, x in ipairs(t) do items[i] = cjson.encode(x) end
+    return '[' .. table.concat(items, ',') .. ']'
+  end
+  local ixs = ix and list(ix) or (stored_meta()[1] or '[]')
+  local us = u and list(u) or (stored_meta()[2] or '[]')
+  if ixs == '[]' and us == '[]' then
+    redis.call('DEL', KEYS[2])
+  else
+    redis.call('HSET', KEYS[2], 'ix', ixs, 'u', us)
+  end
 end
-if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 return {'ok', out}
 "#;
 
+/// KEYS: record, key order, meta. ARGV: member.
 const DELETE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
-for _, k in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'ix'))) do redis.call('ZREM', k, ARGV[1]) end
-for _, c in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'u'))) do
+local m = redis.call('HMGET', KEYS[3], 'ix', 'u')
+for _, k in ipairs(cjson.decode(m[1] or '[]')) do redis.call('ZREM', k, ARGV[1]) end
+for _, c in ipairs(cjson.decode(m[2] or '[]')) do
   if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 "#;
@@ -485,6 +526,16 @@ impl RedisBackend {
         self.key(schema, &[":r:"])
     }
 
+    /// The hash of the index entries and unique claims a record owns.
+    fn meta_key(&self, schema: &EntitySchema, member: &str) -> String {
+        self.key(schema, &[":m:", member])
+    }
+
+    /// The prefix of every meta key (scripts append a member).
+    fn meta_prefix(&self, schema: &EntitySchema) -> String {
+        self.key(schema, &[":m:"])
+    }
+
     fn keys_key(&self, schema: &EntitySchema) -> String {
         self.key(schema, &[":k"])
     }
@@ -508,7 +559,7 @@ impl RedisBackend {
             return Error::SchemaNotReady {
                 store: Store::Redis,
                 entity: schema.name,
-                reason: "a key of this entity holds an older layout (index entries as plain sets); run `data-layer migrate up --store redis`".into(),
+                reason: "a key of this entity holds an older layout (records as hashes, or index entries as plain sets); run `data-layer migrate up --store redis`".into(),
             };
         }
         map_redis_error(op, self.timeout, e)
@@ -539,7 +590,7 @@ impl RedisBackend {
         &self,
         schema: &'static EntitySchema,
         op: Operation,
-        expected_rev: &str,
+        expected: &str,
         must_exist: bool,
         record: &Record,
     ) -> Result<Written> {
@@ -550,7 +601,8 @@ impl RedisBackend {
             .write
             .key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
-            .arg(expected_rev)
+            .key(self.meta_key(schema, &member))
+            .arg(expected)
             .arg(if must_exist { "1" } else { "0" })
             .arg(encode_record(schema, record))
             .arg(serde_json::to_string(&ix).unwrap_or_default())
@@ -570,7 +622,7 @@ impl RedisBackend {
         })
     }
 
-    /// Reads a record and its revision.
+    /// Reads a record and its stored text (the compare-and-set token).
     async fn read(
         &self,
         schema: &'static EntitySchema,
@@ -578,20 +630,16 @@ impl RedisBackend {
         key: &Value,
     ) -> Result<Option<(Record, String)>> {
         let mut conn = self.conn.clone();
-        let (d, rev): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        let d: Option<String> = redis::cmd("GET")
             .arg(self.record_key(schema, &key_token(key)))
-            .arg("d")
-            .arg("rev")
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
-        match (d, rev) {
-            (Some(d), Some(rev)) => Ok(Some((decode_record(schema, op, &d)?, rev))),
-            _ => Ok(None),
-        }
+        d.map(|d| Ok((decode_record(schema, op, &d)?, d)))
+            .transpose()
     }
 
-    /// Reads records by key token, in one pipeline; absent ones are `None`.
+    /// Reads records by key token, with one `MGET`; absent ones are `None`.
     async fn read_many(
         &self,
         schema: &'static EntitySchema,
@@ -601,12 +649,12 @@ impl RedisBackend {
         if members.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut mget = redis::cmd("MGET");
         for m in members {
-            pipe.cmd("HGET").arg(self.record_key(schema, m)).arg("d");
+            mget.arg(self.record_key(schema, m));
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<Option<String>> = pipe
+        let raw: Vec<Option<String>> = mget
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
@@ -664,8 +712,8 @@ impl RedisBackend {
             let Some(next) = compute(current.as_ref().map(|(r, _)| r))? else {
                 return Ok(None);
             };
-            let rev = current.as_ref().map_or("0", |(_, rev)| rev.as_str());
-            match self.run_write(schema, op, rev, must_exist, &next).await? {
+            let read = current.as_ref().map_or("", |(_, text)| text.as_str());
+            match self.run_write(schema, op, read, must_exist, &next).await? {
                 Written::Ok => return Ok(Some(next)),
                 Written::Retry => {}
                 Written::Missing => return Ok(None),
@@ -696,6 +744,7 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let mut call = self.patch.prepare_invoke();
         call.key(self.record_key(schema, &member))
+            .key(self.meta_key(schema, &member))
             .arg(&member)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
@@ -1020,6 +1069,7 @@ impl Backend for RedisBackend {
         let mut call = self.insert.prepare_invoke();
         call.key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
+            .key(self.meta_key(schema, &member))
             .arg(encode_record(schema, record))
             .arg(serde_json::to_string(&ix).unwrap_or_default())
             .arg(serde_json::to_string(&claims).unwrap_or_default())
@@ -1061,6 +1111,7 @@ impl Backend for RedisBackend {
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .arg(serde_json::to_string(&items).unwrap_or_default())
+            .arg(self.meta_prefix(schema))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
@@ -1070,9 +1121,8 @@ impl Backend for RedisBackend {
     async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
         let op = Operation::Get;
         let mut conn = self.conn.clone();
-        let d: Option<String> = redis::cmd("HGET")
+        let d: Option<String> = redis::cmd("GET")
             .arg(self.record_key(schema, &key_token(key)))
-            .arg("d")
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
@@ -1153,6 +1203,7 @@ impl Backend for RedisBackend {
             .delete
             .key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
+            .key(self.meta_key(schema, &member))
             .arg(&member)
             .invoke_async(&mut conn)
             .await
