@@ -131,9 +131,28 @@ async fn keyspaces_from_before_are_migrated() {
     };
     let member = scheduled[0].hyphenated().to_string();
     let record_key = format!("{ns}:appointments:r:{member}");
-    let meta_key = format!("{ns}:appointments:m:{member}");
     assert_eq!(type_of(record_key.clone()).await, "string");
-    assert_eq!(type_of(meta_key.clone()).await, "hash");
+    let value = |key: String| {
+        let mut conn = probe.clone();
+        async move {
+            let v: String = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("get");
+            v
+        }
+    };
+    // Two lines of what the record owns, then the record.
+    let stored = value(record_key.clone()).await;
+    let lines: Vec<&str> = stored.splitn(3, '\n').collect();
+    assert!(
+        lines[0].contains(&format!("{ns}:appointments:i:status:scheduled")),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1], "[]");
+    assert!(lines[2].starts_with('{'));
     // An expiring record keeps its TTL through both conversions.
     let () = redis::cmd("PEXPIRE")
         .arg(&record_key)
@@ -157,7 +176,6 @@ async fn keyspaces_from_before_are_migrated() {
     // Back to records as hashes (migration 1's layout).
     migrate_to(Action::Down, Some(1)).await;
     assert_eq!(type_of(record_key.clone()).await, "hash");
-    assert_eq!(type_of(meta_key.clone()).await, "none");
     assert!(ttl(record_key.clone()).await > 500_000);
     match repo.get(&scheduled[0]).await {
         Err(data_layer::Error::SchemaNotReady { reason, .. }) => {
@@ -203,16 +221,15 @@ async fn keyspaces_from_before_are_migrated() {
     let ids: Vec<uuid::Uuid> = page.items.iter().map(|a| a.id).collect();
     assert_eq!(ids, scheduled);
     assert_eq!(type_of(record_key.clone()).await, "string");
-    assert_eq!(type_of(meta_key.clone()).await, "hash");
+    assert_eq!(value(record_key.clone()).await, stored);
     assert!(ttl(record_key.clone()).await > 500_000);
-    assert!(ttl(meta_key.clone()).await > 500_000);
     let got = repo
         .get(&scheduled[0])
         .await
         .expect("get")
         .expect("present");
     assert_eq!(got.id, scheduled[0]);
-    // Writes after the round trip move the index entries the meta hash
+    // Writes after the round trip move the index entries the stored value
     // names: the record leaves the `scheduled` index.
     repo.update(
         &scheduled[0],
@@ -231,10 +248,14 @@ async fn keyspaces_from_before_are_migrated() {
         .expect("list");
     assert_eq!(page.items.len(), 2);
     assert!(repo.delete(&scheduled[1]).await.expect("delete"));
-    assert_eq!(
-        type_of(format!("{ns}:appointments:m:{}", scheduled[1].hyphenated())).await,
-        "none"
-    );
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{ns}:appointments:i:status:scheduled"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    assert_eq!(left, vec![scheduled[2].hyphenated().to_string()]);
     nss.drop_all().await;
     say(
         "redis[migrations]: index sets and record hashes written before: converted down and up again, 3 of 3 members, records and TTLs kept, list reads them in key order",
@@ -312,9 +333,10 @@ async fn patch_script_reads_stored_text_exactly() {
         let text = text.to_owned();
         let mut conn = conn.clone();
         async move {
+            // (A record that owns no index entries or claims.)
             let () = redis::cmd("SET")
                 .arg(&key)
-                .arg(text)
+                .arg(format!("[]\n[]\n{text}"))
                 .query_async(&mut conn)
                 .await
                 .expect("set");
@@ -324,12 +346,13 @@ async fn patch_script_reads_stored_text_exactly() {
         let key = record_key(id);
         let mut conn = conn.clone();
         async move {
-            let d: String = redis::cmd("GET")
+            let v: String = redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut conn)
                 .await
-                .expect("hget");
-            serde_json::from_str::<serde_json::Value>(&d).expect("stored JSON")
+                .expect("get");
+            let (_, d) = v.split_once("\n[]\n").expect("the record line");
+            serde_json::from_str::<serde_json::Value>(d).expect("stored JSON")
         }
     };
     let patch = |p: Patch| p.check(schema).expect("valid patch");
@@ -482,12 +505,15 @@ async fn patch_script_reads_stored_text_exactly() {
             .expect("present");
         assert_eq!(got.get(field("rank")), &Value::Int(2), "{id}");
         assert_eq!(got.get(field("version")), &Value::Int(5), "{id}");
-        let d: String = redis::cmd("GET")
+        let v: String = redis::cmd("GET")
             .arg(record_key(id))
             .query_async(&mut conn.clone())
             .await
-            .expect("hget");
-        assert_eq!(d, want, "{id}: only the patched spans change");
+            .expect("get");
+        // (`rank` is indexed: its entry moved into the first line.)
+        let lines: Vec<&str> = v.splitn(3, '\n').collect();
+        assert_eq!(lines[0], format!(r#"["{ns}:specimens:i:rank:2"]"#), "{id}");
+        assert_eq!(lines[2], want, "{id}: only the patched spans change");
     }
 
     // The general path: a negative version past 2^53, then text that is
@@ -519,12 +545,12 @@ async fn patch_script_reads_stored_text_exactly() {
             }
             other => panic!("{id}: expected an error, got {other:?}"),
         }
-        let d: String = redis::cmd("GET")
+        let v: String = redis::cmd("GET")
             .arg(record_key(id))
             .query_async(&mut conn.clone())
             .await
-            .expect("hget");
-        assert_eq!(d, text, "{id}: nothing written");
+            .expect("get");
+        assert_eq!(v, format!("[]\n[]\n{text}"), "{id}: nothing written");
     }
     nss.drop_all().await;
     say(

@@ -1,11 +1,11 @@
 //! The Redis backend (redis-rs, async, one multiplexed connection manager).
 //!
 //! Layout under `<prefix>:<entity>`:
-//! - `:r:<key>` — a string per entity: the record as JSON, so a read is
-//!   one `GET` and many reads one `MGET`;
-//! - `:m:<key>` — a hash beside it, `ix` and `u`: the index entries and
-//!   unique claims the record owns, so a write can move them atomically
-//!   (only for records that have any);
+//! - `:r:<key>` — a string per entity: two lines, the index entries and
+//!   the unique claims the record owns (JSON arrays, so a write can move
+//!   them atomically), then the record as JSON. A read is one `GET`, many
+//!   reads one `MGET`, and the record and what it owns are one key: they
+//!   are written, expire and are deleted together;
 //! - `:k` — a sorted set of every key in an order-preserving encoding, read
 //!   with `ZRANGEBYLEX` for listing in key order and for cursors;
 //! - `:i:<field>:<value>` — the keys with that value of an `#[indexed]`
@@ -46,11 +46,11 @@ use crate::versions::{bumped, check_expected, patched, version_of};
 const CAS_ATTEMPTS: usize = 64;
 
 /// A write of a whole record (replace, upsert, and updates the patch
-/// script cannot do): only if the stored text is still the one read (the
+/// script cannot do): only if the stored value is still the one read (the
 /// record itself is the compare-and-set token: equal text, equal record,
-/// equal index entries). KEYS: record, key order, meta. ARGV: expected
-/// text ('' when read as absent), must exist, record JSON, index keys
-/// JSON, claims JSON, member, record key prefix, TTL ms.
+/// equal index entries). KEYS: record, key order. ARGV: expected stored
+/// value ('' when read as absent), must exist, new stored value, index
+/// keys JSON, claims JSON, member, record key prefix, TTL ms.
 const WRITE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[1] then return {'retry'} end
@@ -63,58 +63,47 @@ for _, c in ipairs(claims) do
   end
 end
 if cur then
-  local old = redis.call('HMGET', KEYS[3], 'ix', 'u')
-  for _, k in ipairs(cjson.decode(old[1] or '[]')) do redis.call('ZREM', k, ARGV[6]) end
-  for _, c in ipairs(cjson.decode(old[2] or '[]')) do
+  local a = string.find(cur, '\n', 1, true)
+  local b = a and string.find(cur, '\n', a + 1, true)
+  if not b then return {'layout'} end
+  for _, k in ipairs(cjson.decode(string.sub(cur, 1, a - 1))) do redis.call('ZREM', k, ARGV[6]) end
+  for _, c in ipairs(cjson.decode(string.sub(cur, a + 1, b - 1))) do
     if redis.call('HGET', c[1], c[2]) == ARGV[6] then redis.call('HDEL', c[1], c[2]) end
   end
 end
 for _, k in ipairs(cjson.decode(ARGV[4])) do redis.call('ZADD', k, 0, ARGV[6]) end
 for _, c in ipairs(claims) do redis.call('HSET', c[1], c[2], ARGV[6]) end
 redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
-if ARGV[4] == '[]' and ARGV[5] == '[]' then
-  redis.call('DEL', KEYS[3])
-else
-  redis.call('HSET', KEYS[3], 'ix', ARGV[4], 'u', ARGV[5])
-end
-if tonumber(ARGV[8]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  redis.call('PEXPIRE', KEYS[3], ARGV[8])
-end
+if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
 redis.call('ZADD', KEYS[2], 0, ARGV[6])
 return {'ok'}
 "#;
 
 /// A single insert. The index keys and unique claims come as arguments
-/// (and as JSON, kept in the meta hash for later writes), so the script
-/// decodes nothing. KEYS: record, key order, meta. ARGV: record JSON,
-/// index keys JSON, claims JSON, member, record key prefix, TTL ms, number
-/// of index keys, the index keys, number of claims, per claim: hash,
-/// token, field.
+/// (and in the stored value, for later writes), so the script decodes
+/// nothing. KEYS: record, key order. ARGV: stored value, member, record
+/// key prefix, TTL ms, number of index keys, the index keys, number of
+/// claims, per claim: hash, token, field.
 const INSERT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
-local nix = tonumber(ARGV[7])
-local nc = tonumber(ARGV[8 + nix])
-local c0 = 9 + nix
+local nix = tonumber(ARGV[5])
+local nc = tonumber(ARGV[6 + nix])
+local c0 = 7 + nix
 for j = 0, nc - 1 do
   local a = c0 + j * 3
   local owner = redis.call('HGET', ARGV[a], ARGV[a + 1])
-  if owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. owner) == 1 then
+  if owner and owner ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
     return {'unique', ARGV[a + 2]}
   end
 end
-for j = 8, 7 + nix do redis.call('ZADD', ARGV[j], 0, ARGV[4]) end
+for j = 6, 5 + nix do redis.call('ZADD', ARGV[j], 0, ARGV[2]) end
 for j = 0, nc - 1 do
   local a = c0 + j * 3
-  redis.call('HSET', ARGV[a], ARGV[a + 1], ARGV[4])
+  redis.call('HSET', ARGV[a], ARGV[a + 1], ARGV[2])
 end
 redis.call('SET', KEYS[1], ARGV[1])
-if nix + nc > 0 then redis.call('HSET', KEYS[3], 'ix', ARGV[2], 'u', ARGV[3]) end
-if tonumber(ARGV[6]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[3], ARGV[6])
-end
-redis.call('ZADD', KEYS[2], 0, ARGV[4])
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
 return {'ok'}
 "#;
 
@@ -123,8 +112,7 @@ return {'ok'}
 /// 500 and index entries are added with one `ZADD` per index key (and per
 /// 500 members), not one per entity.
 /// KEYS: key order. ARGV: record key prefix, TTL ms, the items as JSON
-/// (`[member, record JSON, index keys JSON, claims JSON]` each), meta key
-/// prefix.
+/// (`[member, stored value, index keys JSON, claims JSON]` each).
 const INSERT_MANY: &str = r#"
 local items = cjson.decode(ARGV[3])
 local n = #items
@@ -157,12 +145,7 @@ for i, it in ipairs(items) do
   end
   for _, c in ipairs(claims[i]) do redis.call('HSET', c[1], c[2], it[1]) end
   redis.call('SET', rk, it[2])
-  local mk = ARGV[4] .. it[1]
-  if it[3] ~= '[]' or it[4] ~= '[]' then redis.call('HSET', mk, 'ix', it[3], 'u', it[4]) end
-  if tonumber(ARGV[2]) > 0 then
-    redis.call('PEXPIRE', rk, ARGV[2])
-    redis.call('PEXPIRE', mk, ARGV[2])
-  end
+  if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', rk, ARGV[2]) end
   everyone[#everyone + 1] = 0
   everyone[#everyone + 1] = it[1]
 end
@@ -186,19 +169,18 @@ return {'ok'}
 /// exactly, or a version it cannot bump as text, answers `fallback` (the
 /// client then reads, patches and compares-and-sets).
 ///
-/// KEYS: record, meta. ARGV: member, record key prefix, TTL ms, version
+/// KEYS: record. ARGV: member, record key prefix, TTL ms, version
 /// field, expected version, number of sets; then per set: field, JSON
 /// text, index prefix, new index key (empty for null), unique claims hash,
 /// claim token.
 const PATCH: &str = r#"
-local d = redis.call('GET', KEYS[1])
-if not d then return {'missing'} end
-local meta
-local function stored_meta()
-  meta = meta or redis.call('HMGET', KEYS[2], 'ix', 'u')
-  return meta
-end
+local v = redis.call('GET', KEYS[1])
+if not v then return {'missing'} end
 local find, match, byte, sub = string.find, string.match, string.byte, string.sub
+local n1 = find(v, '\n', 1, true)
+local n2 = n1 and find(v, '\n', n1 + 1, true)
+if not n2 then return {'fallback'} end
+local d = sub(v, n2 + 1)
 local n = tonumber(ARGV[6])
 local wanted = {}
 for s = 0, n - 1 do wanted[ARGV[7 + s * 6]] = true end
@@ -337,7 +319,7 @@ for s = 0, n - 1 do
     added[#added + 1] = '"' .. name .. '":' .. text
   end
   if ipre ~= '' then
-    ix = ix or cjson.decode(stored_meta()[1] or '[]')
+    ix = ix or cjson.decode(sub(v, 1, n1 - 1))
     local kept, had = {}, false
     for _, k in ipairs(ix) do
       if sub(k, 1, #ipre) ~= ipre then
@@ -356,7 +338,7 @@ for s = 0, n - 1 do
     ix = kept
   end
   if uh ~= '' then
-    u = u or cjson.decode(stored_meta()[2] or '[]')
+    u = u or cjson.decode(sub(v, n1 + 1, n2 - 1))
     local kept = {}
     for _, c in ipairs(u) do
       if c[3] ~= name then
@@ -398,40 +380,40 @@ if #added > 0 then
 end
 parts[#parts + 1] = sub(d, close)
 local out = table.concat(parts)
-redis.call('SET', KEYS[1], out, 'KEEPTTL')
+local head
 if ix or u then
   local function list(t)
     local items = {}
     for i, x in ipairs(t) do items[i] = cjson.encode(x) end
     return '[' .. table.concat(items, ',') .. ']'
   end
-  local ixs = ix and list(ix) or (stored_meta()[1] or '[]')
-  local us = u and list(u) or (stored_meta()[2] or '[]')
-  if ixs == '[]' and us == '[]' then
-    redis.call('DEL', KEYS[2])
-  else
-    redis.call('HSET', KEYS[2], 'ix', ixs, 'u', us)
-  end
+  head = (ix and list(ix) or sub(v, 1, n1 - 1)) .. '\n' .. (u and list(u) or sub(v, n1 + 1, n2 - 1)) .. '\n'
+else
+  head = sub(v, 1, n2)
 end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
+redis.call('SET', KEYS[1], head .. out, 'KEEPTTL')
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {'ok', out}
 "#;
 
-/// KEYS: record, key order, meta. ARGV: member.
+/// KEYS: record, key order. ARGV: member. A stored value this cannot
+/// split is still deleted (its index entries, if any, are skipped on read
+/// as pointing nowhere).
 const DELETE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local v = redis.call('GET', KEYS[1])
+if not v then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
-local m = redis.call('HMGET', KEYS[3], 'ix', 'u')
-for _, k in ipairs(cjson.decode(m[1] or '[]')) do redis.call('ZREM', k, ARGV[1]) end
-for _, c in ipairs(cjson.decode(m[2] or '[]')) do
-  if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
+local a = string.find(v, '\n', 1, true)
+local b = a and string.find(v, '\n', a + 1, true)
+if b then
+  for _, k in ipairs(cjson.decode(string.sub(v, 1, a - 1))) do redis.call('ZREM', k, ARGV[1]) end
+  for _, c in ipairs(cjson.decode(string.sub(v, a + 1, b - 1))) do
+    if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
+  end
 end
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 "#;
@@ -526,16 +508,6 @@ impl RedisBackend {
         self.key(schema, &[":r:"])
     }
 
-    /// The hash of the index entries and unique claims a record owns.
-    fn meta_key(&self, schema: &EntitySchema, member: &str) -> String {
-        self.key(schema, &[":m:", member])
-    }
-
-    /// The prefix of every meta key (scripts append a member).
-    fn meta_prefix(&self, schema: &EntitySchema) -> String {
-        self.key(schema, &[":m:"])
-    }
-
     fn keys_key(&self, schema: &EntitySchema) -> String {
         self.key(schema, &[":k"])
     }
@@ -596,17 +568,22 @@ impl RedisBackend {
     ) -> Result<Written> {
         let member = key_token(record.get(schema.key));
         let (ix, claims) = self.entries(schema, record);
+        let ix_json = serde_json::to_string(&ix).unwrap_or_default();
+        let claims_json = serde_json::to_string(&claims).unwrap_or_default();
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self
             .write
             .key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
-            .key(self.meta_key(schema, &member))
             .arg(expected)
             .arg(if must_exist { "1" } else { "0" })
-            .arg(encode_record(schema, record))
-            .arg(serde_json::to_string(&ix).unwrap_or_default())
-            .arg(serde_json::to_string(&claims).unwrap_or_default())
+            .arg(stored_value(
+                &ix_json,
+                &claims_json,
+                &encode_record(schema, record),
+            ))
+            .arg(&ix_json)
+            .arg(&claims_json)
             .arg(&member)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
@@ -618,6 +595,7 @@ impl RedisBackend {
             Some("retry") => Written::Retry,
             Some("missing") => Written::Missing,
             Some("unique") => Written::Unique(reply.get(1).cloned().unwrap_or_default()),
+            Some("layout") => return Err(protocol(op, NOT_THIS_LAYOUT)),
             _ => return Err(protocol(op, "unexpected reply from the write script")),
         })
     }
@@ -635,7 +613,7 @@ impl RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
-        d.map(|d| Ok((decode_record(schema, op, &d)?, d)))
+        d.map(|d| Ok((decode_stored(schema, op, &d)?, d)))
             .transpose()
     }
 
@@ -661,7 +639,7 @@ impl RedisBackend {
         raw.iter()
             .map(|d| {
                 d.as_deref()
-                    .map(|d| decode_record(schema, op, d))
+                    .map(|d| decode_stored(schema, op, d))
                     .transpose()
             })
             .collect()
@@ -744,7 +722,6 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let mut call = self.patch.prepare_invoke();
         call.key(self.record_key(schema, &member))
-            .key(self.meta_key(schema, &member))
             .arg(&member)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
@@ -952,6 +929,31 @@ fn value_token(v: &Value) -> String {
     }
 }
 
+/// What a write stores: the index keys and the claims the record owns
+/// (compact JSON, which never holds a raw newline), one line each, then
+/// the record JSON.
+fn stored_value(ix: &str, claims: &str, record: &str) -> String {
+    let mut v = String::with_capacity(ix.len() + claims.len() + record.len() + 2);
+    v.push_str(ix);
+    v.push('\n');
+    v.push_str(claims);
+    v.push('\n');
+    v.push_str(record);
+    v
+}
+
+const NOT_THIS_LAYOUT: &str = "a stored value is not in this layout (two lines of index entries and claims, then the record); run `data-layer migrate up --store redis`";
+
+/// The record of a stored value, decoded.
+fn decode_stored(schema: &'static EntitySchema, op: Operation, stored: &str) -> Result<Record> {
+    let record = stored
+        .split_once('\n')
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .map(|(_, record)| record)
+        .ok_or_else(|| protocol(op, NOT_THIS_LAYOUT))?;
+    decode_record(schema, op, record)
+}
+
 fn encode_record(schema: &EntitySchema, record: &Record) -> String {
     super::redis_json::encode(schema, record)
 }
@@ -1067,12 +1069,14 @@ impl Backend for RedisBackend {
         let member = key_token(record.get(schema.key));
         let (ix, claims) = self.entries(schema, record);
         let mut call = self.insert.prepare_invoke();
+        let stored = stored_value(
+            &serde_json::to_string(&ix).unwrap_or_default(),
+            &serde_json::to_string(&claims).unwrap_or_default(),
+            &encode_record(schema, record),
+        );
         call.key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
-            .key(self.meta_key(schema, &member))
-            .arg(encode_record(schema, record))
-            .arg(serde_json::to_string(&ix).unwrap_or_default())
-            .arg(serde_json::to_string(&claims).unwrap_or_default())
+            .arg(stored)
             .arg(&member)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
@@ -1096,12 +1100,10 @@ impl Backend for RedisBackend {
             .iter()
             .map(|r| {
                 let (ix, claims) = self.entries(schema, r);
-                (
-                    key_token(r.get(schema.key)),
-                    encode_record(schema, r),
-                    serde_json::to_string(&ix).unwrap_or_default(),
-                    serde_json::to_string(&claims).unwrap_or_default(),
-                )
+                let ix = serde_json::to_string(&ix).unwrap_or_default();
+                let claims = serde_json::to_string(&claims).unwrap_or_default();
+                let stored = stored_value(&ix, &claims, &encode_record(schema, r));
+                (key_token(r.get(schema.key)), stored, ix, claims)
             })
             .collect();
         let mut conn = self.conn.clone();
@@ -1111,7 +1113,6 @@ impl Backend for RedisBackend {
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .arg(serde_json::to_string(&items).unwrap_or_default())
-            .arg(self.meta_prefix(schema))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
@@ -1126,7 +1127,7 @@ impl Backend for RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
-        d.map(|d| decode_record(schema, op, &d)).transpose()
+        d.map(|d| decode_stored(schema, op, &d)).transpose()
     }
 
     async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
@@ -1203,7 +1204,6 @@ impl Backend for RedisBackend {
             .delete
             .key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
-            .key(self.meta_key(schema, &member))
             .arg(&member)
             .invoke_async(&mut conn)
             .await
