@@ -64,7 +64,7 @@ pub use schema::{
     DEFAULT_MAX_VALUE_BYTES, EntitySchema, FieldDef, FieldType, MAX_INDEXED_TEXT_BYTES, Redaction,
     Sensitivity, is_valid_identifier,
 };
-pub use time_text::{TimeText, date_text, timestamp_text};
+pub use time_text::{TimeText, date_text, parse_date, parse_timestamp, timestamp_text};
 pub use value::{Record, Value};
 
 /// Stands in for a PHI field's value in `Debug` output.

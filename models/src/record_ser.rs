@@ -262,9 +262,7 @@ impl FieldSer {
         match self.0 {
             FieldType::Text => Ok(Value::Text(s.to_owned())),
             ty @ (FieldType::Date | FieldType::Timestamp | FieldType::Uuid) => {
-                Value::Text(s.to_owned())
-                    .coerce(ty)
-                    .ok_or(SerError::Kind("string"))
+                Value::from_text(ty, s).ok_or(SerError::Kind("string"))
             }
             _ => Err(SerError::Kind("string")),
         }

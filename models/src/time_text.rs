@@ -123,6 +123,67 @@ pub fn timestamp_text(t: &DateTime<Utc>) -> TimeText {
     out
 }
 
+/// Reads RFC 3339 text (what serde writes for a `DateTime` and what
+/// [`timestamp_text`] writes) as chrono's `DateTime::parse_from_rfc3339`
+/// does, in UTC. The forms serde and the stores write,
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, are read digit by digit; anything
+/// else (an offset, a space for `T`, a leap second...) goes to chrono, so
+/// the answer is always chrono's.
+#[must_use]
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    fast_timestamp(s.as_bytes()).or_else(|| {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    })
+}
+
+/// Reads `YYYY-MM-DD` as chrono's `NaiveDate::parse_from_str(s,
+/// "%Y-%m-%d")` does: exactly that form digit by digit, anything else
+/// through chrono.
+#[must_use]
+pub fn parse_date(s: &str) -> Option<NaiveDate> {
+    fast_date(s.as_bytes()).or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+}
+
+/// `n` ASCII digits at `b[at..]` as a number.
+fn number(b: &[u8], at: usize, n: usize) -> Option<u32> {
+    let digits = b.get(at..at + n)?;
+    digits.iter().try_fold(0u32, |acc, d| {
+        d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+    })
+}
+
+fn fast_date(b: &[u8]) -> Option<NaiveDate> {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = i32::try_from(number(b, 0, 4)?).ok()?;
+    NaiveDate::from_ymd_opt(year, number(b, 5, 2)?, number(b, 8, 2)?)
+}
+
+fn fast_timestamp(b: &[u8]) -> Option<DateTime<Utc>> {
+    if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let date = fast_date(b.get(..10)?)?;
+    let (hour, minute, second) = (number(b, 11, 2)?, number(b, 14, 2)?, number(b, 17, 2)?);
+    // (A leap second, 60, goes to chrono.)
+    if second > 59 {
+        return None;
+    }
+    let nanos = match &b[19..] {
+        [b'Z'] => 0,
+        [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
+            let n = number(fraction, 0, fraction.len())?;
+            n * 10u32.pow(u32::try_from(9 - fraction.len()).ok()?)
+        }
+        _ => return None,
+    };
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    Some(date.and_time(time).and_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{Duration, TimeZone as _};
@@ -152,6 +213,99 @@ mod tests {
                 + Duration::nanoseconds((n % 1_009) * 999_983);
         }
         assert!(n > 50_000, "{n} steps");
+    }
+
+    fn chronos_timestamp(s: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    #[test]
+    fn reading_is_exactly_chronos() {
+        let mut t = Utc
+            .with_ymd_and_hms(1, 1, 1, 0, 0, 0)
+            .single()
+            .expect("valid");
+        let end = Utc
+            .with_ymd_and_hms(9999, 12, 31, 23, 59, 59)
+            .single()
+            .expect("valid");
+        let mut n: i64 = 0;
+        while t < end {
+            // Every form serde writes (no fraction, 3, 6, 9 digits) and ours.
+            for form in [
+                SecondsFormat::Secs,
+                SecondsFormat::Millis,
+                SecondsFormat::Micros,
+                SecondsFormat::Nanos,
+                SecondsFormat::AutoSi,
+            ] {
+                let text = t.to_rfc3339_opts(form, true);
+                assert_eq!(parse_timestamp(&text), chronos_timestamp(&text), "{text}");
+                assert!(fast_timestamp(text.as_bytes()).is_some(), "{text}");
+            }
+            let d = t.date_naive().format("%Y-%m-%d").to_string();
+            assert_eq!(
+                parse_date(&d),
+                NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()
+            );
+            n += 1;
+            t += Duration::seconds(3_155_693 + (n % 97) * 7_919)
+                + Duration::nanoseconds((n % 1_009) * 999_983);
+        }
+        assert!(n > 50_000, "{n} steps");
+    }
+
+    #[test]
+    fn malformed_text_is_what_chrono_says() {
+        for text in [
+            "",
+            "2026-03-01",
+            "2026-03-01T09:30:00",
+            "2026-03-01T09:30:00z",
+            "2026-03-01t09:30:00Z",
+            "2026-03-01 09:30:00Z",
+            "2026-03-01T09:30:00+02:00",
+            "2026-03-01T09:30:00.Z",
+            "2026-03-01T09:30:00.1234567891Z",
+            "2026-03-01T09:30:60Z",
+            "2016-12-31T23:59:60.5Z",
+            "2026-13-01T09:30:00Z",
+            "2026-02-29T09:30:00Z",
+            "2024-02-29T09:30:00Z",
+            "2026-04-31T09:30:00Z",
+            "2026-03-01T24:00:00Z",
+            "2026-03-01T09:60:00Z",
+            "2026-03-01T9:30:00Z",
+            "+2026-03-01T09:30:00Z",
+            "2026-03-01T09:30:00.12a4Z",
+            "2026-03-01T09:30:00Z ",
+            "２０２６-03-01T09:30:00Z",
+            "0000-01-01T00:00:00Z",
+            "' OR 1=1 --",
+        ] {
+            assert_eq!(parse_timestamp(text), chronos_timestamp(text), "{text:?}");
+        }
+        for text in [
+            "",
+            "2026-3-1",
+            "2026-03-1",
+            "2026-02-30",
+            "2026-13-01",
+            "0000-01-01",
+            "-001-01-01",
+            "2026/03/01",
+            "2026-03-01T",
+            "20260301",
+            "2026-03-01 ",
+        ] {
+            assert_eq!(
+                parse_date(text),
+                NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

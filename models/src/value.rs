@@ -92,14 +92,29 @@ impl Value {
             (FieldType::Timestamp, Value::Timestamp(t)) => {
                 Some(Value::Timestamp(t.trunc_subsecs(3)))
             }
-            (FieldType::Timestamp, Value::Text(s)) => DateTime::parse_from_rfc3339(&s)
-                .ok()
-                .map(|t| Value::Timestamp(t.with_timezone(&Utc).trunc_subsecs(3))),
-            (FieldType::Date, Value::Text(s)) => NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-                .ok()
-                .map(Value::Date),
-            (FieldType::Uuid, Value::Text(s)) => Uuid::parse_str(&s).ok().map(Value::Uuid),
+            (ty @ (FieldType::Timestamp | FieldType::Date | FieldType::Uuid), Value::Text(s)) => {
+                Value::from_text(ty, &s)
+            }
             _ => None,
+        }
+    }
+
+    /// A date, timestamp or UUID field's value from its text form (what
+    /// serde writes for it); `None` for text that is not one, or another
+    /// type. Timestamps keep milliseconds, as [`Value::coerce`] does.
+    #[must_use]
+    pub fn from_text(ty: FieldType, s: &str) -> Option<Value> {
+        match ty {
+            FieldType::Timestamp => {
+                crate::parse_timestamp(s).map(|t| Value::Timestamp(t.trunc_subsecs(3)))
+            }
+            FieldType::Date => crate::parse_date(s).map(Value::Date),
+            FieldType::Uuid => Uuid::parse_str(s).ok().map(Value::Uuid),
+            FieldType::Text
+            | FieldType::Int
+            | FieldType::Float
+            | FieldType::Bool
+            | FieldType::Json => None,
         }
     }
 

@@ -197,7 +197,7 @@ impl<'de> Visitor<'de> for FieldSeed {
         match self.0 {
             FieldType::Text => Ok(Value::Text(s.to_owned())),
             FieldType::Date | FieldType::Timestamp | FieldType::Uuid => {
-                Value::Text(s.to_owned()).coerce(self.0).ok_or_else(wrong)
+                Value::from_text(self.0, s).ok_or_else(wrong)
             }
             _ => Err(wrong()),
         }
