@@ -93,6 +93,33 @@ pub struct PoolStats {
     pub max: u32,
 }
 
+/// One entity as a backend read it, for the reads the repository decodes
+/// straight into the entity type ([`Backend::get_read`],
+/// [`Backend::update_read`]).
+#[non_exhaustive]
+pub enum Read {
+    /// Store-neutral values.
+    Record(Record),
+    /// The record as the Redis backend stores it: JSON in the entity's
+    /// serde form (timestamps with milliseconds, as the backend writes
+    /// them), which the repository reads straight into the entity (one
+    /// decode instead of two), and through a [`Record`] only when that
+    /// fails, so the error is the same as from a record (naming the field,
+    /// never the value). Text another writer left with finer timestamps
+    /// keeps them on this path. A value is never formatted from it (it
+    /// may hold PHI).
+    Json(String),
+}
+
+impl fmt::Debug for Read {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Read::Record(r) => f.debug_tuple("Record").field(r).finish(),
+            Read::Json(j) => write!(f, "Json(<redacted {} bytes>)", j.len()),
+        }
+    }
+}
+
 /// One store's implementation of the repository operations.
 ///
 /// Contracts every backend keeps (the conformance suite checks them):
@@ -168,6 +195,25 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// One real round trip to the store (`SELECT 1`, `PING`, `ping`...).
     async fn ping(&self) -> Result<()>;
+
+    /// [`Backend::get`], in the form the store keeps the entity. The
+    /// default reads a record; a decorator forwards to the backend it wraps
+    /// (through its own handling), so the store's form reaches the
+    /// repository.
+    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
+        Ok(self.get(schema, key).await?.map(Read::Record))
+    }
+
+    /// [`Backend::update`], answering in the form the store keeps the
+    /// entity (see [`Backend::get_read`]).
+    async fn update_read(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Read>> {
+        Ok(self.update(schema, key, patch).await?.map(Read::Record))
+    }
 
     /// Pool occupancy, where the driver exposes it.
     fn pool_stats(&self) -> Option<PoolStats> {
@@ -259,4 +305,16 @@ pub(crate) fn check_unique_indexes(
                 .join(", ")
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Read;
+
+    #[test]
+    fn json_reads_are_never_printed() {
+        let read = Read::Json(r#"{"name":"Jane Fakename"}"#.into());
+        let shown = format!("{read:?}");
+        assert_eq!(shown, "Json(<redacted 24 bytes>)");
+    }
 }

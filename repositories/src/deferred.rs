@@ -14,7 +14,7 @@ use dl_models::{EntitySchema, Record, Value};
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use crate::backend::{Backend, Capabilities, PoolStats};
+use crate::backend::{Backend, Capabilities, PoolStats, Read};
 use crate::error::{BoxError, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 
@@ -115,6 +115,23 @@ impl Backend for Deferred {
         self.inner(Operation::Update)
             .await?
             .update(schema, key, patch)
+            .await
+    }
+    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
+        self.inner(Operation::Get)
+            .await?
+            .get_read(schema, key)
+            .await
+    }
+    async fn update_read(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Read>> {
+        self.inner(Operation::Update)
+            .await?
+            .update_read(schema, key, patch)
             .await
     }
     async fn replace(

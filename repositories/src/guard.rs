@@ -21,7 +21,7 @@ use backon::BackoffBuilder as _;
 use dl_models::{EntitySchema, Record, Value};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Capabilities};
+use crate::backend::{Backend, Capabilities, Read};
 use crate::error::{Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 
@@ -500,6 +500,12 @@ impl Backend for Guarded {
         self.call(Operation::Get, schema.name, || self.inner.get(schema, key))
             .await
     }
+    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
+        self.call(Operation::Get, schema.name, || {
+            self.inner.get_read(schema, key)
+        })
+        .await
+    }
     async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
         self.call(Operation::GetMany, schema.name, || {
             self.inner.get_many(schema, keys)
@@ -514,6 +520,17 @@ impl Backend for Guarded {
     ) -> Result<Option<Record>> {
         self.call(Operation::Update, schema.name, || {
             self.inner.update(schema, key, patch)
+        })
+        .await
+    }
+    async fn update_read(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Read>> {
+        self.call(Operation::Update, schema.name, || {
+            self.inner.update_read(schema, key, patch)
         })
         .await
     }

@@ -45,7 +45,7 @@ mod sql;
 mod sqlx_errors;
 mod versions;
 
-pub use backend::{Backend, Capabilities, FilterSupport, PoolStats};
+pub use backend::{Backend, Capabilities, FilterSupport, PoolStats, Read};
 pub use error::{BatchFailure, BoxError, ConflictKind, Error, Operation, Result, Store};
 pub use query::{
     CmpOp, Cond, Cursor, Direction, Filter, ListRequest, Page, Patch, Query, ValidPatch,

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use dl_models::{Entity, EntitySchema, FieldType, KeyValue, Record, Value, decode, encode};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, Capabilities, FilterSupport};
+use crate::backend::{Backend, Capabilities, FilterSupport, Read};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{
@@ -168,6 +168,23 @@ impl<T: Entity> Repo<T> {
             retryable: false,
             source: None,
         })
+    }
+
+    /// An entity from what a backend read. JSON in the serde form is read
+    /// straight into `T`; when that fails it goes through a record as any
+    /// other read, so the error (naming the field, never the value) is the
+    /// same (see [`Read::Json`]).
+    fn decode_read(&self, op: Operation, read: Read) -> Result<T> {
+        match read {
+            Read::Record(r) => self.decode_record(op, &r),
+            Read::Json(text) => match serde_json::from_str::<T>(&text) {
+                Ok(entity) => Ok(entity),
+                Err(_) => {
+                    let record = crate::backends::redis::decode_record(Self::schema(), op, &text)?;
+                    self.decode_record(op, &record)
+                }
+            },
+        }
     }
 
     fn key_value(key: &T::Key) -> Result<Value> {
@@ -562,8 +579,8 @@ impl<T: Entity> Repository<T> for Repo<T> {
 
     async fn get(&self, key: &T::Key) -> Result<Option<T>> {
         let key = Self::key_value(key)?;
-        match self.backend.get(Self::schema(), &key).await? {
-            Some(r) => self.decode_record(Operation::Get, &r).map(Some),
+        match self.backend.get_read(Self::schema(), &key).await? {
+            Some(r) => self.decode_read(Operation::Get, r).map(Some),
             None => Ok(None),
         }
     }
@@ -612,8 +629,8 @@ impl<T: Entity> Repository<T> for Repo<T> {
         let schema = Self::schema();
         let patch = patch.check(schema)?;
         let key = Self::key_value(key)?;
-        match self.backend.update(schema, &key, &patch).await? {
-            Some(r) => self.decode_record(Operation::Update, &r).map(Some),
+        match self.backend.update_read(schema, &key, &patch).await? {
+            Some(r) => self.decode_read(Operation::Update, r).map(Some),
             None => Ok(None),
         }
     }

@@ -586,6 +586,29 @@ async fn patch_script_reads_stored_text_exactly() {
         }
     }
 
+    // Through the repository, reads and updates hand the stored JSON
+    // straight to serde; a record serde cannot read goes through the
+    // record path, whose error names the field and never the value.
+    store(
+        "r1",
+        r#"{"id":"r1","label":"a","code":null,"rank":"fake-secret-value","score":null,"active":true,"born":null,"seen_at":null,"ref_id":null,"tags":[],"body":null,"owner":null,"version":1}"#,
+    )
+    .await;
+    for result in [
+        repo.get(&"r1".to_owned()).await.map(|_| ()),
+        repo.update(&"r1".to_owned(), &Patch::new().set("label", "b"))
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Err(Error::Backend { message, .. }) => {
+                assert!(message.contains("`rank`"), "{message}");
+                assert!(!message.contains("fake-secret"), "{message}");
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
+
     // The general path: a negative version past 2^53, then text that is
     // not a record (an error naming no value; nothing written).
     store("s5", r#"{"id":"s5","version":-12345678901234567}"#).await;

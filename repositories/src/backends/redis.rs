@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use dl_models::{EntitySchema, FieldType, Record, Value};
 use redis::aio::ConnectionManager;
 
-use crate::backend::{Backend, Capabilities, FilterSupport};
+use crate::backend::{Backend, Capabilities, FilterSupport, Read};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
 use crate::versions::{bumped, check_expected, patched, version_of};
@@ -783,7 +783,7 @@ impl RedisBackend {
         schema: &'static EntitySchema,
         key: &Value,
         patch: &ValidPatch,
-    ) -> Result<Option<Option<Record>>> {
+    ) -> Result<Option<Option<Read>>> {
         let op = Operation::Update;
         let member = key_token(key);
         let mut conn = self.conn.clone();
@@ -828,9 +828,9 @@ impl RedisBackend {
         // answer is a status and its details.
         let reply: Vec<String> = match reply {
             redis::Value::BulkString(stored) => {
-                let stored = std::str::from_utf8(&stored)
+                let stored = String::from_utf8(stored)
                     .map_err(|_| protocol(op, "a stored value is not UTF-8"))?;
-                return Ok(Some(Some(decode_stored(schema, op, stored)?)));
+                return Ok(Some(Some(Read::Json(record_line(op, stored)?))));
             }
             other => redis::FromRedisValue::from_redis_value(other)
                 .map_err(|_| protocol(op, "unexpected reply from the patch script"))?,
@@ -838,9 +838,10 @@ impl RedisBackend {
         match reply.first().map(String::as_str) {
             Some("ok") => {
                 let d = reply
-                    .get(1)
+                    .into_iter()
+                    .nth(1)
                     .ok_or_else(|| protocol(op, "no record in the reply"))?;
-                Ok(Some(Some(decode_record(schema, op, d)?)))
+                Ok(Some(Some(Read::Json(d))))
             }
             Some("missing") => Ok(Some(None)),
             Some("fallback") => Ok(None),
@@ -1022,6 +1023,16 @@ fn stored_value(ix: &str, claims: &str, record: &str) -> String {
 
 const NOT_THIS_LAYOUT: &str = "a stored value is not in this layout (two lines of index entries and claims, then the record); run `data-layer migrate up --store redis`";
 
+/// The record line of a stored value.
+fn record_line(op: Operation, mut stored: String) -> Result<String> {
+    let at = stored
+        .split_once('\n')
+        .and_then(|(ix, rest)| rest.find('\n').map(|claims| ix.len() + claims + 2))
+        .ok_or_else(|| protocol(op, NOT_THIS_LAYOUT))?;
+    stored.drain(..at);
+    Ok(stored)
+}
+
 /// The record of a stored value, decoded.
 fn decode_stored(schema: &'static EntitySchema, op: Operation, stored: &str) -> Result<Record> {
     let record = stored
@@ -1036,7 +1047,11 @@ fn encode_record(schema: &EntitySchema, record: &Record) -> String {
     super::redis_json::encode(schema, record)
 }
 
-fn decode_record(schema: &'static EntitySchema, op: Operation, d: &str) -> Result<Record> {
+pub(crate) fn decode_record(
+    schema: &'static EntitySchema,
+    op: Operation,
+    d: &str,
+) -> Result<Record> {
     use super::redis_json::Unreadable;
     super::redis_json::decode(schema, d).map_err(|why| Error::Backend {
         store: Store::Redis,
@@ -1208,6 +1223,19 @@ impl Backend for RedisBackend {
         d.map(|d| decode_stored(schema, op, &d)).transpose()
     }
 
+    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
+        let op = Operation::Get;
+        let mut conn = self.conn.clone();
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(self.record_key(schema, &key_token(key)))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        stored
+            .map(|s| record_line(op, s).map(Read::Json))
+            .transpose()
+    }
+
     async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
         let members: Vec<String> = keys.iter().map(key_token).collect();
         Ok(self
@@ -1224,10 +1252,26 @@ impl Backend for RedisBackend {
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
+        let op = Operation::Update;
+        self.update_read(schema, key, patch)
+            .await?
+            .map(|read| match read {
+                Read::Json(d) => decode_record(schema, op, &d),
+                Read::Record(r) => Ok(r),
+            })
+            .transpose()
+    }
+
+    async fn update_read(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Read>> {
         if let Some(done) = self.patch_in_place(schema, key, patch).await? {
             return Ok(done);
         }
-        self.cas(
+        let written = self.cas(
             schema,
             Operation::Update,
             key,
@@ -1236,8 +1280,8 @@ impl Backend for RedisBackend {
                 None => Ok(None),
                 Some(current) => patched(schema, current, patch).map(Some),
             },
-        )
-        .await
+        );
+        Ok(written.await?.map(Read::Record))
     }
 
     async fn replace(
