@@ -37,6 +37,19 @@ fn model_redis_matches_memory() {
     ));
 }
 
+/// One command on one key, on a clone of the connection (test probes).
+async fn ask<T: redis::FromRedisValue>(
+    conn: &redis::aio::ConnectionManager,
+    command: &str,
+    key: &str,
+) -> T {
+    redis::cmd(command)
+        .arg(key)
+        .query_async(&mut conn.clone())
+        .await
+        .expect(command)
+}
+
 /// The layout changes of issue 6 come with migrations: index entries
 /// written as plain sets (migration 1) and records written as hashes
 /// (migration 2), as before, are converted with their members, records,
@@ -104,47 +117,12 @@ async fn keyspaces_from_before_are_migrated() {
         &dl_tests::live::test_pool(1),
     )
     .expect("redis");
-    let kind = |conn: &mut redis::aio::ConnectionManager| {
-        let mut conn = conn.clone();
-        let index = index.clone();
-        async move {
-            let t: String = redis::cmd("TYPE")
-                .arg(&index)
-                .query_async(&mut conn)
-                .await
-                .expect("type");
-            t
-        }
-    };
-    assert_eq!(kind(&mut conn).await, "zset");
-    let probe = conn.clone();
-    let type_of = |key: String| {
-        let mut conn = probe.clone();
-        async move {
-            let t: String = redis::cmd("TYPE")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .expect("type");
-            t
-        }
-    };
+    assert_eq!(ask::<String>(&conn, "TYPE", &index).await, "zset");
     let member = scheduled[0].hyphenated().to_string();
     let record_key = format!("{ns}:appointments:r:{member}");
-    assert_eq!(type_of(record_key.clone()).await, "string");
-    let value = |key: String| {
-        let mut conn = probe.clone();
-        async move {
-            let v: String = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .expect("get");
-            v
-        }
-    };
+    assert_eq!(ask::<String>(&conn, "TYPE", &record_key).await, "string");
     // Two lines of what the record owns, then the record.
-    let stored = value(record_key.clone()).await;
+    let stored = ask::<String>(&conn, "GET", &record_key).await;
     let lines: Vec<&str> = stored.splitn(3, '\n').collect();
     assert!(
         lines[0].contains(&format!("{ns}:appointments:i:status:scheduled")),
@@ -161,22 +139,11 @@ async fn keyspaces_from_before_are_migrated() {
         .await
         .map(|_: i64| ())
         .expect("pexpire");
-    let ttl = |key: String| {
-        let mut conn = probe.clone();
-        async move {
-            let ms: i64 = redis::cmd("PTTL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .expect("pttl");
-            ms
-        }
-    };
 
     // Back to records as hashes (migration 1's layout).
     migrate_to(Action::Down, Some(1)).await;
-    assert_eq!(type_of(record_key.clone()).await, "hash");
-    assert!(ttl(record_key.clone()).await > 500_000);
+    assert_eq!(ask::<String>(&conn, "TYPE", &record_key).await, "hash");
+    assert!(ask::<i64>(&conn, "PTTL", &record_key).await > 500_000);
     match repo.get(&scheduled[0]).await {
         Err(data_layer::Error::SchemaNotReady { reason, .. }) => {
             assert!(reason.contains("migrate up --store redis"), "{reason}");
@@ -189,7 +156,7 @@ async fn keyspaces_from_before_are_migrated() {
 
     // Back to the layout written before: plain sets.
     migrate_to(Action::Down, Some(0)).await;
-    assert_eq!(kind(&mut conn).await, "set");
+    assert_eq!(ask::<String>(&conn, "TYPE", &index).await, "set");
     let members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(&index)
         .query_async(&mut conn)
@@ -209,7 +176,7 @@ async fn keyspaces_from_before_are_migrated() {
 
     // Up again: converted, members kept, the filter reads them in key order.
     migrate_to(Action::Up, None).await;
-    assert_eq!(kind(&mut conn).await, "zset");
+    assert_eq!(ask::<String>(&conn, "TYPE", &index).await, "zset");
     let page = repo
         .list(
             &Query::new()
@@ -220,9 +187,9 @@ async fn keyspaces_from_before_are_migrated() {
         .expect("list");
     let ids: Vec<uuid::Uuid> = page.items.iter().map(|a| a.id).collect();
     assert_eq!(ids, scheduled);
-    assert_eq!(type_of(record_key.clone()).await, "string");
-    assert_eq!(value(record_key.clone()).await, stored);
-    assert!(ttl(record_key.clone()).await > 500_000);
+    assert_eq!(ask::<String>(&conn, "TYPE", &record_key).await, "string");
+    assert_eq!(ask::<String>(&conn, "GET", &record_key).await, stored);
+    assert!(ask::<i64>(&conn, "PTTL", &record_key).await > 500_000);
     let got = repo
         .get(&scheduled[0])
         .await
