@@ -722,6 +722,54 @@ struct Pair {
     framework: Arc<dyn Repository<Appointment>>,
     /// Whether `list` with a filter on `status` can be served.
     filters: bool,
+    /// What the run leaves on the server, removed when it ends.
+    leftovers: Leftovers,
+}
+
+/// What one store's run writes besides its results (tens of thousands of
+/// appointments per run), removed when the run ends: a benchmark must not
+/// fill the servers it is pointed at.
+enum Leftovers {
+    /// The SQLite files' folder (removed when dropped).
+    Files(tempfile::TempDir),
+    /// PostgreSQL schemas `<prefix>_raw` and `<prefix>_fw`.
+    Postgres(String),
+    /// MongoDB databases `<prefix>_raw` and `<prefix>_fw`.
+    Mongo(String),
+    /// Redis keys under `<prefix>_raw:` and `<prefix>_fw:`.
+    Redis(String),
+    /// Scylla keyspaces, dropped through this session.
+    Scylla(Arc<scylla::client::session::Session>, Vec<String>),
+}
+
+impl Leftovers {
+    async fn remove(self) {
+        match self {
+            Leftovers::Files(dir) => drop(dir),
+            Leftovers::Postgres(prefix) => dl_tests::live::drop_postgres_namespaces(&prefix).await,
+            Leftovers::Mongo(prefix) => dl_tests::live::drop_mongo_namespaces(&prefix).await,
+            Leftovers::Redis(prefix) => dl_tests::live::drop_redis_namespaces(&prefix).await,
+            Leftovers::Scylla(session, keyspaces) => {
+                for ks in keyspaces {
+                    // (Names are ours: `dlt_bench_<hex>_raw` / `_fw`.)
+                    let drop = format!("DROP KEYSPACE IF EXISTS {ks}");
+                    if let Err(e) = session.query_unpaged(drop, ()).await {
+                        eprintln!("scylla: keyspace {ks} left on the server ({e})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `run` on each wanted store's pair, then removes what it wrote.
+fn each_store(rt: &tokio::runtime::Runtime, mut run: impl FnMut(&Pair)) {
+    for make in makers() {
+        let pair = rt.block_on(make());
+        run(&pair);
+        let Pair { leftovers, .. } = pair;
+        rt.block_on(leftovers.remove());
+    }
 }
 
 fn guarded(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
@@ -759,12 +807,12 @@ async fn framework(backend: Arc<dyn Backend>) -> Arc<dyn Repository<Appointment>
 
 async fn sqlite() -> Pair {
     use dl_migrations::sql::SqliteTarget;
-    let dir = tempfile::tempdir().expect("dir").keep();
+    let dir = tempfile::tempdir().expect("dir");
     let settings = dl_connections::Settings::load(&dl_connections::Sources::isolated())
         .expect("settings")
         .sqlite;
     let open = |name: &'static str| {
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         let settings = settings.clone();
         async move {
             let pool = dl_connections::sqlite::connect(path.to_str().expect("utf-8"), &settings)
@@ -784,6 +832,7 @@ async fn sqlite() -> Pair {
         ))
         .await,
         filters: true,
+        leftovers: Leftovers::Files(dir),
     }
 }
 
@@ -814,6 +863,7 @@ async fn postgres() -> Pair {
         ))
         .await,
         filters: true,
+        leftovers: Leftovers::Postgres(ns),
     }
 }
 
@@ -850,6 +900,7 @@ async fn mongo() -> Pair {
         ))
         .await,
         filters: true,
+        leftovers: Leftovers::Mongo(ns),
     }
 }
 
@@ -873,6 +924,7 @@ async fn redis() -> Pair {
         ))
         .await,
         filters: true,
+        leftovers: Leftovers::Redis(ns),
     }
 }
 
@@ -903,6 +955,7 @@ async fn scylla() -> Pair {
     let fw_ks = format!("{ns}_fw");
     let raw = session(raw_ks.clone()).await;
     let fw = session(fw_ks.clone()).await;
+    let leftovers = Leftovers::Scylla(Arc::clone(&fw), vec![raw_ks.clone(), fw_ks.clone()]);
     Pair {
         store: "scylla",
         raw: Box::new(cql::Cql::new(raw, &raw_ks).await),
@@ -917,6 +970,7 @@ async fn scylla() -> Pair {
         ))
         .await,
         filters: false,
+        leftovers,
     }
 }
 
@@ -951,10 +1005,7 @@ fn makers() -> Vec<Make> {
 
 fn stores(c: &mut Criterion) {
     let rt = runtime();
-    for make in makers() {
-        let pair = rt.block_on(make());
-        bench_store(c, &rt, &pair);
-    }
+    each_store(&rt, |pair| bench_store(c, &rt, pair));
 }
 
 /// Whether `DL_BENCH_OPS` (comma-separated operation names) asks for
@@ -1200,10 +1251,7 @@ criterion_group!(benches, stores);
 fn main() {
     if std::env::var("DL_BENCH_MODE").as_deref() == Ok("paired") {
         let rt = runtime();
-        for make in makers() {
-            let pair = rt.block_on(make());
-            paired_store(&rt, &pair);
-        }
+        each_store(&rt, |pair| paired_store(&rt, pair));
         return;
     }
     benches();

@@ -99,25 +99,31 @@ impl PgNamespaces {
 
     /// Drops every namespace this maker created.
     pub async fn drop_all(&self) {
-        let pool = dl_connections::postgres::connect_lazy(&postgres_url(), &test_pool(1))
-            .expect("postgres options");
-        let names: Vec<(String,)> =
-            sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
-                .bind(format!("{}_", self.prefix))
-                .fetch_all(&pool)
-                .await
-                .expect("list namespaces");
-        for (name,) in names {
-            assert!(dl_models::is_valid_identifier(&name));
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
-            )))
-            .execute(&pool)
-            .await
-            .expect("drop namespace");
-        }
-        pool.close().await;
+        drop_postgres_namespaces(&self.prefix).await;
     }
+}
+
+/// Drops every PostgreSQL schema named `<prefix>_...` (a test's or a
+/// benchmark run's).
+pub async fn drop_postgres_namespaces(prefix: &str) {
+    let pool = dl_connections::postgres::connect_lazy(&postgres_url(), &test_pool(1))
+        .expect("postgres options");
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+            .bind(format!("{prefix}_"))
+            .fetch_all(&pool)
+            .await
+            .expect("list namespaces");
+    for (name,) in names {
+        assert!(dl_models::is_valid_identifier(&name));
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+        .expect("drop namespace");
+    }
+    pool.close().await;
 }
 
 /// The Redis URL of the test stack: `TEST_REDIS_URL`, else the stack's default.
@@ -190,31 +196,37 @@ impl RedisNamespaces {
 
     /// Removes every key under this maker's prefixes.
     pub async fn drop_all(&self) {
-        let mut conn = dl_connections::redis::connect_lazy(&redis_url(), &test_pool(1))
-            .expect("redis options");
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}_*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
+        drop_redis_namespaces(&self.prefix).await;
+    }
+}
+
+/// Removes every Redis key under `<prefix>_...` (a test's or a benchmark
+/// run's).
+pub async fn drop_redis_namespaces(prefix: &str) {
+    let mut conn =
+        dl_connections::redis::connect_lazy(&redis_url(), &test_pool(1)).expect("redis options");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}_*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(&keys)
                 .query_async(&mut conn)
                 .await
-                .expect("scan");
-            if !keys.is_empty() {
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("unlink");
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+                .expect("unlink");
         }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
 }
 
@@ -287,16 +299,22 @@ impl MongoNamespaces {
 
     /// Drops every database this maker created.
     pub async fn drop_all(&self) {
-        let client = dl_connections::mongo::connect(&mongo_url(), &test_pool(1))
-            .await
-            .expect("mongo options");
-        let names = client.list_database_names().await.expect("list databases");
-        for name in names
-            .into_iter()
-            .filter(|n| n.starts_with(&format!("{}_", self.prefix)))
-        {
-            client.database(&name).drop().await.expect("drop database");
-        }
+        drop_mongo_namespaces(&self.prefix).await;
+    }
+}
+
+/// Drops every MongoDB database named `<prefix>_...` (a test's or a
+/// benchmark run's).
+pub async fn drop_mongo_namespaces(prefix: &str) {
+    let client = dl_connections::mongo::connect(&mongo_url(), &test_pool(1))
+        .await
+        .expect("mongo options");
+    let names = client.list_database_names().await.expect("list databases");
+    for name in names
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}_")))
+    {
+        client.database(&name).drop().await.expect("drop database");
     }
 }
 

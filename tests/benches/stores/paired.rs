@@ -59,9 +59,17 @@ pub(crate) async fn measure<S, T>(
     fw: impl AsyncFn(T),
 ) -> Measured {
     // Warm up both sides and size the blocks (about 20 ms of raw calls).
+    // The size comes from the median of nine single calls: one stall of
+    // the machine during sizing must not leave every block at one or two
+    // calls.
     block(3, &raw_setup, &raw).await;
     block(3, &fw_setup, &fw).await;
-    let probe = block(5, &raw_setup, &raw).await;
+    let mut probes = Vec::with_capacity(9);
+    for _ in 0..9 {
+        probes.push(block(1, &raw_setup, &raw).await);
+    }
+    probes.sort_by(f64::total_cmp);
+    let probe = probes[4];
     let n = ((20e6 / probe).ceil() as usize).clamp(1, 2_000);
     let rounds = if n == 1 { 15 } else { 31 };
     let (mut raws, mut fws, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
