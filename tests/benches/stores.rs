@@ -427,14 +427,15 @@ mod redis_raw {
     use super::{Appointment, PAGE, Raw, Uuid, async_trait};
 
     /// Insert-if-absent with the same index entries the framework keeps
-    /// (a lexically sorted key set, and one set per indexed field), in one
+    /// (a lexically sorted key set, and one lexically sorted set per
+    /// indexed field, so that each can be paged in key order), in one
     /// atomic script.
     const INSERT: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('ZADD', KEYS[2], 0, ARGV[2])
   redis.call('ZADD', KEYS[3], 0, ARGV[2])
-  redis.call('SADD', KEYS[4], ARGV[2])
-  redis.call('SADD', KEYS[5], ARGV[2])
+  redis.call('ZADD', KEYS[4], 0, ARGV[2])
+  redis.call('ZADD', KEYS[5], 0, ARGV[2])
   return 1
 end
 return 0";
