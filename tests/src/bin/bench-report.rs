@@ -227,7 +227,8 @@ fn main() -> std::process::ExitCode {
          ## Machine\n\n{}\
          - servers: the test stack of `scripts/stack.sh` on the same machine (PostgreSQL\n  \
          and Redis of the machine, SecantusDB `secantusd-rs` for MongoDB, the CQL test\n  \
-         server for ScyllaDB); SQLite embedded (a file, WAL).\n\n\
+         server for ScyllaDB); SQLite embedded (one file, WAL, and one pool that both\n  \
+         sides share, each writing its own keys).\n\n\
          ## Per operation\n\n{table}\n\
          ## insert_many against single inserts (framework)\n\n{batches}\n\
          ## Targets\n\n\
