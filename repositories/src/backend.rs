@@ -12,7 +12,7 @@ use std::fmt;
 use async_trait::async_trait;
 use dl_models::{EntitySchema, Record, Value};
 
-use crate::error::{Error, Result, Store};
+use crate::error::{Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 
 /// Which filters a store can serve without a full scan.
@@ -109,6 +109,24 @@ pub enum Read {
     /// keeps them on this path. A value is never formatted from it (it
     /// may hold PHI).
     Json(String),
+}
+
+impl Read {
+    /// As a record: JSON through the Redis record codec, whose errors name
+    /// the field and never the value.
+    ///
+    /// # Errors
+    /// `Backend` when the JSON is not a record of `schema`.
+    pub(crate) fn into_record(
+        self,
+        schema: &'static EntitySchema,
+        op: Operation,
+    ) -> Result<Record> {
+        match self {
+            Read::Record(r) => Ok(r),
+            Read::Json(d) => crate::backends::redis::decode_record(schema, op, &d),
+        }
+    }
 }
 
 impl fmt::Debug for Read {

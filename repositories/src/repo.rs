@@ -180,7 +180,7 @@ impl<T: Entity> Repo<T> {
             Read::Json(text) => match serde_json::from_str::<T>(&text) {
                 Ok(entity) => Ok(entity),
                 Err(_) => {
-                    let record = crate::backends::redis::decode_record(Self::schema(), op, &text)?;
+                    let record = Read::Json(text).into_record(Self::schema(), op)?;
                     self.decode_record(op, &record)
                 }
             },

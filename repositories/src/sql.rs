@@ -228,14 +228,10 @@ pub(crate) struct Statements {
     table: String,
     dialect: Dialect,
     /// `update` statements rendered so far, by patched fields (in patch
-    /// order) and whether the version is checked; at most
+    /// order), without and with the version check; at most
     /// [`UPDATE_CACHE`] of them.
-    updates: std::sync::RwLock<HashMap<UpdateShape, std::sync::Arc<str>>>,
+    updates: std::sync::RwLock<[HashMap<Vec<usize>, std::sync::Arc<str>>; 2]>,
 }
-
-/// What decides an `update` statement's text: the patched fields, in
-/// patch order, and whether the version is checked.
-type UpdateShape = (Vec<usize>, bool);
 
 /// How many distinct `update` statements one entity keeps rendered. A
 /// service patches a handful of field sets; past this bound a statement
@@ -251,11 +247,12 @@ impl Statements {
         patched: &[usize],
         check_version: bool,
     ) -> std::sync::Arc<str> {
+        let slot = usize::from(check_version);
         let cached = self
             .updates
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&(patched.to_vec(), check_version))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[slot]
+            .get(patched)
             .cloned();
         if let Some(sql) = cached {
             return sql;
@@ -266,11 +263,8 @@ impl Statements {
             .updates
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if updates.len() < UPDATE_CACHE {
-            updates.insert(
-                (patched.to_vec(), check_version),
-                std::sync::Arc::clone(&sql),
-            );
+        if updates.iter().map(HashMap::len).sum::<usize>() < UPDATE_CACHE {
+            updates[slot].insert(patched.to_vec(), std::sync::Arc::clone(&sql));
         }
         sql
     }
@@ -443,7 +437,11 @@ mod tests {
                 update_sql(Dialect::Postgres, TABLE, schema, &patched, false)
             );
         }
-        let kept = st.updates.read().map(|u| u.len()).unwrap_or_default();
+        let kept = st
+            .updates
+            .read()
+            .map(|u| u.iter().map(HashMap::len).sum::<usize>())
+            .unwrap_or_default();
         assert_eq!(kept, UPDATE_CACHE);
     }
 }

@@ -1023,24 +1023,26 @@ fn stored_value(ix: &str, claims: &str, record: &str) -> String {
 
 const NOT_THIS_LAYOUT: &str = "a stored value is not in this layout (two lines of index entries and claims, then the record); run `data-layer migrate up --store redis`";
 
-/// The record line of a stored value.
-fn record_line(op: Operation, mut stored: String) -> Result<String> {
-    let at = stored
+/// Where the record line of a stored value starts (after the lines of
+/// index entries and claims).
+fn record_start(op: Operation, stored: &str) -> Result<usize> {
+    stored
         .split_once('\n')
         .and_then(|(ix, rest)| rest.find('\n').map(|claims| ix.len() + claims + 2))
-        .ok_or_else(|| protocol(op, NOT_THIS_LAYOUT))?;
+        .ok_or_else(|| protocol(op, NOT_THIS_LAYOUT))
+}
+
+/// The record line of a stored value, in place.
+fn record_line(op: Operation, mut stored: String) -> Result<String> {
+    let at = record_start(op, &stored)?;
     stored.drain(..at);
     Ok(stored)
 }
 
 /// The record of a stored value, decoded.
 fn decode_stored(schema: &'static EntitySchema, op: Operation, stored: &str) -> Result<Record> {
-    let record = stored
-        .split_once('\n')
-        .and_then(|(_, rest)| rest.split_once('\n'))
-        .map(|(_, record)| record)
-        .ok_or_else(|| protocol(op, NOT_THIS_LAYOUT))?;
-    decode_record(schema, op, record)
+    let at = record_start(op, stored)?;
+    decode_record(schema, op, &stored[at..])
 }
 
 fn encode_record(schema: &EntitySchema, record: &Record) -> String {
@@ -1213,14 +1215,10 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
-        let op = Operation::Get;
-        let mut conn = self.conn.clone();
-        let d: Option<String> = redis::cmd("GET")
-            .arg(self.record_key(schema, &key_token(key)))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
-        d.map(|d| decode_stored(schema, op, &d)).transpose()
+        self.get_read(schema, key)
+            .await?
+            .map(|read| read.into_record(schema, Operation::Get))
+            .transpose()
     }
 
     async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
@@ -1252,13 +1250,9 @@ impl Backend for RedisBackend {
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
-        let op = Operation::Update;
         self.update_read(schema, key, patch)
             .await?
-            .map(|read| match read {
-                Read::Json(d) => decode_record(schema, op, &d),
-                Read::Record(r) => Ok(r),
-            })
+            .map(|read| read.into_record(schema, Operation::Update))
             .transpose()
     }
 
