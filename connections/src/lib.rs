@@ -37,6 +37,6 @@ pub mod sqlite;
 
 pub use secret::SecretUrl;
 pub use settings::{
-    DatabaseUrl, KEYS, KeySpec, Kind, Origin, PoolSettings, ScyllaSettings, Settings,
+    DatabaseUrl, KEYS, KeySpec, Kind, Origin, PoolSettings, PrivacyKeys, ScyllaSettings, Settings,
     SettingsError, Sources, parse_duration,
 };

@@ -13,6 +13,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret as _, SecretString};
+
 use crate::secret::SecretUrl;
 
 /// What a key accepts.
@@ -35,6 +37,12 @@ pub enum Kind {
     Nodes,
     /// A name: `[a-z_][a-z0-9_]*`, at most 48 bytes.
     Name,
+    /// A secret key: base64 (or base64url) of at most 32 bytes or more;
+    /// never printed.
+    Secret,
+    /// Earlier secret keys, kept to open what they sealed:
+    /// comma-separated `id:base64`; never printed.
+    Secrets,
 }
 
 impl Kind {
@@ -53,6 +61,14 @@ impl Kind {
             ),
             Kind::Nodes => "comma-separated host:port pairs, e.g. 127.0.0.1:9042".into(),
             Kind::Name => "a name of lower-case letters, digits and _ (at most 48)".into(),
+            Kind::Secret => {
+                "base64 of a random key of at least 32 bytes (e.g. `openssl rand -base64 32`)"
+                    .into()
+            }
+            Kind::Secrets => {
+                "comma-separated id:key pairs (id: 1-16 of A-Z a-z 0-9 _ -; key: base64 of at least 32 bytes)"
+                    .into()
+            }
         }
     }
 }
@@ -93,7 +109,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 11] = [
+const BASE_KEYS: [KeySpec; 14] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -163,6 +179,27 @@ const BASE_KEYS: [KeySpec; 11] = [
         kind: Kind::Name,
         default: Some("dl"),
         doc: "Prefix of every Redis key this service writes.",
+    },
+    KeySpec {
+        key: "privacy.key",
+        env: "DL_PRIVACY__KEY",
+        kind: Kind::Secret,
+        default: None,
+        doc: "Secret key (base64, 32+ bytes) for cursors and PHI tokens; unset means a random key per process (cursors then open only in the process that made them).",
+    },
+    KeySpec {
+        key: "privacy.key_id",
+        env: "DL_PRIVACY__KEY_ID",
+        kind: Kind::Name,
+        default: Some("k1"),
+        doc: "Id of privacy.key (at most 16 characters), written beside every token and sealed value so keys can rotate.",
+    },
+    KeySpec {
+        key: "privacy.previous_keys",
+        env: "DL_PRIVACY__PREVIOUS_KEYS",
+        kind: Kind::Secrets,
+        default: None,
+        doc: "Keys rotated out (id:base64, comma-separated): what they sealed still opens; nothing new is made with them.",
     },
     KeySpec {
         key: "health.interval",
@@ -394,6 +431,70 @@ pub struct ScyllaSettings {
     pub lightweight_transactions: bool,
 }
 
+/// The privacy keys from settings (`privacy.key`, `privacy.key_id`,
+/// `privacy.previous_keys`). `Debug` shows the ids only.
+#[derive(Clone, Default)]
+pub struct PrivacyKeys {
+    current: Option<(String, SecretString)>,
+    previous: Vec<(String, SecretString)>,
+}
+
+impl fmt::Debug for PrivacyKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivacyKeys")
+            .field("key_id", &self.current.as_ref().map(|(id, _)| id))
+            .field(
+                "previous_key_ids",
+                &self.previous.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl PartialEq for PrivacyKeys {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &(String, SecretString), b: &(String, SecretString)| {
+            a.0 == b.0 && a.1.expose_secret() == b.1.expose_secret()
+        };
+        match (&self.current, &other.current) {
+            (None, None) => {}
+            (Some(a), Some(b)) if same(a, b) => {}
+            _ => return false,
+        }
+        self.previous.len() == other.previous.len()
+            && self
+                .previous
+                .iter()
+                .zip(&other.previous)
+                .all(|(a, b)| same(a, b))
+    }
+}
+
+impl Eq for PrivacyKeys {}
+
+impl PrivacyKeys {
+    /// Whether a key was configured (else a random key per process is used).
+    #[must_use]
+    pub fn is_configured(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The tokens and sealing these keys give; `None` when no key was
+    /// configured.
+    #[must_use]
+    pub fn privacy(&self) -> Option<dl_privacy::Privacy> {
+        let (id, key) = self.current.as_ref()?;
+        let key = dl_privacy::SecretKey::from_base64(id, key.expose_secret()).ok()?;
+        let mut p = dl_privacy::Privacy::new(key);
+        for (id, key) in &self.previous {
+            if let Ok(k) = dl_privacy::SecretKey::from_base64(id, key.expose_secret()) {
+                p = p.with_previous(k);
+            }
+        }
+        Some(p)
+    }
+}
+
 /// The effective settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -421,6 +522,8 @@ pub struct Settings {
     pub redis: PoolSettings,
     /// Scylla pool.
     pub scylla_pool: PoolSettings,
+    /// The privacy keys (cursor sealing, PHI tokens).
+    pub privacy: PrivacyKeys,
     /// Each key's effective value's origin, and a printable form of it
     /// (secrets redacted): what `data-layer config` shows.
     pub effective: Vec<(&'static str, String, Origin)>,
@@ -650,6 +753,13 @@ fn origin_text(s: &KeySpec, origin: &Origin) -> String {
 
 fn form_of(s: &KeySpec, v: &str) -> String {
     let secret = matches!(s.kind, Kind::Url(_));
+    if matches!(s.kind, Kind::Secret | Kind::Secrets) {
+        return if v.trim().is_empty() {
+            "an empty value".into()
+        } else {
+            format!("a secret of {} characters", v.chars().count())
+        };
+    }
     if v.trim().is_empty() {
         "an empty value".into()
     } else if !secret && v.len() <= 32 && v.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
@@ -748,6 +858,46 @@ impl Parsed<'_> {
         }
     }
 
+    fn privacy(&self) -> Result<PrivacyKeys, SettingsError> {
+        let (id_spec, id) = self.get("privacy.key_id").expect("declared with a default");
+        let id = id.trim();
+        let id_ok = !id.is_empty()
+            && id.len() <= 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let mut keys = PrivacyKeys::default();
+        if let Some((s, v)) = self
+            .get("privacy.key")
+            .filter(|(_, v)| !v.trim().is_empty())
+        {
+            if !id_ok {
+                return Err(SettingsError::BadValue {
+                    key: id_spec.key,
+                    origin: origin_text(id_spec, &self.raw[id_spec.key].1),
+                    form: form_of(id_spec, id),
+                    expected: "1 to 16 of A-Z a-z 0-9 _ -".into(),
+                });
+            }
+            dl_privacy::SecretKey::from_base64(id, v).map_err(|_| self.bad(s))?;
+            keys.current = Some((id.to_owned(), SecretString::from(v.trim().to_owned())));
+        }
+        if let Some((s, v)) = self
+            .get("privacy.previous_keys")
+            .filter(|(_, v)| !v.trim().is_empty())
+        {
+            for pair in v.split(',') {
+                let (pid, key) = pair.trim().split_once(':').ok_or_else(|| self.bad(s))?;
+                dl_privacy::SecretKey::from_base64(pid.trim(), key).map_err(|_| self.bad(s))?;
+                keys.previous.push((
+                    pid.trim().to_owned(),
+                    SecretString::from(key.trim().to_owned()),
+                ));
+            }
+        }
+        Ok(keys)
+    }
+
     fn pool(&self, store: &str) -> Result<PoolSettings, SettingsError> {
         let k = |name: &str| format!("{store}.{name}");
         let p = PoolSettings {
@@ -844,6 +994,7 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
         }
         _ => None,
     };
+    let privacy = p.privacy()?;
     let database_shown = database_url.to_string();
     let settings = Settings {
         database_url,
@@ -858,6 +1009,7 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
         mongo: p.pool("mongo")?,
         redis: p.pool("redis")?,
         scylla_pool: p.pool("scylla")?,
+        privacy,
         effective: all_keys()
             .map(|s| {
                 let Some((v, origin)) = raw.get(s.key) else {
@@ -867,6 +1019,8 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
                     Kind::Url(_) if s.key == "database_url" => database_shown.clone(),
                     Kind::Url(_) => SecretUrl::parse(v.trim())
                         .map_or_else(|()| "<unparsable>".to_owned(), |u| u.to_string()),
+                    Kind::Secret | Kind::Secrets if v.trim().is_empty() => "<unset>".to_owned(),
+                    Kind::Secret | Kind::Secrets => "<secret>".to_owned(),
                     _ => v.clone(),
                 };
                 (s.key, shown, origin.clone())
