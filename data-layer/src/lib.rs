@@ -52,6 +52,7 @@ pub use dl_connections as connections;
 pub use dl_connections::{Settings, SettingsError, Sources};
 pub use dl_models as models;
 pub use dl_models::Entity;
+pub use dl_privacy as privacy;
 pub use dl_repositories as repositories;
 pub use dl_repositories::{
     Capabilities, Cursor, Error, Filter, Page, Patch, Query, Repo, Repository, Store,
@@ -96,6 +97,7 @@ pub struct DataLayer {
     settings: Arc<Settings>,
     relational: Arc<dyn Backend>,
     others: Vec<Arc<dyn Backend>>,
+    privacy: Arc<dl_privacy::Privacy>,
 }
 
 impl DataLayer {
@@ -150,11 +152,28 @@ impl DataLayer {
             .into_iter()
             .map(|b| guarded(b, &settings))
             .collect();
+        let privacy = Arc::new(settings.privacy.privacy().unwrap_or_else(|| {
+            tracing::warn!(
+                "privacy.key is not set: cursors are sealed with a random key of this process \
+                 (a cursor from another instance or an earlier run is refused); set \
+                 DL_PRIVACY__KEY for a service with more than one instance"
+            );
+            dl_privacy::Privacy::ephemeral()
+        }));
         Ok(DataLayer {
             settings: Arc::new(settings),
             relational,
             others,
+            privacy,
         })
+    }
+
+    /// The tokens and sealing of this data layer (from `privacy.key`, or
+    /// a random key of this process): the one privacy mechanism the
+    /// layers above the repositories use.
+    #[must_use]
+    pub fn privacy(&self) -> &Arc<dl_privacy::Privacy> {
+        &self.privacy
     }
 
     /// The settings in force.
@@ -191,7 +210,9 @@ impl DataLayer {
                     format!("{store} is not configured: set its URL (see .env.example)"),
                 )
             })?;
-        Ok(Arc::new(Repo::<T>::open(Arc::clone(backend)).await?))
+        Ok(Arc::new(
+            Repo::<T>::open_with(Arc::clone(backend), Arc::clone(&self.privacy)).await?,
+        ))
     }
 
     /// The stores this data layer reaches.
@@ -211,7 +232,7 @@ impl DataLayer {
     /// column or a unique index; the store's fault.
     pub async fn repository<T: Entity>(&self) -> Result<Arc<dyn Repository<T>>, Error> {
         Ok(Arc::new(
-            Repo::<T>::open(Arc::clone(&self.relational)).await?,
+            Repo::<T>::open_with(Arc::clone(&self.relational), Arc::clone(&self.privacy)).await?,
         ))
     }
 }
@@ -267,6 +288,12 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
             settings.redis.request_timeout,
         )
         .map_err(|e| connect_err(Store::Redis, e.to_string(), None))?;
+        // PHI index keys are keyed tokens: only under a configured key (a
+        // random one would lose every index entry at the next start).
+        let backend = match settings.privacy.privacy() {
+            Some(p) => backend.with_privacy(Arc::new(p)),
+            None => backend,
+        };
         out.push(Arc::new(backend));
     }
     if let Some(scylla) = &settings.scylla {

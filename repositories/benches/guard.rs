@@ -107,6 +107,7 @@ fn down(op: Operation) -> Error {
         store: Store::Memory,
         operation: op,
         reason: "bench".into(),
+        sent: false,
         source: None,
     }
 }

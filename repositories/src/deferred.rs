@@ -69,7 +69,8 @@ impl Deferred {
                 store: self.store,
                 operation,
                 reason: "cannot connect".into(),
-                source: Some(e),
+                sent: false,
+                source: Some(crate::error::DriverError::new("connector", "connect").io_from(&*e)),
             })
     }
 }

@@ -4,8 +4,133 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-/// A boxed driver error, kept as [`std::error::Error::source`].
+/// A boxed error (a connector's reason, say). The repository layer never
+/// keeps one as a source: it keeps a [`DriverError`] summary of it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the repository layer keeps of a driver's error, as its
+/// [`std::error::Error::source`]: the driver, the error's kind, the store's
+/// code and constraint name, and for a socket fault the I/O error kind
+/// ("connection refused"). Never the driver's free text: a PostgreSQL
+/// error's `detail` ("Failing row contains (…)"), a MongoDB duplicate-key
+/// message and a CQL server message can all quote the values written, and
+/// values may be PHI. So `Display`, `Debug` (`{:#?}` too) and the (empty)
+/// source chain of this type hold names and codes only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverError {
+    driver: &'static str,
+    kind: Cow<'static, str>,
+    code: Option<String>,
+    constraint: Option<String>,
+    io: Option<std::io::ErrorKind>,
+}
+
+impl DriverError {
+    /// A summary of an error of `driver` (`"sqlx"`, `"mongodb"`, ...) of
+    /// the given kind (the driver's variant name).
+    #[must_use]
+    pub fn new(driver: &'static str, kind: impl Into<Cow<'static, str>>) -> Self {
+        DriverError {
+            driver,
+            kind: kind.into(),
+            code: None,
+            constraint: None,
+            io: None,
+        }
+    }
+
+    /// With the store's error code (SQLSTATE, MongoDB code, ...). Kept only
+    /// when it is short and alphanumeric, as codes are.
+    #[must_use]
+    pub fn code(mut self, code: impl ToString) -> Self {
+        let code = code.to_string();
+        if !code.is_empty()
+            && code.len() <= 16
+            && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            self.code = Some(code);
+        }
+        self
+    }
+
+    /// With the name of the constraint or index at fault. Kept only when it
+    /// is an identifier (names come from migrations, never from values).
+    #[must_use]
+    pub fn constraint(mut self, name: Option<&str>) -> Self {
+        self.constraint = name
+            .filter(|n| {
+                !n.is_empty()
+                    && n.len() <= 128
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            })
+            .map(str::to_owned);
+        self
+    }
+
+    /// With the kind of the I/O error found in `e`'s source chain, if any
+    /// (the kind only: "connection refused", "timed out").
+    #[must_use]
+    pub fn io_from(mut self, e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                self.io = Some(io.kind());
+                break;
+            }
+            next = err.source();
+        }
+        self
+    }
+
+    /// The driver.
+    #[must_use]
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    /// The driver's kind of error.
+    #[must_use]
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The store's error code, when it gave one.
+    #[must_use]
+    pub fn store_code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The constraint or index at fault, when the store named one.
+    #[must_use]
+    pub fn constraint_name(&self) -> Option<&str> {
+        self.constraint.as_deref()
+    }
+
+    /// The kind of the underlying I/O error, when there was one.
+    #[must_use]
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.io
+    }
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error: {}", self.driver, self.kind)?;
+        if let Some(code) = &self.code {
+            write!(f, ", code {code}")?;
+        }
+        if let Some(c) = &self.constraint {
+            write!(f, ", constraint {c}")?;
+        }
+        if let Some(io) = self.io {
+            write!(f, ": {io}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DriverError {}
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -103,13 +228,24 @@ impl Operation {
         }
     }
 
-    /// Whether running the operation twice has the effect of running it once,
-    /// so that a retry is safe.
+    /// Whether the operation only reads, so that running it again after a
+    /// fault is always safe. Writes are retried only when the request
+    /// provably never reached the store ([`Error::never_sent`]) or the store
+    /// answered that it applied nothing (a retryable backend error such as
+    /// a deadlock): a write whose answer was lost may have been applied, and
+    /// running it again could report a false version conflict, bump a
+    /// version twice or say a deleted entity did not exist.
     #[must_use]
-    pub const fn is_idempotent(self) -> bool {
-        !matches!(
+    pub const fn is_read(self) -> bool {
+        matches!(
             self,
-            Operation::Insert | Operation::InsertMany | Operation::Update
+            Operation::Prepare
+                | Operation::Ping
+                | Operation::Get
+                | Operation::GetMany
+                | Operation::List
+                | Operation::Count
+                | Operation::Exists
         )
     }
 }
@@ -233,8 +369,10 @@ pub enum Error {
         /// What is missing (names only, never values).
         reason: String,
     },
-    /// The store could not be reached, or dropped the connection.
-    #[error("{store} is unavailable during {operation}: {reason}")]
+    /// The store could not be reached, or dropped the connection. For a
+    /// write that may have been sent (`sent`), the outcome is unknown: the
+    /// store may have applied it; read before writing again.
+    #[error("{store} is unavailable during {operation}: {reason}{}", if *sent && !operation.is_read() { " (outcome unknown: the write may have been applied)" } else { "" })]
     Unavailable {
         /// The store.
         store: Store,
@@ -242,12 +380,18 @@ pub enum Error {
         operation: Operation,
         /// What happened.
         reason: String,
-        /// The driver's error.
+        /// Whether the request may have reached the store. `false` only
+        /// when it provably did not (no connection could be had, the pool
+        /// gave none, the store refused the connection), so a write can be
+        /// retried safely.
+        sent: bool,
+        /// What is kept of the driver's error (never its free text).
         #[source]
-        source: Option<BoxError>,
+        source: Option<DriverError>,
     },
-    /// The operation did not finish in time.
-    #[error("{store}: {operation} timed out after {after:?}")]
+    /// The operation did not finish in time. For a write, the outcome is
+    /// unknown: the store may have applied it.
+    #[error("{store}: {operation} timed out after {after:?}{}", if operation.is_read() { "" } else { " (outcome unknown: the write may have been applied)" })]
     Timeout {
         /// The store.
         store: Store,
@@ -273,9 +417,9 @@ pub enum Error {
         message: String,
         /// Whether trying again may succeed (deadlock, serialization failure).
         retryable: bool,
-        /// The driver's error.
+        /// What is kept of the driver's error (never its free text).
         #[source]
-        source: Option<BoxError>,
+        source: Option<DriverError>,
     },
 }
 
@@ -294,6 +438,31 @@ impl Error {
             | Error::Unsupported { .. }
             | Error::SchemaNotReady { .. }
             | Error::CircuitOpen { .. } => false,
+        }
+    }
+
+    /// Whether the request provably never reached the store (so a write may
+    /// be sent again safely): the breaker refused it, or no connection
+    /// could be had.
+    #[must_use]
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable { sent: false, .. } | Error::CircuitOpen { .. }
+        )
+    }
+
+    /// Whether this is a write that may or may not have been applied: its
+    /// answer was lost (a timeout, a dropped connection). The caller reads
+    /// the entity before deciding what to do; the guard never retries it.
+    #[must_use]
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Error::Unavailable {
+                operation, sent, ..
+            } => *sent && !operation.is_read(),
+            Error::Timeout { operation, .. } => !operation.is_read(),
+            _ => false,
         }
     }
 

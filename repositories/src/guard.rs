@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! call ──► breaker (open? fail at once; one outcome per call) ──► retry
-//!          (idempotent, retryable, within budget) ──► deadline (request
+//!          (reads; writes never sent; within budget) ──► deadline (request
 //!          timeout, per attempt) ──► backend
 //! ```
 //!
@@ -256,6 +256,26 @@ pub fn is_transient(e: &Error) -> bool {
     e.is_retryable()
 }
 
+/// Whether a failed write may have been applied by the store: anything but
+/// a request that provably never reached it, or an answer of the store that
+/// it applied nothing (a retryable backend error: deadlock, serialization
+/// failure, write conflict, busy). Such a write is never retried: its answer
+/// was lost, and running it again could contradict what the store holds.
+fn may_be_applied(e: &Error) -> bool {
+    match e {
+        Error::Unavailable { sent, .. } => *sent,
+        Error::Timeout { .. } => true,
+        Error::Backend { retryable, .. } => !*retryable,
+        Error::NotFound { .. }
+        | Error::Conflict { .. }
+        | Error::Batch { .. }
+        | Error::Invalid { .. }
+        | Error::Unsupported { .. }
+        | Error::SchemaNotReady { .. }
+        | Error::CircuitOpen { .. } => false,
+    }
+}
+
 /// Retry settings: exponential backoff with full jitter, a budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrySettings {
@@ -388,8 +408,9 @@ impl Guarded {
     }
 
     /// breaker → retry → deadline: the breaker admits the call and records
-    /// its one final outcome; inside, an idempotent call is retried on a
-    /// retryable error (backoff with full jitter, within the budget), each
+    /// its one final outcome; inside, a read is retried on a retryable
+    /// error, and a write only when it provably was not applied (see
+    /// [`may_be_applied`]) (backoff with full jitter, within the budget), each
     /// attempt under the deadline. Counted in the metrics once per call.
     async fn call_inner<T, F, Fut>(&self, op: Operation, entity: &'static str, f: F) -> Result<T>
     where
@@ -427,7 +448,7 @@ impl Guarded {
         loop {
             match self.attempt(op, f).await {
                 Ok(v) => return Ok(v),
-                Err(e) if op.is_idempotent() && e.is_retryable() => {
+                Err(e) if e.is_retryable() && (op.is_read() || !may_be_applied(&e)) => {
                     let delays = delays.get_or_insert_with(|| {
                         backon::ExponentialBuilder::default()
                             .with_min_delay(self.retry.min_delay)
@@ -606,7 +627,13 @@ mod tests {
     /// What the scripted backend does on its next call.
     #[derive(Debug, Clone, Copy)]
     enum Act {
+        /// A fault after which the outcome is unknown (the request may
+        /// have been sent).
         Fail,
+        /// A fault before anything was sent (no connection could be had).
+        FailUnsent,
+        /// The call is applied, then its answer is lost.
+        LoseAnswer,
         NotFound,
         Slow(Duration),
         Hang,
@@ -620,6 +647,7 @@ mod tests {
         inner: MemoryBackend,
         script: Mutex<VecDeque<Act>>,
         calls: AtomicUsize,
+        lose_answer: std::sync::atomic::AtomicBool,
     }
 
     impl Scripted {
@@ -638,8 +666,20 @@ mod tests {
                     store: Store::Memory,
                     operation: op,
                     reason: "scripted".into(),
+                    sent: true,
                     source: None,
                 }),
+                Some(Act::FailUnsent) => Err(Error::Unavailable {
+                    store: Store::Memory,
+                    operation: op,
+                    reason: "scripted, never sent".into(),
+                    sent: false,
+                    source: None,
+                }),
+                Some(Act::LoseAnswer) => {
+                    self.lose_answer.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
                 Some(Act::NotFound) => Err(Error::NotFound { entity: "notes" }),
                 Some(Act::Slow(d)) => {
                     tokio::time::sleep(d).await;
@@ -647,6 +687,20 @@ mod tests {
                 }
                 Some(Act::Hang) => std::future::pending().await,
             }
+        }
+        /// The answer of an applied call, or a lost answer.
+        fn answer<T>(&self, op: Operation, applied: Result<T>) -> Result<T> {
+            if self.lose_answer.swap(false, Ordering::SeqCst) {
+                drop(applied);
+                return Err(Error::Unavailable {
+                    store: Store::Memory,
+                    operation: op,
+                    reason: "scripted, answer lost".into(),
+                    sent: true,
+                    source: None,
+                });
+            }
+            applied
         }
     }
 
@@ -666,11 +720,11 @@ mod tests {
         }
         async fn insert(&self, s: &'static EntitySchema, r: &Record) -> Result<()> {
             self.act(Operation::Insert).await?;
-            self.inner.insert(s, r).await
+            self.answer(Operation::Insert, self.inner.insert(s, r).await)
         }
         async fn insert_many(&self, s: &'static EntitySchema, r: &[Record]) -> Result<()> {
             self.act(Operation::InsertMany).await?;
-            self.inner.insert_many(s, r).await
+            self.answer(Operation::InsertMany, self.inner.insert_many(s, r).await)
         }
         async fn get(&self, s: &'static EntitySchema, k: &Value) -> Result<Option<Record>> {
             self.act(Operation::Get).await?;
@@ -687,7 +741,7 @@ mod tests {
             p: &ValidPatch,
         ) -> Result<Option<Record>> {
             self.act(Operation::Update).await?;
-            self.inner.update(s, k, p).await
+            self.answer(Operation::Update, self.inner.update(s, k, p).await)
         }
         async fn replace(
             &self,
@@ -696,15 +750,15 @@ mod tests {
             v: Option<i64>,
         ) -> Result<Record> {
             self.act(Operation::Replace).await?;
-            self.inner.replace(s, r, v).await
+            self.answer(Operation::Replace, self.inner.replace(s, r, v).await)
         }
         async fn upsert(&self, s: &'static EntitySchema, r: &Record) -> Result<Record> {
             self.act(Operation::Upsert).await?;
-            self.inner.upsert(s, r).await
+            self.answer(Operation::Upsert, self.inner.upsert(s, r).await)
         }
         async fn delete(&self, s: &'static EntitySchema, k: &Value) -> Result<bool> {
             self.act(Operation::Delete).await?;
-            self.inner.delete(s, k).await
+            self.answer(Operation::Delete, self.inner.delete(s, k).await)
         }
         async fn list(&self, s: &'static EntitySchema, r: &ListRequest) -> Result<Vec<Record>> {
             self.act(Operation::List).await?;
@@ -875,7 +929,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idempotent_calls_are_retried_with_backoff() {
+    async fn reads_are_retried_with_backoff() {
         let script = Arc::new(Scripted::default());
         let g = guard(&script, RetrySettings::default());
         g.insert(schema(), &record(7)).await.unwrap();
@@ -908,7 +962,11 @@ mod tests {
         );
         script.then(&[Act::Fail]);
         assert!(g.insert(schema(), &record(1)).await.is_err());
-        assert_eq!(script.calls(), 1, "insert is not idempotent");
+        assert_eq!(
+            script.calls(),
+            1,
+            "an insert that may have been sent is not retried"
+        );
         script.then(&[Act::NotFound]);
         assert!(matches!(
             g.get(schema(), &Value::Int(1)).await,
@@ -921,6 +979,75 @@ mod tests {
             Err(Error::Unavailable { .. })
         ));
         assert_eq!(script.calls(), 6, "at most max_retries (3) retries");
+    }
+
+    /// A write whose answer was lost is not sent again (it may have been
+    /// applied: a retry would answer NotFound for a delete that worked, a
+    /// duplicate for an insert that worked); the caller gets an error that
+    /// says the outcome is unknown, and the store holds the write once. A
+    /// write that provably never left is retried.
+    #[tokio::test(start_paused = true)]
+    async fn writes_are_retried_only_when_never_sent() {
+        let script = Arc::new(Scripted::default());
+        let g = guard(&script, RetrySettings::default());
+        let s = schema();
+        let lost = |r: Result<()>, what: &str| {
+            let e = r.expect_err(what);
+            assert!(e.outcome_unknown(), "{what}: {e}");
+            assert!(e.to_string().contains("outcome unknown"), "{e}");
+        };
+        let writes: [(&str, Operation); 6] = [
+            ("insert", Operation::Insert),
+            ("insert_many", Operation::InsertMany),
+            ("update", Operation::Update),
+            ("replace", Operation::Replace),
+            ("upsert", Operation::Upsert),
+            ("delete", Operation::Delete),
+        ];
+        for (what, op) in writes {
+            g.upsert(s, &record(1)).await.unwrap();
+            g.delete(s, &Value::Int(2)).await.unwrap();
+            let before = script.calls();
+            script.then(&[Act::LoseAnswer]);
+            let patch = crate::query::ValidPatch {
+                sets: vec![(1, Value::Text("new".into()))],
+                expected_version: None,
+            };
+            let result = match op {
+                Operation::Insert => g.insert(s, &record(2)).await,
+                Operation::InsertMany => g.insert_many(s, &[record(2)]).await,
+                Operation::Update => g.update(s, &Value::Int(1), &patch).await.map(|_| ()),
+                Operation::Replace => g.replace(s, &record(1), None).await.map(|_| ()),
+                Operation::Upsert => g.upsert(s, &record(2)).await.map(|_| ()),
+                _ => g.delete(s, &Value::Int(1)).await.map(|_| ()),
+            };
+            lost(result, what);
+            assert_eq!(script.calls() - before, 1, "{what}: sent once");
+            // The store holds the write, once.
+            let one = script.inner.get(s, &Value::Int(1)).await.unwrap();
+            let two = script.inner.get(s, &Value::Int(2)).await.unwrap();
+            match op {
+                Operation::Insert | Operation::InsertMany | Operation::Upsert => {
+                    assert!(two.is_some(), "{what} applied");
+                }
+                Operation::Delete => assert!(one.is_none(), "{what} applied"),
+                _ => assert!(one.is_some(), "{what} applied"),
+            }
+            // Never sent: retried, and the answer is the store's.
+            let before = script.calls();
+            script.then(&[Act::FailUnsent]);
+            let again = match op {
+                Operation::Delete => g.delete(s, &Value::Int(2)).await.map(|_| ()),
+                _ => g.upsert(s, &record(3)).await.map(|_| ()),
+            };
+            again.unwrap_or_else(|e| panic!("{what}: a write never sent is retried: {e}"));
+            assert_eq!(script.calls() - before, 2, "{what}: one retry");
+        }
+        // Reads are retried after any transient fault.
+        let before = script.calls();
+        script.then(&[Act::Fail]);
+        g.get(s, &Value::Int(3)).await.unwrap();
+        assert_eq!(script.calls() - before, 2);
     }
 
     #[tokio::test(start_paused = true)]

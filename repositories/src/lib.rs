@@ -46,7 +46,9 @@ mod sqlx_errors;
 mod versions;
 
 pub use backend::{Backend, Capabilities, FilterSupport, PoolStats, Read};
-pub use error::{BatchFailure, BoxError, ConflictKind, Error, Operation, Result, Store};
+pub use error::{
+    BatchFailure, BoxError, ConflictKind, DriverError, Error, Operation, Result, Store,
+};
 pub use query::{
     CmpOp, Cond, Cursor, Direction, Filter, ListRequest, Page, Patch, Query, ValidPatch,
 };

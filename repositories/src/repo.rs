@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use base64::Engine as _;
 use dl_models::{Entity, EntitySchema, FieldType, KeyValue, Record, Value, decode, encode};
+use dl_privacy::Privacy;
 use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, Capabilities, FilterSupport, Read};
@@ -83,7 +84,15 @@ pub trait Repository<T: Entity>: Send + Sync {
 /// The [`Repository<T>`] over a [`Backend`].
 pub struct Repo<T> {
     backend: Arc<dyn Backend>,
+    privacy: Arc<Privacy>,
     _entity: PhantomData<fn() -> T>,
+}
+
+/// The sealing keys of repositories opened without any
+/// ([`Repo::open`]): random, for this process only.
+fn process_privacy() -> Arc<Privacy> {
+    static KEYS: std::sync::OnceLock<Arc<Privacy>> = std::sync::OnceLock::new();
+    Arc::clone(KEYS.get_or_init(|| Arc::new(Privacy::ephemeral())))
 }
 
 impl<T> std::fmt::Debug for Repo<T> {
@@ -98,6 +107,7 @@ impl<T> Clone for Repo<T> {
     fn clone(&self) -> Self {
         Repo {
             backend: Arc::clone(&self.backend),
+            privacy: Arc::clone(&self.privacy),
             _entity: PhantomData,
         }
     }
@@ -113,6 +123,17 @@ impl<T: Entity> Repo<T> {
     /// [`Error::SchemaNotReady`] when the store lacks the table, a column or
     /// a unique index, or the store's fault.
     pub async fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::open_with(backend, process_privacy()).await
+    }
+
+    /// [`Repo::open`], sealing cursors with `privacy`'s keys (from
+    /// settings: `DataLayer` passes them), so a cursor opens in every
+    /// instance that holds the key. [`Repo::open`] uses a random key of
+    /// this process.
+    ///
+    /// # Errors
+    /// As [`Repo::open`].
+    pub async fn open_with(backend: Arc<dyn Backend>, privacy: Arc<Privacy>) -> Result<Self> {
         let schema = T::schema();
         if !dl_models::is_valid_identifier(schema.name) {
             return Err(Error::invalid(schema.name, None, "invalid entity name"));
@@ -132,6 +153,7 @@ impl<T: Entity> Repo<T> {
         backend.prepare(schema).await?;
         Ok(Repo {
             backend,
+            privacy,
             _entity: PhantomData,
         })
     }
@@ -231,7 +253,7 @@ impl<T: Entity> Repo<T> {
         let fp = Self::native_fingerprint(cond);
         let state = match &query.after {
             None => None,
-            Some(cursor) => Some(Self::decode_native(cursor, &fp)?),
+            Some(cursor) => Some(self.decode_native(cursor, &fp)?),
         };
         let (records, next) = self
             .backend
@@ -242,11 +264,10 @@ impl<T: Entity> Repo<T> {
             .map(|r| self.decode_record(Operation::List, r))
             .collect::<Result<Vec<T>>>()?;
         let next = next.map(|state| {
-            let body = serde_json::json!({
+            self.seal_cursor(&serde_json::json!({
                 "f": fp,
                 "p": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(state),
-            });
-            Cursor(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string()))
+            }))
         });
         Ok(Page { items, next })
     }
@@ -281,19 +302,59 @@ impl<T: Entity> Repo<T> {
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn decode_native(cursor: &Cursor, fingerprint: &str) -> Result<Vec<u8>> {
+    /// A cursor: the body sealed (authenticated and encrypted) for this
+    /// entity, so no cursor shows a key, a sort value or a paging state,
+    /// and none can be forged or altered.
+    fn seal_cursor(&self, body: &serde_json::Value) -> Cursor {
+        Cursor(
+            self.privacy
+                .seal(&Self::cursor_context(), body.to_string().as_bytes()),
+        )
+    }
+
+    fn cursor_context() -> Vec<u8> {
+        let mut c = b"data-layer/cursor/v1:".to_vec();
+        c.extend_from_slice(Self::schema().name.as_bytes());
+        c
+    }
+
+    /// The body of a cursor this entity's repositories sealed.
+    fn open_cursor(&self, cursor: &Cursor) -> Result<serde_json::Value> {
+        let schema = Self::schema();
+        if cursor.0.len() > MAX_CURSOR_BYTES {
+            return Err(Error::invalid(
+                schema.name,
+                None,
+                "malformed cursor: too long",
+            ));
+        }
+        let bytes = self
+            .privacy
+            .open(&Self::cursor_context(), &cursor.0)
+            .map_err(|e| {
+                Error::invalid(
+                    schema.name,
+                    None,
+                    match e {
+                        dl_privacy::OpenError::UnknownKey => {
+                            "this cursor was sealed under a key this service does not hold (rotated out, or another process's random key: set privacy.key): list again from the start"
+                        }
+                        _ => {
+                            "malformed cursor: altered, forged, or from another entity (cursors are opaque)"
+                        }
+                    },
+                )
+            })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|_| Error::invalid(schema.name, None, "malformed cursor: not json"))
+    }
+
+    fn decode_native(&self, cursor: &Cursor, fingerprint: &str) -> Result<Vec<u8>> {
         let schema = Self::schema();
         let bad = |why: &'static str| {
             Error::invalid(schema.name, None, format!("malformed cursor: {why}"))
         };
-        if cursor.0.len() > MAX_CURSOR_BYTES {
-            return Err(bad("too long"));
-        }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(cursor.0.as_bytes())
-            .map_err(|_| bad("not base64url"))?;
-        let body: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| bad("not json"))?;
+        let body = self.open_cursor(cursor)?;
         if body.get("f").and_then(|f| f.as_str()) != Some(fingerprint) {
             return Err(Error::invalid(
                 schema.name,
@@ -322,7 +383,7 @@ impl<T: Entity> Repo<T> {
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn make_cursor(sort: &[(usize, Direction)], record: &Record) -> Cursor {
+    fn make_cursor(&self, sort: &[(usize, Direction)], record: &Record) -> Cursor {
         let schema = Self::schema();
         let values: Vec<serde_json::Value> = sort
             .iter()
@@ -334,12 +395,11 @@ impl<T: Entity> Repo<T> {
                 }
             })
             .collect();
-        let body = serde_json::json!({
+        self.seal_cursor(&serde_json::json!({
             "f": Self::fingerprint(sort),
             "k": record.get(schema.key).to_json(),
             "s": values,
-        });
-        Cursor(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string()))
+        }))
     }
 
     /// Decodes a cursor into the anchor's sort values.
@@ -348,14 +408,7 @@ impl<T: Entity> Repo<T> {
         let bad = |why: &'static str| {
             Error::invalid(schema.name, None, format!("malformed cursor: {why}"))
         };
-        if cursor.0.len() > MAX_CURSOR_BYTES {
-            return Err(bad("too long"));
-        }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(cursor.0.as_bytes())
-            .map_err(|_| bad("not base64url"))?;
-        let body: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| bad("not json"))?;
+        let body = self.open_cursor(cursor)?;
         if body.get("f").and_then(|f| f.as_str()) != Some(Self::fingerprint(sort).as_str()) {
             return Err(Error::invalid(
                 schema.name,
@@ -734,7 +787,7 @@ impl<T: Entity> Repository<T> for Repo<T> {
         let more = records.len() > limit;
         records.truncate(limit);
         let next = match (more, records.last()) {
-            (true, Some(last)) => Some(Self::make_cursor(&request.sort, last)),
+            (true, Some(last)) => Some(self.make_cursor(&request.sort, last)),
             _ => None,
         };
         let items = records

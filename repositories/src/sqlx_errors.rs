@@ -6,28 +6,32 @@
 
 use dl_models::EntitySchema;
 
-use crate::error::{ConflictKind, Error, Operation, Store};
+use crate::error::{ConflictKind, DriverError, Error, Operation, Store};
 
 /// Maps a sqlx error. Messages never include values: for database errors we
-/// keep the store's error code and class, and the sqlx error as `source()`.
+/// keep the store's error code, its class and the constraint's name, as a
+/// [`DriverError`] `source()`; the sqlx error itself is dropped (its
+/// message and PostgreSQL's `detail` quote the row).
 pub(crate) fn map_sqlx_error(
     store: Store,
     schema: &'static EntitySchema,
     operation: Operation,
     e: sqlx::Error,
 ) -> Error {
-    let unavailable = |reason: &str, e: sqlx::Error| Error::Unavailable {
+    // `sent`: whether the request may have reached the server.
+    let unavailable = |reason: &str, sent: bool, e: sqlx::Error| Error::Unavailable {
         store,
         operation,
         reason: reason.to_owned(),
-        source: Some(Box::new(e)),
+        sent,
+        source: Some(summary(&e)),
     };
     let backend = |message: String, retryable: bool, e: sqlx::Error| Error::Backend {
         store,
         operation,
         message,
         retryable,
-        source: Some(Box::new(e)),
+        source: Some(summary(&e)),
     };
     match e {
         sqlx::Error::Database(ref db) => {
@@ -41,18 +45,31 @@ pub(crate) fn map_sqlx_error(
             if is_transient_code(store, &code) {
                 return backend(format!("transient database error (code {code})"), true, e);
             }
+            if is_refused_code(store, &code) {
+                return unavailable(
+                    &format!("the server refused the connection (code {code})"),
+                    false,
+                    e,
+                );
+            }
             if is_connection_code(store, &code) {
-                return unavailable(&format!("the server ended the session (code {code})"), e);
+                return unavailable(
+                    &format!("the server ended the session (code {code})"),
+                    true,
+                    e,
+                );
             }
             backend(format!("database error (code {code})"), false, e)
         }
-        sqlx::Error::Io(_) => unavailable("connection i/o failed", e),
-        sqlx::Error::Tls(_) => unavailable("TLS failed", e),
-        sqlx::Error::PoolTimedOut => unavailable("no pooled connection became free in time", e),
-        sqlx::Error::PoolClosed => unavailable("the pool is closed", e),
-        sqlx::Error::WorkerCrashed => unavailable("the connection worker crashed", e),
-        sqlx::Error::BeginFailed => unavailable("could not begin a transaction", e),
-        sqlx::Error::Protocol(_) => unavailable("protocol error on the connection", e),
+        sqlx::Error::Io(_) => unavailable("connection i/o failed", true, e),
+        sqlx::Error::Tls(_) => unavailable("TLS failed", true, e),
+        sqlx::Error::PoolTimedOut => {
+            unavailable("no pooled connection became free in time", false, e)
+        }
+        sqlx::Error::PoolClosed => unavailable("the pool is closed", false, e),
+        sqlx::Error::WorkerCrashed => unavailable("the connection worker crashed", true, e),
+        sqlx::Error::BeginFailed => unavailable("could not begin a transaction", false, e),
+        sqlx::Error::Protocol(_) => unavailable("protocol error on the connection", true, e),
         sqlx::Error::Configuration(_) | sqlx::Error::ConfigFile(_) => {
             backend("connection settings rejected".into(), false, e)
         }
@@ -75,6 +92,48 @@ pub(crate) fn map_sqlx_error(
         | sqlx::Error::InvalidArgument(_) => backend("driver error".into(), false, e),
         _ => backend("unclassified driver error".into(), false, e),
     }
+}
+
+/// What is kept of a sqlx error: its variant, and for a database error the
+/// code and constraint; for I/O the error kind. Never a message.
+pub(crate) fn summary(e: &sqlx::Error) -> DriverError {
+    let kind = match e {
+        sqlx::Error::Database(db) => {
+            let kind = match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => "unique violation",
+                sqlx::error::ErrorKind::ForeignKeyViolation => "foreign key violation",
+                sqlx::error::ErrorKind::NotNullViolation => "not-null violation",
+                sqlx::error::ErrorKind::CheckViolation => "check violation",
+                sqlx::error::ErrorKind::ExclusionViolation => "exclusion violation",
+                _ => "database error",
+            };
+            return DriverError::new("sqlx", kind)
+                .code(db.code().unwrap_or_default())
+                .constraint(db.constraint());
+        }
+        sqlx::Error::Io(io) => return DriverError::new("sqlx", "io").io_from(io),
+        sqlx::Error::Tls(_) => "tls",
+        sqlx::Error::PoolTimedOut => "pool timed out",
+        sqlx::Error::PoolClosed => "pool closed",
+        sqlx::Error::WorkerCrashed => "worker crashed",
+        sqlx::Error::BeginFailed => "begin failed",
+        sqlx::Error::Protocol(_) => "protocol",
+        sqlx::Error::Configuration(_) => "configuration",
+        sqlx::Error::ConfigFile(_) => "config file",
+        sqlx::Error::ColumnDecode { .. } => "column decode",
+        sqlx::Error::RowNotFound => "row not found",
+        sqlx::Error::TypeNotFound { .. } => "type not found",
+        sqlx::Error::ColumnIndexOutOfBounds { .. } => "column index out of bounds",
+        sqlx::Error::ColumnNotFound(_) => "column not found",
+        sqlx::Error::Encode(_) => "encode",
+        sqlx::Error::Decode(_) => "decode",
+        sqlx::Error::AnyDriverError(_) => "driver",
+        sqlx::Error::Migrate(_) => "migrate",
+        sqlx::Error::InvalidSavePointStatement => "invalid savepoint statement",
+        sqlx::Error::InvalidArgument(_) => "invalid argument",
+        _ => "unclassified",
+    };
+    DriverError::new("sqlx", kind)
 }
 
 fn unique_kind(schema: &'static EntitySchema, db: &dyn sqlx::error::DatabaseError) -> ConflictKind {
@@ -106,6 +165,15 @@ fn is_transient_code(store: Store, code: &str) -> bool {
         Store::Sqlite => code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
         // serialization_failure, deadlock_detected, lock_not_available.
         Store::Postgres => matches!(code, "40001" | "40P01" | "55P03"),
+        _ => false,
+    }
+}
+
+/// Codes of a connection the server refused before any statement ran:
+/// cannot connect now, too many connections, connection rejected.
+fn is_refused_code(store: Store, code: &str) -> bool {
+    match store {
+        Store::Postgres => matches!(code, "57P03" | "53300" | "08001" | "08004"),
         _ => false,
     }
 }

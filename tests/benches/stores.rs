@@ -926,7 +926,8 @@ async fn redis() -> Pair {
                 &format!("{ns}_fw"),
                 Duration::from_secs(10),
             )
-            .expect("prefix"),
+            .expect("prefix")
+            .with_privacy(dl_tests::live::test_privacy()),
         ))
         .await,
         filters: true,

@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+pub mod canary;
 pub mod cases;
 pub mod entities;
 pub mod harness;

@@ -34,6 +34,22 @@ pub fn test_pool(max: u32) -> PoolSettings {
     p
 }
 
+/// [`test_privacy`]'s key as settings take it (base64url of 32 bytes of
+/// 0x5a; a test key, never a real one).
+pub const TEST_PRIVACY_KEY: &str = "WlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlo";
+
+/// The privacy keys of the tests (a fixed key: tokens made in one test
+/// are found by the next call, as with a key from settings).
+#[must_use]
+pub fn test_privacy() -> Arc<dl_privacy::Privacy> {
+    static KEYS: std::sync::OnceLock<Arc<dl_privacy::Privacy>> = std::sync::OnceLock::new();
+    Arc::clone(KEYS.get_or_init(|| {
+        Arc::new(dl_privacy::Privacy::new(
+            dl_privacy::SecretKey::from_bytes("test1", [0x5a; 32]).expect("a valid test key"),
+        ))
+    }))
+}
+
 /// A unique prefix for one test's namespaces (`dlt_<8 hex>`).
 #[must_use]
 pub fn unique_prefix(tag: &str) -> String {
@@ -188,8 +204,11 @@ impl RedisNamespaces {
                 let pool = test_pool(1);
                 let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool)
                     .expect("redis options");
-                Arc::new(RedisBackend::new(conn, &ns, pool.request_timeout).expect("prefix"))
-                    as Arc<dyn Backend>
+                Arc::new(
+                    RedisBackend::new(conn, &ns, pool.request_timeout)
+                        .expect("prefix")
+                        .with_privacy(test_privacy()),
+                ) as Arc<dyn Backend>
             })
         })
     }
@@ -379,6 +398,8 @@ pub fn all_stores_settings(ns: &str) -> Settings {
             .var("MONGODB_URI", &mongo)
             .var("REDIS_URL", redis_url().expose())
             .var("DL_REDIS__KEY_PREFIX", ns)
+            .var("DL_PRIVACY__KEY", TEST_PRIVACY_KEY)
+            .var("DL_PRIVACY__KEY_ID", "test1")
             .var("SCYLLA_URI", &scylla.nodes.join(","))
             .var("DL_SCYLLA__KEYSPACE", ns)
             .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")

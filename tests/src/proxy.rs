@@ -1,7 +1,7 @@
 //! A TCP fault proxy for the fault tests: it sits between a client and a
 //! live store on the loopback interface and, on command, adds latency,
-//! blackholes (accepts and forwards nothing, never answers), or resets every
-//! connection. Traffic goes only to the given upstream address on this
+//! blackholes (accepts and forwards nothing, never answers), drops the
+//! store's answers while forwarding requests, or resets every connection. Traffic goes only to the given upstream address on this
 //! machine. It also counts round trips (for tests that an operation takes
 //! one).
 
@@ -23,6 +23,9 @@ pub enum Fault {
     Latency(Duration),
     /// Accept connections, forward nothing, answer nothing.
     Blackhole,
+    /// Forward requests to the store, drop its answers: the store applies
+    /// what it is sent and the client never hears of it (a lost answer).
+    DropReplies,
 }
 
 #[derive(Debug)]
@@ -179,6 +182,11 @@ async fn pump(
             Fault::Latency(d) => tokio::time::sleep(d).await,
             // Swallow: the peer waits forever (until the connection is cut).
             Fault::Blackhole => continue,
+            Fault::DropReplies => {
+                if matches!(side, Side::Reply(..)) {
+                    continue;
+                }
+            }
         }
         match &side {
             Side::Request(asked) => asked.store(true, Ordering::SeqCst),

@@ -14,7 +14,7 @@ use dl_repositories::backends::postgres::PostgresBackend;
 use dl_repositories::backends::redis::RedisBackend;
 use dl_repositories::guard::{BreakerSettings, BreakerState, Guarded, RetrySettings};
 use dl_repositories::{Backend, Error, Filter, Repo, Repository};
-use dl_tests::entities::Note;
+use dl_tests::entities::{Note, Specimen};
 use dl_tests::live::{postgres_url, redis_url, test_pool, unique_prefix};
 use dl_tests::private::{Kind, PrivateServer};
 use dl_tests::proxy::{Fault, FaultProxy};
@@ -264,7 +264,11 @@ async fn redis_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
     pool.request_timeout = DEADLINE;
     let conn =
         dl_connections::redis::connect_lazy(&via(&redis_url(), proxy), &pool).expect("redis");
-    Arc::new(RedisBackend::new(conn, ns, DEADLINE).expect("backend"))
+    Arc::new(
+        RedisBackend::new(conn, ns, DEADLINE)
+            .expect("backend")
+            .with_privacy(dl_tests::live::test_privacy()),
+    )
 }
 
 async fn mongo_through(proxy: &FaultProxy, ns: &str) -> Arc<dyn Backend> {
@@ -922,4 +926,173 @@ async fn redis_update_by_patch_is_one_round_trip() {
     drop(proxy);
     nss.drop_all().await;
     say("round trips of a Redis update by patch: 1");
+}
+
+/// What the store holds for one key after a write whose answer was lost:
+/// absent, or present at a version with a label.
+async fn held(repo: &Repo<Specimen>, key: &str) -> Option<(i64, String)> {
+    repo.get(&key.to_owned())
+        .await
+        .expect("read after the fault")
+        .map(|s| (s.version, s.label))
+}
+
+/// Every write, its answer dropped by the proxy after the store got the
+/// request: the caller gets an error that says the outcome is unknown (a
+/// timeout; never retried, so never a false `Conflict`, `NotFound` or a
+/// double version bump), and the store then holds either what it held
+/// before or the write applied exactly once. Returns how many of the six
+/// writes the store applied.
+async fn lost_answer_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProxy) -> usize {
+    let repo = Repo::<Specimen>::open(Arc::clone(&guard) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    let mut applied = 0;
+    for op in [
+        "insert",
+        "insert_many",
+        "update",
+        "replace",
+        "upsert",
+        "delete",
+    ] {
+        // Once with the proxy passing (so statements are prepared and
+        // scripts loaded: the faulted call is then one round trip), then
+        // with its answer dropped.
+        for faulted in [false, true] {
+            let key = format!("lost-{op}-{faulted}");
+            let mut s = Specimen::new(&key, 1);
+            let before = if op.starts_with("insert") {
+                None
+            } else {
+                repo.insert(&s).await.expect("seed");
+                Some((1, s.label.clone()))
+            };
+            // One read first, so a connection is open and idle.
+            assert_eq!(held(&repo, &key).await, before);
+            s.label = format!("after-{op}");
+            if faulted {
+                // A pool that tests connections on release (sqlx pings
+                // each one it takes back) is let finish, so the faulted
+                // call finds an idle connection.
+                let idle = Instant::now();
+                while guard
+                    .pool_stats()
+                    .is_some_and(|p| p.in_use > 0 || p.idle == 0)
+                    && idle.elapsed() < Duration::from_secs(5)
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                proxy.set(Fault::DropReplies);
+            }
+            let result = match op {
+                "insert" => repo.insert(&s).await,
+                "insert_many" => repo.insert_many(std::slice::from_ref(&s)).await,
+                "update" => repo
+                    .update(
+                        &key,
+                        &dl_repositories::Patch::new()
+                            .set("label", s.label.as_str())
+                            .expect_version(1),
+                    )
+                    .await
+                    .map(|_| ()),
+                "replace" => repo.replace(&s).await.map(|_| ()),
+                "upsert" => repo.upsert(&s).await.map(|_| ()),
+                _ => repo.delete(&key).await.map(|_| ()),
+            };
+            let once = match op {
+                "delete" => None,
+                "insert" | "insert_many" => Some((1, s.label.clone())),
+                _ => Some((2, s.label.clone())),
+            };
+            if !faulted {
+                result.unwrap_or_else(|e| panic!("{name} {op} with the proxy passing: {e}"));
+                assert_eq!(held(&repo, &key).await, once, "{name} {op}");
+                continue;
+            }
+            proxy.set(Fault::Pass);
+            proxy.reset();
+            let e = result.expect_err("the answer was dropped");
+            assert!(
+                e.outcome_unknown() || e.never_sent(),
+                "{name} {op}: a lost answer must say the outcome is unknown, got {e}"
+            );
+            // The store may apply the request a moment after it arrived.
+            let mut now = held(&repo, &key).await;
+            let started = Instant::now();
+            while now != once && started.elapsed() < Duration::from_secs(3) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                now = held(&repo, &key).await;
+            }
+            assert!(
+                now == before || now == once,
+                "{name} {op}: the store holds {now:?}: neither {before:?} (not applied) nor {once:?} (applied once)"
+            );
+            assert!(
+                !e.never_sent() || now == before,
+                "{name} {op}: the error says the write was never sent ({e}), but the store holds it"
+            );
+            if now == once {
+                applied += 1;
+            }
+        }
+    }
+    say(&format!(
+        "fault[{name}, answers dropped]: 6 writes, {applied} applied by the store, every caller told the outcome is unknown, none retried"
+    ));
+    applied
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lost_answers() {
+    let proxy = FaultProxy::start(upstream(&postgres_url())).await;
+    let ns = unique_prefix("lost_pg");
+    migrated(dl_tests::schema::postgres(&postgres_url(), &ns).await).await;
+    // One connection, so the statements prepared before the fault are the
+    // ones the faulted calls use.
+    let mut pool = test_pool(1);
+    pool.acquire_timeout = Duration::from_millis(300);
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.request_timeout = DEADLINE;
+    let pool =
+        dl_connections::postgres::connect_lazy(&via(&postgres_url(), &proxy), &pool).expect("pool");
+    let backend = Arc::new(PostgresBackend::new(pool, &ns).expect("backend"));
+    let applied = lost_answer_scenario("postgres", guarded(backend), &proxy).await;
+    // Each write is one statement on an open connection: all arrive.
+    assert_eq!(applied, 6, "postgres applies every write it was sent");
+    drop(proxy);
+    drop_schema(&ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_answers() {
+    let proxy = FaultProxy::start(upstream(&redis_url())).await;
+    let ns = unique_prefix("lost_redis");
+    let applied =
+        lost_answer_scenario("redis", guarded(redis_through(&proxy, &ns).await), &proxy).await;
+    // insert, insert_many, update and delete are one script each; replace
+    // and upsert read first (their read's answer is the one dropped).
+    assert_eq!(applied, 4, "redis applies the one-script writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_lost_answers() {
+    let proxy = FaultProxy::start(upstream(&dl_tests::live::mongo_url())).await;
+    let ns = unique_prefix("lost_mongo");
+    let applied =
+        lost_answer_scenario("mongo", guarded(mongo_through(&proxy, &ns).await), &proxy).await;
+    assert!(applied >= 1, "mongo applied {applied} of 6");
+    drop(proxy);
+    drop_mongo(&ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_lost_answers() {
+    let proxy = FaultProxy::start(scylla_node()).await;
+    let ns = unique_prefix("lost_scylla");
+    // Without lightweight transactions (the CQL test server ignores them)
+    // every checked write reads first, and that read's answer is dropped:
+    // the scenario shows that nothing contradicts the store.
+    lost_answer_scenario("scylla", guarded(scylla_through(&proxy, &ns).await), &proxy).await;
 }

@@ -252,8 +252,11 @@ async fn patch_script_reads_stored_text_exactly() {
     let pool = dl_tests::live::test_pool(1);
     let conn =
         dl_connections::redis::connect_lazy(&dl_tests::live::redis_url(), &pool).expect("redis");
-    let backend: Arc<dyn Backend> =
-        Arc::new(RedisBackend::new(conn.clone(), &ns, pool.request_timeout).expect("backend"));
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
+            .expect("backend")
+            .with_privacy(dl_tests::live::test_privacy()),
+    );
     let schema = Specimen::schema();
     let repo = Repo::<Specimen>::open(Arc::clone(&backend))
         .await
@@ -639,6 +642,7 @@ async fn entities_expire_their_ttl_after_the_last_write() {
     let backend: Arc<dyn Backend> = Arc::new(
         RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
             .expect("backend")
+            .with_privacy(dl_tests::live::test_privacy())
             .with_ttl("notes", ttl),
     );
     let notes = Repo::<Note>::open(backend).await.expect("open");

@@ -314,24 +314,25 @@ fn map_mongo_error(
     e: mongodb::error::Error,
 ) -> Error {
     use mongodb::error::{ErrorKind, WriteFailure};
-    let unavailable = |reason: &str, e: mongodb::error::Error| Error::Unavailable {
+    let unavailable = |reason: &str, sent: bool, e: mongodb::error::Error| Error::Unavailable {
         store: Store::Mongo,
         operation,
         reason: reason.to_owned(),
-        source: Some(Box::new(e)),
+        sent,
+        source: Some(mongo_summary(&e, None)),
     };
     let transient =
         e.contains_label("TransientTransactionError") || e.contains_label("RetryableWriteError");
     let code = match e.kind.as_ref() {
-        ErrorKind::Io(_) => return unavailable("connection i/o failed", e),
+        ErrorKind::Io(_) => return unavailable("connection i/o failed", true, e),
         ErrorKind::ConnectionPoolCleared { .. } => {
-            return unavailable("the connection pool was cleared", e);
+            return unavailable("the connection pool was cleared", true, e);
         }
         ErrorKind::ServerSelection { .. } => {
-            return unavailable("no server could be selected in time", e);
+            return unavailable("no server could be selected in time", false, e);
         }
-        ErrorKind::DnsResolve { .. } => return unavailable("DNS resolution failed", e),
-        ErrorKind::Shutdown => return unavailable("the client was shut down", e),
+        ErrorKind::DnsResolve { .. } => return unavailable("DNS resolution failed", false, e),
+        ErrorKind::Shutdown => return unavailable("the client was shut down", false, e),
         ErrorKind::Write(WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY => {
             return Error::Conflict {
                 entity: schema.name,
@@ -376,6 +377,7 @@ fn map_mongo_error(
         // shutting down, primary stepped down, not writable primary.
         Some(6 | 7 | 89 | 9001 | 91 | 189 | 11600 | 11602 | 10107 | 13435 | 13436) => unavailable(
             &format!("server not available (code {})", code.unwrap_or_default()),
+            true,
             e,
         ),
         // WriteConflict, LockTimeout, and anything labelled transient.
@@ -398,8 +400,38 @@ fn backend(
             None => "driver error".to_owned(),
         },
         retryable,
-        source: Some(Box::new(e)),
+        source: Some(mongo_summary(&e, code)),
     }
+}
+
+/// What is kept of a driver error: its kind's name, the server's code and
+/// an I/O kind; never a message (a duplicate-key message quotes the value,
+/// a validation message the document).
+fn mongo_summary(e: &mongodb::error::Error, code: Option<i32>) -> crate::error::DriverError {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let kind = match e.kind.as_ref() {
+        ErrorKind::Io(_) => "io",
+        ErrorKind::ConnectionPoolCleared { .. } => "connection pool cleared",
+        ErrorKind::ServerSelection { .. } => "server selection",
+        ErrorKind::DnsResolve { .. } => "dns resolve",
+        ErrorKind::Shutdown => "shutdown",
+        ErrorKind::Command(_) => "command",
+        ErrorKind::Write(WriteFailure::WriteError(_)) => "write",
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => "write concern",
+        ErrorKind::InsertMany(_) => "insert many",
+        ErrorKind::Authentication { .. } => "authentication",
+        ErrorKind::InvalidArgument { .. } => "invalid argument",
+        ErrorKind::BsonDeserialization(_) => "bson deserialization",
+        ErrorKind::BsonSerialization(_) => "bson serialization",
+        ErrorKind::InvalidResponse { .. } => "invalid response",
+        ErrorKind::Transaction { .. } => "transaction",
+        _ => "other",
+    };
+    let mut d = crate::error::DriverError::new("mongodb", kind);
+    if let Some(c) = code {
+        d = d.code(c);
+    }
+    d.io_from(e)
 }
 
 #[async_trait]

@@ -497,6 +497,8 @@ pub struct RedisBackend {
     insert_many: redis::Script,
     patch: redis::Script,
     delete: redis::Script,
+    /// Keyed tokens for the index keys and claims of `#[phi]` fields.
+    privacy: Option<std::sync::Arc<dl_privacy::Privacy>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -504,6 +506,7 @@ impl std::fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
+            .field("phi_token_key", &self.privacy.as_ref().map(|p| p.key_id()))
             .finish_non_exhaustive()
     }
 }
@@ -541,6 +544,7 @@ impl RedisBackend {
             insert_many: redis::Script::new(INSERT_MANY),
             patch: redis::Script::new(PATCH),
             delete: redis::Script::new(DELETE),
+            privacy: None,
         })
     }
 
@@ -579,8 +583,48 @@ impl RedisBackend {
         self.key(schema, &[":k"])
     }
 
-    fn index_key(&self, schema: &EntitySchema, field: &str, v: &Value) -> String {
-        self.key(schema, &[":i:", field, ":", &value_token(v)])
+    /// The index key of field `i` holding `v`: `:i:<field>:<value>`, or
+    /// for a `#[phi]` field `:i:<field>:<keyed token of the value>`, so no
+    /// PHI value is ever a key name (equality lookups work the same).
+    fn index_key(&self, schema: &EntitySchema, i: usize, v: &Value) -> String {
+        let f = &schema.fields[i];
+        self.key(
+            schema,
+            &[":i:", f.name, ":", &self.value_part(schema, i, v)],
+        )
+    }
+
+    /// A value as it appears in a key name or a claim: as is, or for a
+    /// `#[phi]` field its keyed token (`prepare` refuses such an entity
+    /// when no key was given).
+    fn value_part(&self, schema: &EntitySchema, i: usize, v: &Value) -> String {
+        let f = &schema.fields[i];
+        if !f.sensitivity.is_phi() {
+            return value_token(v);
+        }
+        match &self.privacy {
+            Some(p) => {
+                let mut domain = String::with_capacity(schema.name.len() + 1 + f.name.len());
+                domain.push_str(schema.name);
+                domain.push('.');
+                domain.push_str(f.name);
+                p.token(&domain, value_token(v).as_bytes())
+            }
+            // Unreachable through a repository (`prepare` refuses); never
+            // the value.
+            None => "phi-without-key".to_owned(),
+        }
+    }
+
+    /// Index keys and unique claims of `#[phi]` fields are keyed tokens
+    /// made with `privacy` (a key from settings: `privacy.key`), never the
+    /// values. Without it, an entity with an indexed `#[phi]` field is
+    /// refused (`Unsupported`). The key must stay the same for a keyspace
+    /// (tokens made under another key are not found).
+    #[must_use]
+    pub fn with_privacy(mut self, privacy: std::sync::Arc<dl_privacy::Privacy>) -> Self {
+        self.privacy = Some(privacy);
+        self
     }
 
     fn ttl_ms(&self, schema: &EntitySchema) -> u64 {
@@ -617,9 +661,13 @@ impl RedisBackend {
             if i == schema.key || !f.indexed || v.is_null() || f.ty == FieldType::Json {
                 continue;
             }
-            ix.push(self.index_key(schema, f.name, v));
+            ix.push(self.index_key(schema, i, v));
             if f.unique {
-                claims.push((self.key(schema, &[":u:", f.name]), value_token(v), f.name));
+                claims.push((
+                    self.key(schema, &[":u:", f.name]),
+                    self.value_part(schema, i, v),
+                    f.name,
+                ));
             }
         }
         (ix, claims)
@@ -808,14 +856,14 @@ impl RedisBackend {
                     .arg(if v.is_null() {
                         String::new()
                     } else {
-                        self.index_key(schema, f.name, v)
+                        self.index_key(schema, *i, v)
                     });
             } else {
                 call.arg("").arg("");
             }
             if f.unique && f.indexed && f.ty != FieldType::Json {
                 call.arg(self.key(schema, &[":u:", f.name]))
-                    .arg(value_token(v));
+                    .arg(self.value_part(schema, *i, v));
             } else {
                 call.arg("").arg("");
             }
@@ -878,7 +926,7 @@ impl RedisBackend {
                     && schema.fields[*i].ty != FieldType::Json
                     && !v.is_null() =>
             {
-                Some(self.index_key(schema, schema.fields[*i].name, v))
+                Some(self.index_key(schema, *i, v))
             }
             _ => None,
         };
@@ -922,14 +970,9 @@ impl RedisBackend {
 /// Collects the index sets a condition reads.
 fn collect_sets(b: &RedisBackend, schema: &EntitySchema, cond: &Cond, out: &mut Vec<String>) {
     match cond {
-        Cond::Cmp(i, CmpOp::Eq, v) if *i != schema.key => {
-            out.push(b.index_key(schema, schema.fields[*i].name, v))
-        }
+        Cond::Cmp(i, CmpOp::Eq, v) if *i != schema.key => out.push(b.index_key(schema, *i, v)),
         Cond::In(i, vs) if *i != schema.key => {
-            out.extend(
-                vs.iter()
-                    .map(|v| b.index_key(schema, schema.fields[*i].name, v)),
-            );
+            out.extend(vs.iter().map(|v| b.index_key(schema, *i, v)));
         }
         Cond::And(cs) | Cond::Or(cs) => cs.iter().for_each(|c| collect_sets(b, schema, c, out)),
         _ => {}
@@ -944,7 +987,7 @@ fn narrow(
     sets: &HashMap<String, BTreeSet<String>>,
 ) -> Option<BTreeSet<String>> {
     let set = |i: usize, v: &Value| {
-        sets.get(&b.index_key(schema, schema.fields[i].name, v))
+        sets.get(&b.index_key(schema, i, v))
             .cloned()
             .unwrap_or_default()
     };
@@ -1095,7 +1138,9 @@ fn map_redis_error(operation: Operation, timeout: Duration, e: redis::RedisError
             store: Store::Redis,
             operation,
             reason: "connection to Redis failed".into(),
-            source: Some(Box::new(e)),
+            // A refused connection sent nothing; a dropped one may have.
+            sent: !e.is_connection_refusal(),
+            source: Some(redis_summary(&e)),
         };
     }
     let retryable = match e.retry_method() {
@@ -1114,8 +1159,19 @@ fn map_redis_error(operation: Operation, timeout: Duration, e: redis::RedisError
         operation,
         message: format!("redis error ({:?})", e.kind()),
         retryable,
-        source: Some(Box::new(e)),
+        source: Some(redis_summary(&e)),
     }
+}
+
+/// What is kept of a redis-rs error: its kind, the server's error code
+/// (`WRONGTYPE`, `ERR`...) and an I/O kind; never the server's message (a
+/// script error can quote the arguments it was given).
+fn redis_summary(e: &redis::RedisError) -> crate::error::DriverError {
+    let mut d = crate::error::DriverError::new("redis", format!("{:?}", e.kind()));
+    if let Some(code) = e.code() {
+        d = d.code(code);
+    }
+    d.io_from(e)
 }
 
 #[async_trait]
@@ -1150,6 +1206,34 @@ impl Backend for RedisBackend {
     }
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+        // A key is a key name, in the key order and in every index entry:
+        // a `#[phi]` key would put PHI in key names.
+        let key = schema.key_field();
+        if key.sensitivity.is_phi() {
+            return Err(Error::unsupported(
+                Store::Redis,
+                Operation::Prepare,
+                format!(
+                    "the key `{}` of {} is #[phi], and a Redis key is a key name (visible to SCAN, MONITOR and the slowlog): use a surrogate key (a UUID) and index the PHI field",
+                    key.name, schema.rust_name
+                ),
+            ));
+        }
+        if self.privacy.is_none()
+            && let Some(f) = schema
+                .fields
+                .iter()
+                .find(|f| f.indexed && f.sensitivity.is_phi() && f.ty != FieldType::Json)
+        {
+            return Err(Error::unsupported(
+                Store::Redis,
+                Operation::Prepare,
+                format!(
+                    "`{}` of {} is #[phi] and indexed: its Redis index keys are keyed tokens, and no key was given (set privacy.key / DL_PRIVACY__KEY)",
+                    f.name, schema.rust_name
+                ),
+            ));
+        }
         // Nothing to create; make sure the server answers and runs scripts.
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING")

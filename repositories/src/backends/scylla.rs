@@ -30,7 +30,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlTimestamp, CqlValue, Row};
 
 use crate::backend::{Backend, Capabilities, FilterSupport};
-use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
+use crate::error::{BatchFailure, ConflictKind, DriverError, Error, Operation, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{CmpOp, Cond, ListRequest, ValidPatch};
 use crate::versions::{bumped, check_expected, patched, version_of};
@@ -630,7 +630,8 @@ fn protocol(op: Operation, why: &str) -> Error {
 enum ScyllaFault {
     Execution(scylla::errors::ExecutionError),
     Prepare(scylla::errors::PrepareError),
-    Rows(String),
+    /// The answer's shape was not the expected one (the kind, no text).
+    Rows(&'static str),
 }
 impl From<scylla::errors::ExecutionError> for ScyllaFault {
     fn from(e: scylla::errors::ExecutionError) -> Self {
@@ -643,23 +644,23 @@ impl From<scylla::errors::PrepareError> for ScyllaFault {
     }
 }
 impl From<scylla::errors::IntoRowsResultError> for ScyllaFault {
-    fn from(e: scylla::errors::IntoRowsResultError) -> Self {
-        ScyllaFault::Rows(e.to_string())
+    fn from(_: scylla::errors::IntoRowsResultError) -> Self {
+        ScyllaFault::Rows("not rows")
     }
 }
 impl From<scylla::errors::FirstRowError> for ScyllaFault {
-    fn from(e: scylla::errors::FirstRowError) -> Self {
-        ScyllaFault::Rows(e.to_string())
+    fn from(_: scylla::errors::FirstRowError) -> Self {
+        ScyllaFault::Rows("no first row")
     }
 }
 impl From<scylla::errors::MaybeFirstRowError> for ScyllaFault {
-    fn from(e: scylla::errors::MaybeFirstRowError) -> Self {
-        ScyllaFault::Rows(e.to_string())
+    fn from(_: scylla::errors::MaybeFirstRowError) -> Self {
+        ScyllaFault::Rows("more than one row")
     }
 }
 impl From<scylla::errors::RowsError> for ScyllaFault {
-    fn from(e: scylla::errors::RowsError) -> Self {
-        ScyllaFault::Rows(e.to_string())
+    fn from(_: scylla::errors::RowsError) -> Self {
+        ScyllaFault::Rows("rows")
     }
 }
 
@@ -667,65 +668,84 @@ impl From<scylla::errors::RowsError> for ScyllaFault {
 /// breaker behaviour, so they are classified first; server answers by kind.
 fn map_scylla_error(operation: Operation, timeout: Duration, fault: ScyllaFault) -> Error {
     use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
-    let unavailable = |reason: String, source: Option<crate::error::BoxError>| Error::Unavailable {
-        store: Store::Scylla,
-        operation,
-        reason,
-        source,
-    };
-    let backend =
-        |message: String, retryable: bool, source: Option<crate::error::BoxError>| Error::Backend {
+    let unavailable =
+        |reason: String, sent: bool, source: Option<DriverError>| Error::Unavailable {
+            store: Store::Scylla,
+            operation,
+            reason,
+            sent,
+            source,
+        };
+    let backend = |message: String, retryable: bool, source: Option<crate::error::DriverError>| {
+        Error::Backend {
             store: Store::Scylla,
             operation,
             message,
             retryable,
             source,
-        };
+        }
+    };
     match fault {
-        ScyllaFault::Rows(why) => backend(format!("unexpected response shape: {why}"), false, None),
+        ScyllaFault::Rows(why) => {
+            backend(format!("unexpected response shape ({why})"), false, None)
+        }
         ScyllaFault::Prepare(e) => backend(
             "preparing a statement failed".into(),
             false,
-            Some(Box::new(e)),
+            Some(DriverError::new("scylla", "prepare").io_from(&e)),
         ),
-        ScyllaFault::Execution(e) => match &e {
-            ExecutionError::RequestTimeout(_) => Error::Timeout {
-                store: Store::Scylla,
-                operation,
-                after: timeout,
-            },
-            ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => {
-                unavailable("no connection to any node".into(), Some(Box::new(e)))
-            }
-            ExecutionError::LastAttemptError(attempt) => match attempt {
-                RequestAttemptError::BrokenConnectionError(_)
-                | RequestAttemptError::UnableToAllocStreamId => {
-                    unavailable("the connection broke".into(), Some(Box::new(e)))
-                }
-                RequestAttemptError::DbError(db, _) => match db {
-                    DbError::Unavailable { .. }
-                    | DbError::Overloaded
-                    | DbError::IsBootstrapping => {
-                        unavailable("not enough replicas answered".into(), Some(Box::new(e)))
-                    }
-                    DbError::ReadTimeout { .. } | DbError::WriteTimeout { .. } => Error::Timeout {
-                        store: Store::Scylla,
-                        operation,
-                        after: timeout,
-                    },
-                    DbError::RateLimitReached { .. } => {
-                        backend("rate limit reached".into(), true, Some(Box::new(e)))
-                    }
-                    other => backend(
-                        format!("server error ({})", db_error_name(other)),
-                        false,
-                        Some(Box::new(e)),
-                    ),
+        ScyllaFault::Execution(e) => {
+            let summary = |kind: &'static str| Some(DriverError::new("scylla", kind).io_from(&e));
+            match &e {
+                ExecutionError::RequestTimeout(_) => Error::Timeout {
+                    store: Store::Scylla,
+                    operation,
+                    after: timeout,
                 },
-                _ => backend("request failed".into(), false, Some(Box::new(e))),
-            },
-            _ => backend("request failed".into(), false, Some(Box::new(e))),
-        },
+                ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => unavailable(
+                    "no connection to any node".into(),
+                    false,
+                    summary("connection pool"),
+                ),
+                ExecutionError::LastAttemptError(attempt) => match attempt {
+                    RequestAttemptError::BrokenConnectionError(_)
+                    | RequestAttemptError::UnableToAllocStreamId => unavailable(
+                        "the connection broke".into(),
+                        true,
+                        summary("broken connection"),
+                    ),
+                    RequestAttemptError::DbError(db, _) => match db {
+                        DbError::Unavailable { .. }
+                        | DbError::Overloaded
+                        | DbError::IsBootstrapping => {
+                            // The coordinator refused before any replica wrote.
+                            unavailable(
+                                "not enough replicas answered".into(),
+                                false,
+                                summary("unavailable"),
+                            )
+                        }
+                        DbError::ReadTimeout { .. } | DbError::WriteTimeout { .. } => {
+                            Error::Timeout {
+                                store: Store::Scylla,
+                                operation,
+                                after: timeout,
+                            }
+                        }
+                        DbError::RateLimitReached { .. } => {
+                            backend("rate limit reached".into(), true, summary("rate limit"))
+                        }
+                        other => {
+                            let name = db_error_name(other);
+                            let source = Some(DriverError::new("scylla", name.clone()));
+                            backend(format!("server error ({name})"), false, source)
+                        }
+                    },
+                    _ => backend("request failed".into(), false, summary("request attempt")),
+                },
+                _ => backend("request failed".into(), false, summary("execution")),
+            }
+        }
     }
 }
 

@@ -1,0 +1,310 @@
+//! No PHI in Redis key names: canary values in every PHI field of
+//! patients, written through every Redis write path (insert, insert_many,
+//! update by patch (quick and whole pass), replace, upsert, delete) and read
+//! back by the PHI index (eq and in filters, a unique claim taken); then
+//! every key of the namespace is scanned (names, and the field names of the
+//! claim hashes), and `MONITOR` has watched the session: a canary may
+//! appear only inside a stored JSON value, never as a key, a claim or any
+//! other argument.
+
+#![cfg(feature = "integration")]
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use dl_models::domain::{Patient, PatientStatus};
+use dl_repositories::backends::redis::RedisBackend;
+use dl_repositories::{Backend, ConflictKind, Error, Filter, Patch, Query, Repo, Repository};
+use dl_tests::canary::canary;
+use dl_tests::live::{RedisNamespaces, redis_url, test_pool, test_privacy};
+
+fn patient(tag: &str) -> (Patient, Vec<String>) {
+    let p = Patient {
+        id: uuid::Uuid::new_v4(),
+        mrn: canary(&format!("{tag}m")),
+        given_name: canary(&format!("{tag}-given")),
+        family_name: canary(&format!("{tag}-family")),
+        date_of_birth: NaiveDate::from_ymd_opt(1961, 3, 4).expect("date"),
+        phone: Some(canary(&format!("{tag}-phone"))),
+        email: Some(canary(&format!("{tag}-email"))),
+        status: PatientStatus::Active,
+        created_at: chrono::Utc::now(),
+        version: 1,
+    };
+    let c = vec![
+        p.mrn.clone(),
+        p.given_name.clone(),
+        p.family_name.clone(),
+        p.phone.clone().unwrap_or_default(),
+        p.email.clone().unwrap_or_default(),
+    ];
+    (p, c)
+}
+
+/// The arguments of one `MONITOR` line (`ts [db addr] "a" "b" ...`),
+/// unescaped.
+fn monitor_args(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut arg = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('n') => arg.push('\n'),
+                    Some('r') => arg.push('\r'),
+                    Some('t') => arg.push('\t'),
+                    Some(other) => arg.push(other),
+                    None => {}
+                },
+                other => arg.push(other),
+            }
+        }
+        args.push(arg);
+    }
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phi_never_reaches_redis_key_names() {
+    let spaces = RedisNamespaces::new("phikeys").await;
+    let ns = spaces.namespace();
+    let pool = test_pool(1);
+    let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool).expect("redis");
+
+    // MONITOR, in a process of its own, until the writes are done.
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let mut monitor = Command::new("redis-cli")
+        .args(["-u", redis_url().expose(), "monitor"])
+        .stdout(Stdio::from(out.reopen().expect("reopen")))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-cli monitor (Debian's redis-tools)");
+    let started = Instant::now();
+    loop {
+        let mut text = String::new();
+        let _ = out.reopen().expect("reopen").read_to_string(&mut text);
+        if text.contains("OK") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "redis-cli monitor did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
+            .expect("backend")
+            .with_privacy(test_privacy()),
+    );
+    let repo = Repo::<Patient>::open(Arc::clone(&backend))
+        .await
+        .expect("open");
+    let mut canaries = Vec::new();
+    let mut make = |tag: &str| {
+        let (p, c) = patient(tag);
+        canaries.extend(c);
+        p
+    };
+    let p1 = make("a");
+    let p2 = make("b");
+    let p3 = make("c");
+    let p4 = make("d");
+    let (renamed, _) = patient("e");
+    let new_family = renamed.family_name.clone();
+    let new_phone = renamed.phone.clone().unwrap_or_default();
+    let new_mrn = renamed.mrn.clone();
+    canaries.extend([new_family.clone(), new_phone.clone(), new_mrn.clone()]);
+
+    repo.insert(&p1).await.expect("insert");
+    repo.insert_many(&[p2.clone(), p3.clone()])
+        .await
+        .expect("insert_many");
+    // Patch: an indexed PHI field moves (whole pass), then a plain one
+    // (the quick path).
+    let p1b = repo
+        .update(
+            &p1.id,
+            &Patch::new().set("family_name", new_family.as_str()),
+        )
+        .await
+        .expect("update")
+        .expect("present");
+    repo.update(&p1.id, &Patch::new().set("phone", new_phone.as_str()))
+        .await
+        .expect("update")
+        .expect("present");
+    let mut p2b = p2.clone();
+    p2b.mrn = new_mrn.clone();
+    repo.replace(&p2b).await.expect("replace");
+    repo.upsert(&p4).await.expect("upsert (insert)");
+    let mut p3b = p3.clone();
+    p3b.given_name = p4.given_name.clone();
+    repo.upsert(&p3b).await.expect("upsert (overwrite)");
+
+    // Equality lookups on tokens work as on values.
+    let page = repo
+        .list(&Query::new().filter(Filter::eq("family_name", new_family.as_str())))
+        .await
+        .expect("list by a PHI index");
+    assert_eq!(
+        page.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![p1.id]
+    );
+    assert_eq!(p1b.family_name, new_family);
+    let n = repo
+        .count(&Filter::is_in(
+            "mrn",
+            [new_mrn.as_str(), p3.mrn.as_str(), p2.mrn.as_str()],
+        ))
+        .await
+        .expect("count by a PHI unique index");
+    assert_eq!(n, 2, "p2's old mrn was released by the replace");
+    // The unique claim holds, under its token.
+    let (mut dup, _) = patient("f");
+    dup.mrn = p3.mrn.clone();
+    let e = repo.insert(&dup).await.expect_err("a taken mrn");
+    assert!(
+        matches!(
+            &e,
+            Error::Conflict {
+                kind: ConflictKind::Unique { field: Some("mrn") },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(repo.delete(&p2.id).await.expect("delete"));
+    let left = repo
+        .list(&Query::new().filter(Filter::eq("mrn", new_mrn.as_str())))
+        .await
+        .expect("list");
+    assert!(left.items.is_empty(), "the deleted patient's claim is gone");
+
+    // Every key name, and every field of every hash, under the namespace.
+    let mut scan = conn.clone();
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{ns}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut scan)
+            .await
+            .expect("scan");
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(keys.len() > 5, "the writes made keys: {keys:?}");
+    let mut names = keys.join("\n");
+    for k in &keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(k)
+            .query_async(&mut scan)
+            .await
+            .expect("type");
+        if kind == "hash" {
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg(k)
+                .query_async(&mut scan)
+                .await
+                .expect("hkeys");
+            names.push('\n');
+            names.push_str(&fields.join("\n"));
+        }
+    }
+    let refs: Vec<&str> = canaries.iter().map(String::as_str).collect();
+    dl_tests::canary::assert_no_canary("redis key names and hash fields", &names, &refs);
+
+    // What MONITOR saw: a canary only inside a JSON value.
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let mut seen = String::new();
+    out.reopen()
+        .expect("reopen")
+        .read_to_string(&mut seen)
+        .expect("read the monitor output");
+    let mut lines = 0;
+    let mut values_with_phi = 0;
+    for line in seen.lines().filter(|l| l.contains(&ns)) {
+        lines += 1;
+        for arg in monitor_args(line) {
+            if !refs.iter().any(|c| arg.contains(c)) {
+                continue;
+            }
+            let json = arg.starts_with('{') || arg.starts_with('[') || arg.starts_with('"');
+            assert!(
+                json,
+                "MONITOR shows a canary outside a stored value (a key name, a claim or an argument): {arg:.200}"
+            );
+            values_with_phi += 1;
+        }
+    }
+    assert!(lines > 10, "MONITOR saw the session ({lines} lines)");
+    spaces.drop_all().await;
+    eprintln!(
+        "redis-phi: {} keys scanned, {lines} MONITOR lines read, {values_with_phi} stored values hold PHI (as values), no canary in any key name, claim or other argument",
+        keys.len()
+    );
+}
+
+/// An entity whose key is PHI.
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize, dl_models::Entity)]
+#[entity(name = "by_mrn")]
+struct ByMrn {
+    #[key]
+    #[phi(hash)]
+    #[field(max_len = 32)]
+    mrn: String,
+    #[field(max_len = 32)]
+    note: String,
+}
+
+/// Without a key, an entity with an indexed PHI field is refused (tokens
+/// made with a random key would be lost at the next start); a PHI key is
+/// refused whatever the settings (a key is a key name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phi_indexes_need_a_key_and_phi_keys_are_refused() {
+    let spaces = RedisNamespaces::new("phikeys").await;
+    let pool = test_pool(1);
+    let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool).expect("redis");
+    let keyless: Arc<dyn Backend> = Arc::new(
+        RedisBackend::new(conn.clone(), &spaces.namespace(), pool.request_timeout)
+            .expect("backend"),
+    );
+    let e = Repo::<Patient>::open(Arc::clone(&keyless))
+        .await
+        .expect_err("no key for the PHI indexes");
+    assert!(
+        matches!(&e, Error::Unsupported { .. }) && e.to_string().contains("privacy.key"),
+        "{e}"
+    );
+    let keyed: Arc<dyn Backend> = Arc::new(
+        RedisBackend::new(conn, &spaces.namespace(), pool.request_timeout)
+            .expect("backend")
+            .with_privacy(test_privacy()),
+    );
+    for backend in [keyless, keyed] {
+        let e = Repo::<ByMrn>::open(backend).await.expect_err("a PHI key");
+        assert!(
+            matches!(&e, Error::Unsupported { .. }) && e.to_string().contains("surrogate key"),
+            "{e}"
+        );
+    }
+    spaces.drop_all().await;
+}
