@@ -109,7 +109,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 14] = [
+const BASE_KEYS: [KeySpec; 15] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -165,6 +165,13 @@ const BASE_KEYS: [KeySpec; 14] = [
         kind: Kind::Bool,
         default: Some("true"),
         doc: "Check duplicates and versions with LWT (IF ...); false only for test servers without LWT (then read-then-write, not atomic).",
+    },
+    KeySpec {
+        key: "scylla.create_keyspace",
+        env: "DL_SCYLLA__CREATE_KEYSPACE",
+        kind: Kind::Bool,
+        default: Some("false"),
+        doc: "Let `migrate` create a missing keyspace with replication factor 1 (development only; production keyspaces are made with the cluster's replication).",
     },
     KeySpec {
         key: "postgres.schema",
@@ -429,6 +436,9 @@ pub struct ScyllaSettings {
     pub fetch_schema_metadata: bool,
     /// Use lightweight transactions for duplicate and version checks.
     pub lightweight_transactions: bool,
+    /// Let the migration runner create a missing keyspace (replication
+    /// factor 1; development only).
+    pub create_keyspace: bool,
 }
 
 /// The privacy keys from settings (`privacy.key`, `privacy.key_id`,
@@ -990,6 +1000,7 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
                 auto_await_schema_agreement: p.boolean("scylla.auto_await_schema_agreement")?,
                 fetch_schema_metadata: p.boolean("scylla.fetch_schema_metadata")?,
                 lightweight_transactions: p.boolean("scylla.lightweight_transactions")?,
+                create_keyspace: p.boolean("scylla.create_keyspace")?,
             })
         }
         _ => None,

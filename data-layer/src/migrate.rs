@@ -200,11 +200,10 @@ pub async fn target(
                     dl_connections::scylla::connect(scylla, &for_scripts(&settings.scylla_pool))
                         .await
                         .map_err(|e| connect_err(store, e))?;
-                Some(Arc::new(ScyllaTarget::new(
-                    session,
-                    &scylla.keyspace,
-                    scylla.lightweight_transactions,
-                )?))
+                Some(Arc::new(
+                    ScyllaTarget::new(session, &scylla.keyspace, scylla.lightweight_transactions)?
+                        .create_keyspace_for_development(scylla.create_keyspace),
+                ))
             }
         },
         _ => None,

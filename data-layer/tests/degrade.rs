@@ -127,3 +127,36 @@ async fn required_stores_down_at_startup_report_down() {
     let json = serde_json::to_value(&health).expect("json");
     assert_eq!(json["status"], "down");
 }
+
+/// PostgreSQL refusing connections: the health check says so ("connection
+/// refused") at once, instead of waiting out the pool's acquire timeout
+/// (30 s here) and reporting that no pooled connection became free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_is_reported_with_its_cause() {
+    let settings = Settings::load(
+        &Sources::isolated()
+            .var(
+                "DATABASE_URL",
+                &format!("postgres://postgres@127.0.0.1:{}/test", closed_port()),
+            )
+            .var("DL_POSTGRES__ACQUIRE_TIMEOUT", "30s")
+            .var("DL_POSTGRES__REQUEST_TIMEOUT", "30s"),
+    )
+    .expect("settings");
+    let dl = DataLayer::from_settings(settings).await.expect("starts");
+    let started = Instant::now();
+    let health = dl.health().await;
+    let took = started.elapsed();
+    let pg = health
+        .stores
+        .iter()
+        .find(|s| s.store == "postgres")
+        .expect("postgres in the report");
+    assert_eq!(pg.status, "down", "{pg:?}");
+    let error = pg.error.clone().unwrap_or_default();
+    assert!(error.contains("connection refused"), "{error}");
+    assert!(
+        took < Duration::from_secs(20),
+        "health waited {took:?}: the acquire timeout, not the cause"
+    );
+}

@@ -432,12 +432,15 @@ pub struct ScyllaTarget {
     session: Arc<scylla::client::session::Session>,
     keyspace: String,
     lwt: bool,
+    create_keyspace: bool,
 }
 
 impl ScyllaTarget {
-    /// A runner in `keyspace` (created with SimpleStrategy, replication
-    /// factor 1, if missing: create production keyspaces in a script or
-    /// beforehand). `lightweight_transactions`: take the lease atomically;
+    /// A runner in `keyspace`, which must exist (its replication is the
+    /// cluster's decision: a runner that made it would choose replication
+    /// factor 1, one lost node from lost data); see
+    /// [`ScyllaTarget::create_keyspace_for_development`].
+    /// `lightweight_transactions`: take the lease atomically;
     /// without it (servers that lack LWT) concurrent runners are not safe.
     ///
     /// `session` must be the runner's own: scripts run after `USE
@@ -468,7 +471,44 @@ impl ScyllaTarget {
             session,
             keyspace: keyspace.to_owned(),
             lwt: lightweight_transactions,
+            create_keyspace: false,
         })
+    }
+
+    /// Creates a missing keyspace with SimpleStrategy and replication
+    /// factor 1: for development and test servers only
+    /// (`scylla.create_keyspace`). Without it a missing keyspace is an
+    /// error that says how to create it.
+    #[must_use]
+    pub fn create_keyspace_for_development(mut self, create: bool) -> Self {
+        self.create_keyspace = create;
+        self
+    }
+
+    /// Whether the keyspace exists: a statement in it fails when it does
+    /// not (asked of the server, so it works where schema metadata is not
+    /// served).
+    async fn keyspace_exists(&self) -> Result<bool, MigrationError> {
+        let r = self
+            .session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, owner text, expires_at timestamp)",
+                    self.table("dl_migrations_lock")
+                ),
+                (),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            // The statement is fixed and valid: the server finds it invalid
+            // only when its keyspace does not exist ("Cannot add table ...
+            // to non existing keyspace").
+            Err(scylla::errors::ExecutionError::LastAttemptError(
+                scylla::errors::RequestAttemptError::DbError(scylla::errors::DbError::Invalid, _),
+            )) => Ok(false),
+            Err(e) => Err(Self::err("cannot create the history table", e)),
+        }
     }
 
     fn err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> MigrationError {
@@ -538,11 +578,30 @@ impl Target for ScyllaTarget {
     }
 
     async fn ensure_history(&self) -> Result<(), MigrationError> {
+        if !self.keyspace_exists().await? {
+            if !self.create_keyspace {
+                return Err(MigrationError::Unsupported {
+                    store: StoreKind::Scylla,
+                    reason: format!(
+                        "keyspace `{}` does not exist: create it with the replication your cluster needs \
+                         (CREATE KEYSPACE {} WITH replication = {{'class': 'NetworkTopologyStrategy', '<dc>': 3}}), \
+                         or, for development only, set scylla.create_keyspace = true (replication factor 1)",
+                        self.keyspace, self.keyspace
+                    ),
+                });
+            }
+            self.session
+                .query_unpaged(
+                    format!(
+                        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}",
+                        self.keyspace
+                    ),
+                    (),
+                )
+                .await
+                .map_err(|e| Self::err("cannot create the keyspace", e))?;
+        }
         for cql in [
-            format!(
-                "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}",
-                self.keyspace
-            ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {} (version bigint PRIMARY KEY, name text, checksum text, \
                  applied_at timestamp, duration_ms bigint, outcome text, error text)",

@@ -263,6 +263,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 }
 
+/// Which entity type a cache entry belongs to: the address of its static
+/// schema. Two entity types on one table (a full and a summary view, say)
+/// have different statements; a cache keyed by the table name would hand
+/// one the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SchemaId(usize);
+
+impl SchemaId {
+    pub(crate) fn of(schema: &'static EntitySchema) -> Self {
+        SchemaId(std::ptr::from_ref(schema).addr())
+    }
+}
+
 /// Checks that a table exists (`columns` is not empty) and has a column of
 /// every field.
 pub(crate) fn check_columns(

@@ -61,7 +61,10 @@ pub(crate) fn map_sqlx_error(
             }
             backend(format!("database error (code {code})"), false, e)
         }
-        sqlx::Error::Io(_) => unavailable("connection i/o failed", true, e),
+        sqlx::Error::Io(ref io) => {
+            let reason = format!("connection i/o failed: {}", io.kind());
+            unavailable(&reason, true, e)
+        }
         sqlx::Error::Tls(_) => unavailable("TLS failed", true, e),
         sqlx::Error::PoolTimedOut => {
             unavailable("no pooled connection became free in time", false, e)

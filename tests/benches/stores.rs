@@ -949,7 +949,8 @@ async fn scylla() -> Pair {
                 .expect("scylla");
             migrate(
                 &ScyllaTarget::new(runner, &ks, settings.lightweight_transactions)
-                    .expect("keyspace"),
+                    .expect("keyspace")
+                    .create_keyspace_for_development(true),
                 StoreKind::Scylla,
             )
             .await;

@@ -158,3 +158,56 @@ impl UniqueSpecimen {
         s.into()
     }
 }
+
+/// A read view of the `specimens` table: the same table as [`Specimen`],
+/// fewer fields (two entity types on one table keep their own statements).
+#[derive(Clone, PartialEq, Serialize, Deserialize, Entity)]
+#[entity(name = "specimens")]
+pub struct SpecimenLabel {
+    /// Text key.
+    #[key]
+    pub id: String,
+    /// Indexed text.
+    #[indexed]
+    pub label: String,
+    /// Indexed integer.
+    #[indexed]
+    pub rank: i64,
+}
+
+/// Two entity types on one table, on `backend` (a store whose statements
+/// are per entity: SQLite, PostgreSQL, ScyllaDB): each reads its own
+/// fields, whichever was opened first.
+///
+/// # Errors
+/// What went wrong, as text.
+pub async fn two_entity_types_share_a_table(
+    backend: std::sync::Arc<dyn dl_repositories::Backend>,
+) -> Result<(), String> {
+    use dl_repositories::{Repo, Repository as _};
+    let full = Repo::<Specimen>::open(std::sync::Arc::clone(&backend))
+        .await
+        .map_err(|e| format!("open Specimen: {e}"))?;
+    let s = Specimen::new("shared-1", 5);
+    full.insert(&s).await.map_err(|e| format!("insert: {e}"))?;
+    let view = Repo::<SpecimenLabel>::open(backend)
+        .await
+        .map_err(|e| format!("open SpecimenLabel: {e}"))?;
+    let got = view
+        .get(&"shared-1".to_owned())
+        .await
+        .map_err(|e| format!("view get: {e}"))?
+        .ok_or("view: absent")?;
+    if got.label != s.label || got.rank != 5 {
+        return Err("the view read other values".into());
+    }
+    let again = full
+        .get(&"shared-1".to_owned())
+        .await
+        .map_err(|e| format!("full get after the view was opened: {e}"))?
+        .ok_or("full: absent")?;
+    if again != s {
+        return Err("the full type read other values after the view was opened".into());
+    }
+    Ok(())
+}

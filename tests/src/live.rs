@@ -370,6 +370,7 @@ pub fn scylla_settings() -> dl_connections::ScyllaSettings {
     let settings = Settings::load(
         &Sources::isolated()
             .var("SCYLLA_URI", &nodes)
+            .var("DL_SCYLLA__CREATE_KEYSPACE", "true")
             .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
             .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
             .var(
@@ -402,6 +403,7 @@ pub fn all_stores_settings(ns: &str) -> Settings {
             .var("DL_PRIVACY__KEY_ID", "test1")
             .var("SCYLLA_URI", &scylla.nodes.join(","))
             .var("DL_SCYLLA__KEYSPACE", ns)
+            .var("DL_SCYLLA__CREATE_KEYSPACE", "true")
             .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
             .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
             .var(

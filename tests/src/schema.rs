@@ -96,7 +96,9 @@ pub async fn scylla(settings: &ScyllaSettings, keyspace: &str) -> Result<(), Str
     let session = dl_connections::scylla::connect(settings, &test_pool(1))
         .await
         .map_err(|e| format!("scylla: {e}"))?;
+    // Test keyspaces are made by the runner (replication factor 1).
     let target = ScyllaTarget::new(session, keyspace, settings.lightweight_transactions)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .create_keyspace_for_development(true);
     apply(&target).await
 }

@@ -271,3 +271,12 @@ async fn sqlite_repositories_need_their_migrations() {
         .expect("unique_specimens");
     Repo::<Note>::open(backend).await.expect("notes");
 }
+
+/// Statements are cached per entity type, not per table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_entity_types_share_a_table() {
+    let backend = sqlite_file()().await;
+    dl_tests::entities::two_entity_types_share_a_table(backend)
+        .await
+        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+}

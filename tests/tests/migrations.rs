@@ -306,7 +306,11 @@ async fn scylla_runner() {
             let session = dl_connections::scylla::connect(&settings, &dl_tests::live::test_pool(1))
                 .await
                 .expect("scylla");
-            Arc::new(ScyllaTarget::new(session, &ns, lwt).expect("keyspace")) as Arc<dyn Target>
+            Arc::new(
+                ScyllaTarget::new(session, &ns, lwt)
+                    .expect("keyspace")
+                    .create_keyspace_for_development(true),
+            ) as Arc<dyn Target>
         })
     });
     let session = dl_connections::scylla::connect(&settings, &dl_tests::live::test_pool(1))

@@ -36,3 +36,13 @@ fn model_postgres_matches_memory() {
         report.sequences, report.steps, report.unsupported_steps
     ));
 }
+
+/// Statements are cached per entity type, not per table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_entity_types_share_a_table() {
+    let ns = PgNamespaces::new("shared").await;
+    let backend = ns.factory(1)().await;
+    let result = dl_tests::entities::two_entity_types_share_a_table(backend).await;
+    ns.drop_all().await;
+    result.unwrap_or_else(|e| panic!("postgres: {e}"));
+}

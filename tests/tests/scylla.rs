@@ -102,3 +102,49 @@ async fn lwt_paths_need_a_server_with_lwt() {
         Err(e) => panic!("expected the precise no-[applied] error, got {e:?}"),
     }
 }
+
+/// Statements are cached per entity type, not per table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_two_entity_types_share_a_table() {
+    let ns = ScyllaNamespaces::new("shared").await;
+    let backend = ns.factory(false)().await;
+    dl_tests::entities::two_entity_types_share_a_table(backend)
+        .await
+        .unwrap_or_else(|e| panic!("scylla: {e}"));
+}
+
+/// The runner does not make a missing keyspace (it would choose
+/// replication factor 1): it says how to make one, and makes it only when
+/// told to (`scylla.create_keyspace`, development).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_keyspace_is_refused_unless_allowed() {
+    use dl_migrations::Target as _;
+    let settings = scylla_settings();
+    let ks = dl_tests::live::unique_prefix("noks");
+    let session = dl_connections::scylla::connect(&settings, &dl_tests::live::test_pool(1))
+        .await
+        .expect("scylla");
+    let target = dl_migrations::nosql::ScyllaTarget::new(
+        Arc::clone(&session),
+        &ks,
+        settings.lightweight_transactions,
+    )
+    .expect("keyspace name");
+    let e = target
+        .ensure_history()
+        .await
+        .expect_err("a missing keyspace");
+    let text = e.to_string();
+    assert!(
+        text.contains(&ks) && text.contains("scylla.create_keyspace"),
+        "{text}"
+    );
+    target
+        .create_keyspace_for_development(true)
+        .ensure_history()
+        .await
+        .expect("made for development");
+    say(&format!(
+        "scylla[keyspace]: missing keyspace refused ({text})"
+    ));
+}

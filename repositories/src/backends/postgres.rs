@@ -18,7 +18,7 @@ use dl_models::{EntitySchema, FieldType, Record, Value};
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row as _};
 
-use crate::backend::{Backend, Capabilities, check_columns, check_unique_indexes};
+use crate::backend::{Backend, Capabilities, SchemaId, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, mark, statements};
@@ -31,7 +31,7 @@ type Q<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 pub struct PostgresBackend {
     pool: PgPool,
     namespace: String,
-    statements: Arc<RwLock<HashMap<&'static str, Arc<Statements>>>>,
+    statements: Arc<RwLock<HashMap<SchemaId, Arc<Statements>>>>,
 }
 
 impl PostgresBackend {
@@ -77,7 +77,7 @@ impl PostgresBackend {
             .statements
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(schema.name)
+            .get(&SchemaId::of(schema))
         {
             return Arc::clone(s);
         }
@@ -85,7 +85,7 @@ impl PostgresBackend {
         self.statements
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(schema.name, Arc::clone(&s));
+            .insert(SchemaId::of(schema), Arc::clone(&s));
         s
     }
 

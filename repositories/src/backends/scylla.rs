@@ -29,7 +29,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlTimestamp, CqlValue, Row};
 
-use crate::backend::{Backend, Capabilities, FilterSupport};
+use crate::backend::{Backend, Capabilities, FilterSupport, SchemaId};
 use crate::error::{BatchFailure, ConflictKind, DriverError, Error, Operation, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{CmpOp, Cond, ListRequest, ValidPatch};
@@ -137,9 +137,9 @@ pub struct ScyllaBackend {
     keyspace: String,
     lwt: bool,
     timeout: Duration,
-    statements: Arc<RwLock<HashMap<&'static str, Arc<Statements>>>>,
+    statements: Arc<RwLock<HashMap<SchemaId, Arc<Statements>>>>,
     /// The overwrite statement per entity (prepared on first use).
-    overwrites: Arc<RwLock<HashMap<&'static str, PreparedStatement>>>,
+    overwrites: Arc<RwLock<HashMap<SchemaId, PreparedStatement>>>,
 }
 
 impl std::fmt::Debug for ScyllaBackend {
@@ -214,7 +214,7 @@ impl ScyllaBackend {
         self.statements
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(schema.name)
+            .get(&SchemaId::of(schema))
             .cloned()
             .ok_or_else(|| Error::Backend {
                 store: Store::Scylla,
@@ -358,7 +358,7 @@ impl ScyllaBackend {
             .overwrites
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(schema.name)
+            .get(&SchemaId::of(schema))
         {
             return Ok(st.clone());
         }
@@ -390,7 +390,7 @@ impl ScyllaBackend {
         self.overwrites
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(schema.name, st.clone());
+            .insert(SchemaId::of(schema), st.clone());
         Ok(st)
     }
 
@@ -784,7 +784,7 @@ impl Backend for ScyllaBackend {
         self.statements
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(schema.name, statements);
+            .insert(SchemaId::of(schema), statements);
         Ok(())
     }
 

@@ -48,10 +48,22 @@ macro_rules! sqlx_backend {
             $store
         }
 
+        /// A round trip on an idle pooled connection when there is one;
+        /// else one new connection, made and closed here, so a health
+        /// check says why the store cannot be reached ("connection
+        /// refused") at once instead of waiting out the pool's acquire
+        /// timeout and reporting that no connection became free.
         async fn ping(&self) -> Result<()> {
-            sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(|e| {
+            use sqlx::Connection as _;
+            let map = |e| {
                 crate::sqlx_errors::map_sqlx_error($store, &crate::sqlx_errors::PING_SCHEMA, Operation::Ping, e)
-            })
+            };
+            if let Some(mut conn) = self.pool.try_acquire() {
+                return sqlx::query("SELECT 1").execute(&mut *conn).await.map(|_| ()).map_err(map);
+            }
+            let options = self.pool.connect_options();
+            let fresh = sqlx::ConnectOptions::connect(&*options).await.map_err(map)?;
+            fresh.close().await.map_err(map)
         }
 
         fn pool_stats(&self) -> Option<crate::backend::PoolStats> {

@@ -15,7 +15,7 @@ use dl_models::{EntitySchema, FieldType, Record, Value};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 
-use crate::backend::{Backend, Capabilities, check_columns, check_unique_indexes};
+use crate::backend::{Backend, Capabilities, SchemaId, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, statements};
@@ -30,7 +30,7 @@ type Q<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
     pool: SqlitePool,
-    statements: Arc<RwLock<HashMap<&'static str, Arc<Statements>>>>,
+    statements: Arc<RwLock<HashMap<SchemaId, Arc<Statements>>>>,
 }
 
 impl SqliteBackend {
@@ -54,7 +54,7 @@ impl SqliteBackend {
             .statements
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(schema.name)
+            .get(&SchemaId::of(schema))
         {
             return Arc::clone(s);
         }
@@ -62,7 +62,7 @@ impl SqliteBackend {
         self.statements
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(schema.name, Arc::clone(&s));
+            .insert(SchemaId::of(schema), Arc::clone(&s));
         s
     }
 
