@@ -16,6 +16,11 @@
 //! versioned entity is a compare-and-set loop. `insert_many` is one
 //! unordered `insertMany` (not all-or-nothing: the others are written) and
 //! `get_many` one `$in` query.
+//!
+//! Every read, `findAndModify` and delete carries `maxTimeMS` (the request
+//! timeout), so the server stops work nobody waits for; the driver has no
+//! such option for `insert` and `update`/`replace` commands, which the
+//! guard's deadline bounds on the client.
 
 use std::time::Duration;
 
@@ -91,6 +96,7 @@ impl MongoBackend {
         let found = self
             .coll(schema)
             .find_one(Self::by_key(key))
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         Ok(found.map(|d| {
@@ -559,6 +565,7 @@ impl Backend for MongoBackend {
         let found = self
             .coll(schema)
             .find_one(Self::by_key(key))
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         found.map(|d| from_doc(schema, op, d)).transpose()
@@ -570,6 +577,7 @@ impl Backend for MongoBackend {
         let cursor = self
             .coll(schema)
             .find(doc! { "_id": { "$in": list } })
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         let docs: Vec<Document> = cursor
@@ -603,6 +611,7 @@ impl Backend for MongoBackend {
             .coll(schema)
             .find_one_and_update(filter, change)
             .return_document(ReturnDocument::After)
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         if let Some(d) = updated {
@@ -637,6 +646,7 @@ impl Backend for MongoBackend {
             .coll(schema)
             .find_one_and_replace(filter, to_doc(schema, record))
             .return_document(ReturnDocument::After)
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         if let Some(d) = replaced {
@@ -708,12 +718,15 @@ impl Backend for MongoBackend {
     }
 
     async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        // findAndModify, not delete: it carries a server-side deadline.
         let done = self
             .coll(schema)
-            .delete_one(Self::by_key(key))
+            .find_one_and_delete(Self::by_key(key))
+            .projection(doc! { "_id": 1 })
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, Operation::Delete, e))?;
-        Ok(done.deleted_count == 1)
+        Ok(done.is_some())
     }
 
     async fn list(
@@ -728,6 +741,7 @@ impl Backend for MongoBackend {
             .find(query(schema, &request.cond))
             .sort(sort_doc(schema, &request.sort))
             .limit(limit)
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         let docs: Vec<Document> = cursor
@@ -740,6 +754,7 @@ impl Backend for MongoBackend {
     async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
         self.coll(schema)
             .count_documents(query(schema, cond))
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, Operation::Count, e))
     }
@@ -749,6 +764,7 @@ impl Backend for MongoBackend {
             .coll(schema)
             .count_documents(Self::by_key(key))
             .limit(1)
+            .max_time(self.timeout)
             .await
             .map_err(|e| self.err(schema, Operation::Exists, e))?;
         Ok(n > 0)
