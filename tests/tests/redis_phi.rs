@@ -308,3 +308,131 @@ async fn phi_indexes_need_a_key_and_phi_keys_are_refused() {
     }
     spaces.drop_all().await;
 }
+
+/// Expired records leave their index entries, key-order places and unique
+/// claims behind; the sweep removes them (bounded calls, resumed by
+/// cursor), and leaves the entries of a live record alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_are_swept_from_indexes_and_claims() {
+    let spaces = RedisNamespaces::new("sweep").await;
+    let ns = spaces.namespace();
+    let pool = test_pool(1);
+    let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool).expect("redis");
+    let backend = Arc::new(
+        RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
+            .expect("backend")
+            .with_privacy(test_privacy())
+            .with_ttl("patients", Duration::from_millis(300)),
+    );
+    let repo = Repo::<Patient>::open(Arc::clone(&backend) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    let mut expired = Vec::new();
+    for tag in ["x", "y", "z"] {
+        let (p, _) = patient(tag);
+        repo.insert(&p).await.expect("insert");
+        expired.push(p);
+    }
+    // Wait (bounded, generously) until Redis has expired all three.
+    let started = Instant::now();
+    loop {
+        let mut left = 0;
+        for p in &expired {
+            if repo.exists(&p.id).await.expect("exists") {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{left} records did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entries = |conn: redis::aio::ConnectionManager| {
+        let ns = ns.clone();
+        async move {
+            let mut conn = conn;
+            let keys: Vec<String> = {
+                let mut out = Vec::new();
+                let mut at: u64 = 0;
+                loop {
+                    let (n, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(at)
+                        .arg("MATCH")
+                        .arg(format!("{ns}:patients:*"))
+                        .query_async(&mut conn)
+                        .await
+                        .expect("scan");
+                    out.extend(batch);
+                    if n == 0 {
+                        break out;
+                    }
+                    at = n;
+                }
+            };
+            let mut n = 0_usize;
+            for k in keys {
+                let kind: String = redis::cmd("TYPE")
+                    .arg(&k)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("type");
+                let len: usize = match kind.as_str() {
+                    "zset" => redis::cmd("ZCARD").arg(&k).query_async(&mut conn).await,
+                    "hash" => redis::cmd("HLEN").arg(&k).query_async(&mut conn).await,
+                    _ => Ok(0),
+                }
+                .expect("length");
+                n += len;
+            }
+            n
+        }
+    };
+    // Per patient: 3 index entries (mrn, family_name, status), its place
+    // in the key order, one claim (mrn).
+    assert_eq!(entries(conn.clone()).await, 15, "left behind by expiry");
+    let (live, _) = patient("w");
+    let live_repo = Repo::<Patient>::open(Arc::new(
+        RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
+            .expect("backend")
+            .with_privacy(test_privacy()),
+    ) as Arc<dyn Backend>)
+    .await
+    .expect("open");
+    live_repo.insert(&live).await.expect("a live record");
+
+    let mut cursor = 0;
+    let mut removed = 0;
+    let mut calls = 0;
+    loop {
+        let sweep = backend
+            .sweep_expired(<Patient as dl_models::Entity>::schema(), cursor, 2)
+            .await
+            .expect("sweep");
+        removed += sweep.removed;
+        calls += 1;
+        cursor = sweep.cursor;
+        assert!(calls < 1000, "the sweep did not finish a pass");
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(removed, 15, "every entry of the expired records");
+    assert_eq!(
+        entries(conn.clone()).await,
+        5,
+        "the live record's entries stay"
+    );
+    let found = live_repo
+        .list(&Query::new().filter(Filter::eq("mrn", live.mrn.as_str())))
+        .await
+        .expect("list");
+    assert_eq!(found.items.len(), 1);
+    spaces.drop_all().await;
+    eprintln!(
+        "redis-sweep: 3 expired records, {removed} entries removed in {calls} bounded calls; the live record kept its 5"
+    );
+}

@@ -485,6 +485,48 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 "#;
 
+/// Removes, from one sorted set (an index entry set or the key order),
+/// the members whose record is gone (expired), atomically with the check,
+/// so a record written again meanwhile keeps its entry. KEYS: the set.
+/// ARGV: record key prefix, the members to check. Answers how many went.
+const SWEEP_SET: &str = r#"
+local gone = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    gone = gone + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return gone
+"#;
+
+/// The same for one claims hash: a claim whose owner record is gone is
+/// removed (if it still names that owner). KEYS: the hash. ARGV: record key
+/// prefix, then value token and owner pairs.
+const SWEEP_CLAIMS: &str = r#"
+local gone = 0
+for i = 2, #ARGV, 2 do
+  local owner = ARGV[i + 1]
+  if redis.call('HGET', KEYS[1], ARGV[i]) == owner and redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+    gone = gone + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return gone
+"#;
+
+/// What one [`RedisBackend::sweep_expired`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Sweep {
+    /// Keys of the entity looked at (index sets, the key order, claims).
+    pub keys: usize,
+    /// Index entries, key-order members and claims removed (their record
+    /// had expired).
+    pub removed: usize,
+    /// Where the next call goes on (`0`: this call finished a pass over
+    /// the entity's keys).
+    pub cursor: u64,
+}
+
 /// The Redis backend.
 #[derive(Clone)]
 pub struct RedisBackend {
@@ -548,8 +590,110 @@ impl RedisBackend {
         })
     }
 
+    /// Removes what expired records of `schema` left behind: their index
+    /// entries, their place in the key order and their unique claims
+    /// (Redis expires a record's key, not the entries that point at it;
+    /// reads skip them, but they would stay forever). Bounded: one call
+    /// walks about `keys_per_call` of the entity's keys with `SCAN` (never
+    /// `KEYS`), from `cursor` (0 to start), and says where to go on; each
+    /// removal is checked and done in one script, so an entity written
+    /// again meanwhile keeps its entries. Run it periodically for an
+    /// entity with a TTL ([`RedisBackend::with_ttl`]).
+    ///
+    /// # Errors
+    /// The store's fault.
+    pub async fn sweep_expired(
+        &self,
+        schema: &'static EntitySchema,
+        cursor: u64,
+        keys_per_call: usize,
+    ) -> Result<Sweep> {
+        let op = Operation::Delete;
+        let mut conn = self.conn.clone();
+        let record_prefix = self.record_prefix(schema);
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(self.key(schema, &[":*"]))
+            .arg("COUNT")
+            .arg(keys_per_call.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        let index_prefix = self.key(schema, &[":i:"]);
+        let claims_prefix = self.key(schema, &[":u:"]);
+        let order = self.keys_key(schema);
+        let sweep_set = redis::Script::new(SWEEP_SET);
+        let sweep_claims = redis::Script::new(SWEEP_CLAIMS);
+        let mut done = Sweep {
+            cursor: next,
+            ..Sweep::default()
+        };
+        for key in keys {
+            if key == order || key.starts_with(&index_prefix) {
+                done.keys += 1;
+                let mut at: u64 = 0;
+                loop {
+                    let (n, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                        .arg(&key)
+                        .arg(at)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.err(schema, op, e))?;
+                    // ZSCAN answers member, score pairs.
+                    let members: Vec<&String> = page.iter().step_by(2).collect();
+                    if !members.is_empty() {
+                        let gone: usize = sweep_set
+                            .key(&key)
+                            .arg(&record_prefix)
+                            .arg(members)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(|e| self.err(schema, op, e))?;
+                        done.removed += gone;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    at = n;
+                }
+            } else if key.starts_with(&claims_prefix) {
+                done.keys += 1;
+                let mut at: u64 = 0;
+                loop {
+                    let (n, page): (u64, Vec<String>) = redis::cmd("HSCAN")
+                        .arg(&key)
+                        .arg(at)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.err(schema, op, e))?;
+                    if !page.is_empty() {
+                        let gone: usize = sweep_claims
+                            .key(&key)
+                            .arg(&record_prefix)
+                            .arg(&page)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(|e| self.err(schema, op, e))?;
+                        done.removed += gone;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    at = n;
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Entities of `entity` (its store name) expire `ttl` after their last
-    /// write. Index entries of expired entities are skipped when read.
+    /// write. Index entries of expired entities are skipped when read;
+    /// [`RedisBackend::sweep_expired`] removes them.
     #[must_use]
     pub fn with_ttl(mut self, entity: &'static str, ttl: Duration) -> Self {
         self.ttl.insert(entity, ttl);
