@@ -82,9 +82,29 @@ async fn lwt_paths_need_a_server_with_lwt() {
         r.expect("insert with LWT");
         let dup = repo.insert(&Specimen::new("a", 2)).await;
         assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
+        let many = repo
+            .insert_many(&[Specimen::new("b", 1), Specimen::new("a", 3)])
+            .await;
+        assert!(matches!(many, Err(Error::Batch { .. })), "{many:?}");
         say("scylla LWT paths: verified against a server with LWT");
         return;
     }
+    // insert_many takes the LWT path too (it once wrote a plain INSERT,
+    // overwriting a concurrent insert): on the test server, the same
+    // precise error.
+    let many = repo.insert_many(&[Specimen::new("b", 1)]).await;
+    assert!(
+        matches!(
+            &many,
+            Err(Error::Backend {
+                store: Store::Scylla,
+                operation: Operation::InsertMany,
+                message,
+                ..
+            }) if message.contains("[applied] missing")
+        ),
+        "insert_many with LWT on must use INSERT ... IF NOT EXISTS: {many:?}"
+    );
     match r {
         Err(Error::Backend {
             store: Store::Scylla,

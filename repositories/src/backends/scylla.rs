@@ -118,6 +118,9 @@ fn cql_ident(name: &str) -> String {
     }
 }
 
+/// Lightweight-transaction inserts of one `insert_many` in flight at once.
+const LWT_IN_FLIGHT: usize = 16;
+
 /// Prepared statements of one entity.
 #[derive(Debug)]
 struct Statements {
@@ -801,6 +804,42 @@ impl Backend for ScyllaBackend {
     async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
         let op = Operation::InsertMany;
         let st = self.prepared(schema)?;
+        if self.lwt {
+            // Each entity by its own `INSERT ... IF NOT EXISTS` (a
+            // conditional batch must stay in one partition), some in
+            // flight at once: a concurrent insert of the same key is a
+            // conflict, never silently overwritten.
+            let statement = &st.insert_if_absent;
+            let calls: Vec<_> = records
+                .iter()
+                .enumerate()
+                .map(|(index, r)| {
+                    let values = record_values(r);
+                    async move { (index, self.run_lwt(op, statement, values).await) }
+                })
+                .collect();
+            let answers: Vec<(usize, Result<Applied>)> = futures::stream::iter(calls)
+                .buffer_unordered(LWT_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut failures = Vec::new();
+            for (index, answer) in answers {
+                if let Applied::No = answer? {
+                    failures.push(BatchFailure {
+                        index,
+                        kind: ConflictKind::DuplicateKey,
+                    });
+                }
+            }
+            if failures.is_empty() {
+                return Ok(());
+            }
+            failures.sort_by_key(|f| f.index);
+            return Err(Error::Batch {
+                entity: schema.name,
+                failures,
+            });
+        }
         let keys: Vec<Value> = records.iter().map(|r| r.get(schema.key).clone()).collect();
         let existing = self.read_many(schema, op, &keys).await?;
         let fresh: Vec<&Record> = records
