@@ -55,13 +55,18 @@ pub trait Target: Send + Sync {
     /// The history, any order (empty when it does not exist yet).
     async fn history(&self) -> Result<Vec<Applied>, MigrationError>;
     /// Runs one script (in a transaction when `transactional` and the store
-    /// has them) and then `after`. A failing statement is
+    /// has them) and then `after`, **fenced** by the lease of `owner`: the
+    /// script's transaction and its history row commit only while `owner`
+    /// still holds the lease (checked in the same transaction, or the same
+    /// atomic script, where the store can), else
+    /// [`MigrationError::LeaseLost`]. A failing statement is
     /// [`MigrationError::ScriptFailed`].
     async fn run(
         &self,
         script: &ScriptFile,
         transactional: bool,
         after: &AfterRun,
+        owner: &str,
     ) -> Result<(), MigrationError>;
     /// Writes one history row (insert or overwrite by version).
     async fn record(&self, row: &Applied) -> Result<(), MigrationError>;
@@ -406,7 +411,7 @@ async fn up_locked(
         };
         let after = AfterRun::Record(row("applied", None));
         let result = lease
-            .while_held(target.run(&m.up, !m.no_transaction, &after))
+            .while_held(target.run(&m.up, !m.no_transaction, &after, &lease.owner))
             .await;
         let mut step = Step {
             store,
@@ -499,7 +504,8 @@ pub async fn down(
                     lease.renew().await?;
                 }
                 let after = AfterRun::Forget(m.version);
-                let run = target.run(down, !m.no_transaction, &after);
+                let owner = lease.as_ref().map_or("", |l| l.owner.as_str());
+                let run = target.run(down, !m.no_transaction, &after, owner);
                 let r = match &lease {
                     Some(lease) => lease.while_held(run).await,
                     None => run.await,

@@ -131,6 +131,17 @@ pub enum MigrationError {
         /// How long this runner waited.
         waited: std::time::Duration,
     },
+    /// This runner's lease was taken over while its script ran (it was
+    /// too slow, or the store was): nothing it did after that was
+    /// committed where the store has transactions, and its history row was
+    /// not written. Run `migrate up` again.
+    #[error(
+        "{store}: this runner lost its migration lease while the script ran (another runner took it over); its commit and its history row were refused"
+    )]
+    LeaseLost {
+        /// The store.
+        store: StoreKind,
+    },
     /// Something the store cannot do.
     #[error("{store}: {reason}")]
     Unsupported {

@@ -61,6 +61,23 @@ impl MongoTarget {
         self.db.collection("dl_migrations_lock")
     }
 
+    /// [`MigrationError::LeaseLost`] unless the lease document names
+    /// `owner`.
+    async fn fence(&self, owner: &str) -> Result<(), MigrationError> {
+        let held = self
+            .lock_coll()
+            .count_documents(doc! { "_id": "lock", "owner": owner })
+            .await
+            .map_err(|e| Self::err("cannot check the migration lease", e))?;
+        if held == 1 {
+            Ok(())
+        } else {
+            Err(MigrationError::LeaseLost {
+                store: StoreKind::Mongo,
+            })
+        }
+    }
+
     async fn after(&self, after: &AfterRun) -> Result<(), MigrationError> {
         match after {
             AfterRun::Record(row) => self.record(row).await,
@@ -170,12 +187,18 @@ impl Target for MongoTarget {
         script: &ScriptFile,
         _transactional: bool,
         after: &AfterRun,
+        owner: &str,
     ) -> Result<(), MigrationError> {
         let commands =
             mongo_documents(&script.body).map_err(|reason| MigrationError::BadScript {
                 path: script.path.clone(),
                 reason,
             })?;
+        // MongoDB runs a script's commands without a transaction: the
+        // lease is checked before the first command and before the history
+        // row (a takeover between the two is not fenced for the commands
+        // themselves; a re-run must tolerate them, as after a failure).
+        self.fence(owner).await?;
         for (i, command) in commands.into_iter().enumerate() {
             let result = self.db.run_command(command).await;
             let failure = match result {
@@ -198,6 +221,9 @@ impl Target for MongoTarget {
                 });
             }
         }
+        // The history row is written only while the lease still names
+        // this runner.
+        self.fence(owner).await?;
         self.after(after).await
     }
 
@@ -284,6 +310,18 @@ impl RedisTarget {
     fn lock_key(&self) -> String {
         format!("{}:dl_migrations_lock", self.prefix)
     }
+
+    fn row_json(row: &Applied) -> String {
+        serde_json::to_string(&StoredRow {
+            name: row.name.clone(),
+            checksum: row.checksum.clone(),
+            applied_at_ms: row.applied_at.timestamp_millis(),
+            duration_ms: row.duration_ms,
+            outcome: row.outcome.clone(),
+            error: row.error.clone(),
+        })
+        .unwrap_or_default()
+    }
 }
 
 /// The line of a Lua error (`user_script:3: ...`).
@@ -362,47 +400,68 @@ impl Target for RedisTarget {
             .collect()
     }
 
+    /// The script, the lease check and the history row in one `EVAL`
+    /// (atomic): the script runs, and its row is written, only while the
+    /// lease key still names this runner. KEYS: the lease, the history.
+    /// ARGV: the key prefix (as scripts expect it as ARGV[1]), the owner,
+    /// then the history change (`record`, version, row JSON / `forget`,
+    /// version).
     async fn run(
         &self,
         script: &ScriptFile,
         _transactional: bool,
         after: &AfterRun,
+        owner: &str,
     ) -> Result<(), MigrationError> {
-        let r: Result<redis::Value, _> = redis::cmd("EVAL")
-            .arg(&script.body)
-            .arg(0)
+        let wrapped = format!(
+            "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return redis.error_reply('DLLEASE lost') end\n\
+             local function dl_script()\n{}\nend\n\
+             local r = dl_script()\n\
+             if ARGV[3] == 'record' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) \
+             else redis.call('HDEL', KEYS[2], ARGV[4]) end\n\
+             return r",
+            script.body
+        );
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&wrapped)
+            .arg(2)
+            .arg(self.lock_key())
+            .arg(self.history_key())
             .arg(&self.prefix)
-            .query_async(&mut self.conn.clone())
-            .await;
+            .arg(owner);
+        match after {
+            AfterRun::Record(row) => {
+                cmd.arg("record").arg(row.version).arg(Self::row_json(row));
+            }
+            AfterRun::Forget(v) => {
+                cmd.arg("forget").arg(*v);
+            }
+        }
+        let r: Result<redis::Value, _> = cmd.query_async(&mut self.conn.clone()).await;
         if let Err(e) = r {
             if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
                 return Err(Self::err("cannot run the script", e));
             }
             let message = e.to_string();
+            if message.contains("DLLEASE") {
+                return Err(MigrationError::LeaseLost {
+                    store: StoreKind::Redis,
+                });
+            }
             return Err(MigrationError::ScriptFailed {
                 store: StoreKind::Redis,
                 path: script.path.clone(),
                 statement: 1,
-                line: lua_line(&message),
+                // The script starts on the wrapper's third line.
+                line: lua_line(&message).map(|l| l.saturating_sub(2)),
                 message,
             });
         }
-        match after {
-            AfterRun::Record(row) => self.record(row).await,
-            AfterRun::Forget(v) => self.forget(*v).await,
-        }
+        Ok(())
     }
 
     async fn record(&self, row: &Applied) -> Result<(), MigrationError> {
-        let json = serde_json::to_string(&StoredRow {
-            name: row.name.clone(),
-            checksum: row.checksum.clone(),
-            applied_at_ms: row.applied_at.timestamp_millis(),
-            duration_ms: row.duration_ms,
-            outcome: row.outcome.clone(),
-            error: row.error.clone(),
-        })
-        .unwrap_or_default();
+        let json = Self::row_json(row);
         let _: i64 = redis::cmd("HSET")
             .arg(self.history_key())
             .arg(row.version)
@@ -538,6 +597,42 @@ impl ScyllaTarget {
             .maybe_first_row::<(Option<String>, Option<scylla::value::CqlTimestamp>)>()
             .map_err(|e| Self::err("cannot read the migration lease", e))?;
         Ok(row.and_then(|(o, t)| Some((o?, t.map_or(0, |t| t.0)))))
+    }
+
+    /// [`MigrationError::LeaseLost`] unless the lease row names `owner` (a
+    /// SERIAL read where the server has lightweight transactions; a plain
+    /// read without, as on the CQL test server). Scylla has no
+    /// transactions: a takeover right after the check is not fenced.
+    async fn fence(&self, owner: &str) -> Result<(), MigrationError> {
+        let held = if self.lwt {
+            // A SERIAL read: linearizable with the lightweight transactions
+            // that take and renew the lease (and writes nothing).
+            let mut read = scylla::statement::unprepared::Statement::new(format!(
+                "SELECT owner FROM {} WHERE id = 'lock'",
+                self.table("dl_migrations_lock")
+            ));
+            read.set_consistency(scylla::statement::Consistency::Serial);
+            let rows = self
+                .session
+                .query_unpaged(read, ())
+                .await
+                .map_err(|e| Self::err("cannot check the migration lease", e))?
+                .into_rows_result()
+                .map_err(|e| Self::err("cannot check the migration lease", e))?;
+            rows.maybe_first_row::<(Option<String>,)>()
+                .map_err(|e| Self::err("cannot check the migration lease", e))?
+                .and_then(|(o,)| o)
+                .is_some_and(|o| o == owner)
+        } else {
+            self.lease().await?.is_some_and(|(o, _)| o == owner)
+        };
+        if held {
+            Ok(())
+        } else {
+            Err(MigrationError::LeaseLost {
+                store: StoreKind::Scylla,
+            })
+        }
     }
 
     async fn lwt(
@@ -752,6 +847,7 @@ impl Target for ScyllaTarget {
         script: &ScriptFile,
         _transactional: bool,
         after: &AfterRun,
+        owner: &str,
     ) -> Result<(), MigrationError> {
         let statements =
             crate::split::statements(&script.body, StoreKind::Scylla).map_err(|reason| {
@@ -760,6 +856,9 @@ impl Target for ScyllaTarget {
                     reason,
                 }
             })?;
+        // No transactions: the lease is checked before the first
+        // statement and before the history row.
+        self.fence(owner).await?;
         self.session
             .use_keyspace(&self.keyspace, false)
             .await
@@ -775,6 +874,7 @@ impl Target for ScyllaTarget {
                 });
             }
         }
+        self.fence(owner).await?;
         match after {
             AfterRun::Record(row) => self.record(row).await,
             AfterRun::Forget(v) => self.forget(*v).await,

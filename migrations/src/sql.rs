@@ -231,7 +231,10 @@ impl Target for PostgresTarget {
     }
 
     async fn try_lock(&self, _owner: &str, _ttl: Duration) -> Result<bool, MigrationError> {
-        let mut session = self.held.lock().await;
+        // The session is running a script: it is alive, and holds the lock.
+        let Ok(mut session) = self.held.try_lock() else {
+            return Ok(true);
+        };
         if let Some((conn, true)) = session.as_mut() {
             // Renewal: the session (and so the lock) must still be alive.
             return Ok(sqlx::query("SELECT 1").execute(conn).await.is_ok());
@@ -303,21 +306,27 @@ impl Target for PostgresTarget {
             .collect())
     }
 
+    /// Runs on the session that holds the advisory lock: if that session
+    /// is lost, so is the lock, and the script's transaction with it (it
+    /// cannot commit on a connection that is gone). That is the fence.
     async fn run(
         &self,
         script: &ScriptFile,
         transactional: bool,
         after: &AfterRun,
+        _owner: &str,
     ) -> Result<(), MigrationError> {
         let store = StoreKind::Postgres;
         let stmts = script_statements(store, script)?;
         let search_path = format!("SET search_path TO {}, public", quote(&self.schema));
+        let mut session = self.held.lock().await;
+        let Some((conn, true)) = session.as_mut() else {
+            return Err(MigrationError::LeaseLost { store });
+        };
         if transactional {
-            let mut tx = self
-                .pool
-                .begin()
+            let mut tx = sqlx::Connection::begin(&mut *conn)
                 .await
-                .map_err(|e| self.err("cannot connect", e))?;
+                .map_err(|e| self.err("cannot begin", e))?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(search_path.replacen(
                 "SET",
                 "SET LOCAL",
@@ -334,23 +343,16 @@ impl Target for PostgresTarget {
                 .await
                 .map_err(|e| self.err("cannot commit the script", e))
         } else {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(|e| self.err("cannot connect", e))?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(search_path))
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| self.err("cannot set search_path", e))?;
-            if let Err(e) = run_statements::<sqlx::Postgres>(&mut conn, store, script, &stmts).await
-            {
-                let _ = conn.close().await;
-                return Err(e);
-            }
-            let recorded = self.write_after(&mut conn, after).await;
-            let _ = conn.close().await;
-            recorded.map_err(|e| self.err("cannot record the history", e))
+            let ran = run_statements::<sqlx::Postgres>(&mut *conn, store, script, &stmts).await;
+            let _ = sqlx::raw_sql("RESET search_path").execute(&mut *conn).await;
+            ran?;
+            self.write_after(&mut *conn, after)
+                .await
+                .map_err(|e| self.err("cannot record the history", e))
         }
     }
 
@@ -392,6 +394,27 @@ impl SqliteTarget {
 
     fn err(what: &str, e: sqlx::Error) -> MigrationError {
         MigrationError::store(StoreKind::Sqlite, what, e)
+    }
+
+    /// [`MigrationError::LeaseLost`] unless the lease row names `owner`.
+    /// A write (it takes SQLite's one write lock for the transaction).
+    async fn still_held(
+        conn: &mut sqlx::SqliteConnection,
+        owner: &str,
+    ) -> Result<(), MigrationError> {
+        let held =
+            sqlx::query("UPDATE dl_migrations_lock SET owner = owner WHERE id = 1 AND owner = ?")
+                .bind(owner)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| Self::err("cannot check the migration lease", e))?;
+        if held.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(MigrationError::LeaseLost {
+                store: StoreKind::Sqlite,
+            })
+        }
     }
 
     async fn write_after(
@@ -504,6 +527,7 @@ impl Target for SqliteTarget {
         script: &ScriptFile,
         transactional: bool,
         after: &AfterRun,
+        owner: &str,
     ) -> Result<(), MigrationError> {
         let store = StoreKind::Sqlite;
         let stmts = script_statements(store, script)?;
@@ -514,6 +538,10 @@ impl Target for SqliteTarget {
                 .await
                 .map_err(|e| Self::err("cannot open", e))?;
             run_statements::<sqlx::Sqlite>(&mut tx, store, script, &stmts).await?;
+            // The fence: the lease row still names this runner, checked in
+            // the transaction that commits the script (SQLite has one
+            // writer: nobody can take the lease between this and COMMIT).
+            Self::still_held(&mut tx, owner).await?;
             Self::write_after(&mut tx, after)
                 .await
                 .map_err(|e| Self::err("cannot record the history", e))?;
@@ -527,7 +555,15 @@ impl Target for SqliteTarget {
                 .await
                 .map_err(|e| Self::err("cannot open", e))?;
             run_statements::<sqlx::Sqlite>(&mut conn, store, script, &stmts).await?;
-            Self::write_after(&mut conn, after)
+            // Its statements are done; the history row is fenced.
+            let mut tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(|e| Self::err("cannot open", e))?;
+            Self::still_held(&mut tx, owner).await?;
+            Self::write_after(&mut tx, after)
+                .await
+                .map_err(|e| Self::err("cannot record the history", e))?;
+            tx.commit()
                 .await
                 .map_err(|e| Self::err("cannot record the history", e))
         }

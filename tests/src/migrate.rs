@@ -44,6 +44,56 @@ pub struct Dialect {
 pub type Make = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn Target>> + Send + Sync>;
 /// Counts version `v`'s traces in a namespace.
 pub type Probe = Arc<dyn Fn(String, u64) -> BoxFuture<'static, u64> + Send + Sync>;
+/// Takes the migration lease of a namespace over by hand, as another
+/// runner would after this one's lease expired (or, on PostgreSQL, ends
+/// the session that holds the lock).
+pub type Steal = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A runner whose `run` waits for a signal before running the script: a
+/// slow script without a clock, so the test decides when the lease is
+/// lost.
+struct Gated {
+    inner: Arc<dyn Target>,
+    gate: tokio::sync::watch::Receiver<bool>,
+    started: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl Target for Gated {
+    fn store(&self) -> StoreKind {
+        self.inner.store()
+    }
+    async fn ensure_history(&self) -> Result<(), MigrationError> {
+        self.inner.ensure_history().await
+    }
+    async fn try_lock(&self, owner: &str, ttl: Duration) -> Result<bool, MigrationError> {
+        self.inner.try_lock(owner, ttl).await
+    }
+    async fn unlock(&self, owner: &str) -> Result<(), MigrationError> {
+        self.inner.unlock(owner).await
+    }
+    async fn history(&self) -> Result<Vec<dl_migrations::Applied>, MigrationError> {
+        self.inner.history().await
+    }
+    async fn run(
+        &self,
+        script: &dl_migrations::script::ScriptFile,
+        transactional: bool,
+        after: &dl_migrations::engine::AfterRun,
+        owner: &str,
+    ) -> Result<(), MigrationError> {
+        let _ = self.started.send(true);
+        let mut gate = self.gate.clone();
+        let _ = gate.wait_for(|open| *open).await;
+        self.inner.run(script, transactional, after, owner).await
+    }
+    async fn record(&self, row: &dl_migrations::Applied) -> Result<(), MigrationError> {
+        self.inner.record(row).await
+    }
+    async fn forget(&self, version: u64) -> Result<(), MigrationError> {
+        self.inner.forget(version).await
+    }
+}
 
 fn write(dir: &Path, dialect: &Dialect, versions: &[u64]) {
     let folder = dir.join(dialect.store.name());
@@ -94,6 +144,7 @@ pub async fn run_suite(
     dialect: Dialect,
     make: Make,
     probe: Probe,
+    steal: Steal,
     prefix: &str,
 ) -> Summary {
     let store = dialect.store;
@@ -405,6 +456,51 @@ pub async fn run_suite(
                 .await
                 .expect("taken over"),
             1
+        );
+        summary.scenarios += 1;
+    }
+
+    // 8. A runner whose lease is taken over while its script is slow
+    //    commits nothing: no history row, and (the script waits before its
+    //    first statement, by a signal, not a clock) none of its effects.
+    {
+        let ns = ns("fenced");
+        let inner = make(ns.clone()).await;
+        write(dir.path(), &dialect, &[1]);
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let (started, mut running) = tokio::sync::watch::channel(false);
+        let gated = Arc::new(Gated {
+            inner,
+            gate,
+            started,
+        });
+        let migrations = load(dir.path(), store);
+        let task = {
+            let (gated, migrations, o) = (Arc::clone(&gated), migrations.clone(), o.clone());
+            tokio::spawn(async move { engine::up(&*gated, &migrations, &o, &mut |_| {}).await })
+        };
+        tokio::time::timeout(Duration::from_secs(60), running.wait_for(|r| *r))
+            .await
+            .expect("the script started within 60 s")
+            .expect("started");
+        steal(ns.clone()).await;
+        open.send(true).expect("open the gate");
+        let r = task.await.expect("runner task");
+        let e = r.expect_err("a runner that lost its lease must not succeed");
+        assert!(
+            matches!(e, MigrationError::LeaseLost { .. })
+                || (store == StoreKind::Postgres && matches!(e, MigrationError::Store { .. })),
+            "{name}: {e}"
+        );
+        assert_eq!(
+            probe(ns.clone(), 1).await,
+            0,
+            "{name}: nothing of the script was committed"
+        );
+        let history = make(ns.clone()).await.history().await.expect("history");
+        assert!(
+            history.iter().all(|a| a.outcome != "applied"),
+            "{name}: no history row: {history:?}"
         );
         summary.scenarios += 1;
     }

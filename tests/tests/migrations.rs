@@ -6,7 +6,7 @@ use std::sync::Arc;
 use dl_migrations::Target;
 use dl_migrations::script::StoreKind;
 use dl_migrations::sql::SqliteTarget;
-use dl_tests::migrate::{Dialect, Make, Probe, run_suite};
+use dl_tests::migrate::{Dialect, Make, Probe, Steal, run_suite};
 
 const SQL: Dialect = Dialect {
     store: StoreKind::Sqlite,
@@ -70,7 +70,24 @@ async fn sqlite_runner() {
             n.map_or(0, |(n,)| u64::try_from(n).unwrap_or(0))
         })
     });
-    let summary = run_suite("sqlite", SQL, make, probe, "s").await;
+    let d = Arc::clone(&dir);
+    let steal: Steal = Arc::new(move |ns| {
+        let url = path(&d, &ns);
+        Box::pin(async move {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .expect("sqlite");
+            let done =
+                sqlx::query("UPDATE dl_migrations_lock SET owner = 'another-runner' WHERE id = 1")
+                    .execute(&pool)
+                    .await
+                    .expect("take the lease over");
+            assert_eq!(done.rows_affected(), 1, "a lease to take over");
+        })
+    });
+    let summary = run_suite("sqlite", SQL, make, probe, steal, "s").await;
     say(&format!(
         "migrations[sqlite]: {} scenarios passed; {} runners at once applied {} scripts, each exactly once",
         summary.scenarios, summary.concurrent.0, summary.concurrent.1
@@ -116,7 +133,28 @@ async fn postgres_runner() {
         store: StoreKind::Postgres,
         ..SQL
     };
-    let summary = run_suite("postgres", dialect, make, probe, &prefix).await;
+    let u = url.clone();
+    let steal: Steal = Arc::new(move |ns| {
+        let url = u.clone();
+        Box::pin(async move {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .expect("pool");
+            // The lease is the advisory lock of a session: end the session.
+            let ended: Vec<(bool,)> = sqlx::query_as(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND granted AND objid = (hashtext($1)::bigint & 4294967295)::oid",
+            )
+            .bind(format!("data-layer migrations {ns}"))
+            .fetch_all(&pool)
+            .await
+            .expect("end the lock's session");
+            assert_eq!(ended.len(), 1, "one session holds the lock");
+        })
+    });
+    let summary = run_suite("postgres", dialect, make, probe, steal, &prefix).await;
     say(&format!(
         "migrations[postgres]: {} scenarios passed; {} runners at once applied {} scripts, each exactly once",
         summary.scenarios, summary.concurrent.0, summary.concurrent.1
@@ -126,7 +164,7 @@ async fn postgres_runner() {
         .connect(&url)
         .await
         .expect("pool");
-    for s in ["empty", "failing", "order", "ten", "stale"] {
+    for s in ["empty", "failing", "order", "ten", "stale", "fenced"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{prefix}_{s}\" CASCADE"
         )))
@@ -215,9 +253,25 @@ async fn mongo_runner() {
         transactional: false,
         concurrent_safe: true,
     };
-    let summary = run_suite("mongo", dialect, make, probe, &prefix).await;
+    let c = client.clone();
+    let steal: Steal = Arc::new(move |ns| {
+        let client = c.clone();
+        Box::pin(async move {
+            let done = client
+                .database(&ns)
+                .collection::<mongodb::bson::Document>("dl_migrations_lock")
+                .update_one(
+                    doc! { "_id": "lock" },
+                    doc! { "$set": { "owner": "another-runner" } },
+                )
+                .await
+                .expect("take the lease over");
+            assert_eq!(done.matched_count, 1, "a lease to take over");
+        })
+    });
+    let summary = run_suite("mongo", dialect, make, probe, steal, &prefix).await;
     report("mongo", &summary);
-    for s in ["empty", "failing", "order", "ten", "stale"] {
+    for s in ["empty", "failing", "order", "ten", "stale", "fenced"] {
         let _ = client.database(&format!("{prefix}_{s}")).drop().await;
     }
 }
@@ -279,7 +333,27 @@ async fn redis_runner() {
         transactional: false,
         concurrent_safe: true,
     };
-    let summary = run_suite("redis", dialect, make, probe, &prefix).await;
+    let c = conn.clone();
+    let steal: Steal = Arc::new(move |ns| {
+        let mut conn = c.clone();
+        Box::pin(async move {
+            let held: Option<String> = redis::cmd("GET")
+                .arg(format!("{ns}:dl_migrations_lock"))
+                .query_async(&mut conn)
+                .await
+                .expect("get");
+            assert!(held.is_some(), "a lease to take over");
+            let () = redis::cmd("SET")
+                .arg(format!("{ns}:dl_migrations_lock"))
+                .arg("another-runner")
+                .arg("PX")
+                .arg(60_000)
+                .query_async(&mut conn)
+                .await
+                .expect("take the lease over");
+        })
+    });
+    let summary = run_suite("redis", dialect, make, probe, steal, &prefix).await;
     report("redis", &summary);
     let mut conn = conn;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -358,7 +432,22 @@ async fn scylla_runner() {
         transactional: false,
         concurrent_safe: lwt,
     };
-    let summary = run_suite("scylla", dialect, make, probe, &prefix).await;
+    let session = dl_connections::scylla::connect(&settings, &dl_tests::live::test_pool(1))
+        .await
+        .expect("scylla");
+    let steal: Steal = Arc::new(move |ns| {
+        let session = Arc::clone(&session);
+        Box::pin(async move {
+            session
+                .query_unpaged(
+                    format!("UPDATE {ns}.dl_migrations_lock SET owner = 'another-runner' WHERE id = 'lock'"),
+                    (),
+                )
+                .await
+                .expect("take the lease over");
+        })
+    });
+    let summary = run_suite("scylla", dialect, make, probe, steal, &prefix).await;
     report("scylla", &summary);
 }
 

@@ -69,7 +69,8 @@ async fn commands_carry_a_server_side_deadline() {
     dl_tests::schema::mongo(&dl_tests::live::mongo_url(), &ns)
         .await
         .expect("migrations");
-    let seen: Arc<Mutex<Vec<(String, Option<i64>)>>> = Arc::default();
+    type Seen = Vec<(String, Option<i64>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let sink = Arc::clone(&seen);
     let mut options = mongodb::options::ClientOptions::parse(dl_tests::live::mongo_url().expose())
         .await
@@ -96,7 +97,9 @@ async fn commands_carry_a_server_side_deadline() {
     let s = Specimen::new("deadline-1", 1);
     repo.insert(&s).await.expect("insert");
     repo.get(&s.id).await.expect("get");
-    repo.get_many(&[s.id.clone()]).await.expect("get_many");
+    repo.get_many(std::slice::from_ref(&s.id))
+        .await
+        .expect("get_many");
     repo.update(&s.id, &Patch::new().set("rank", 2_i64))
         .await
         .expect("update");
