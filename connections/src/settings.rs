@@ -104,7 +104,7 @@ macro_rules! pool_keys {
             KeySpec { key: concat!($store, ".breaker_failure_percent"), env: concat!("DL_", $env, "__BREAKER_FAILURE_PERCENT"), kind: Kind::Count { min: 1, max: 100 }, default: Some("50"), doc: "Share of transient failures (in %) that opens the breaker." },
             KeySpec { key: concat!($store, ".breaker_wait"), env: concat!("DL_", $env, "__BREAKER_WAIT"), kind: Kind::Duration, default: Some("5s"), doc: "Time open before probing. Shorter recovers sooner, longer spares a struggling store." },
             KeySpec { key: concat!($store, ".breaker_probes"), env: concat!("DL_", $env, "__BREAKER_PROBES"), kind: Kind::Count { min: 1, max: 100 }, default: Some("3"), doc: "Half-open probes; all must succeed to close the breaker." },
-            KeySpec { key: concat!($store, ".retries"), env: concat!("DL_", $env, "__RETRIES"), kind: Kind::Count { min: 0, max: 10 }, default: Some("3"), doc: "Retries of an idempotent call on a transient fault. More hides blips, adds load." },
+            KeySpec { key: concat!($store, ".retries"), env: concat!("DL_", $env, "__RETRIES"), kind: Kind::Count { min: 0, max: 10 }, default: Some("3"), doc: "Retries of a read (or a write never sent) on a transient fault. More hides blips, adds load." },
         ]
     };
 }
@@ -395,7 +395,7 @@ pub struct PoolSettings {
     pub breaker_wait: Duration,
     /// Half-open probes.
     pub breaker_probes: u32,
-    /// Retries of an idempotent call.
+    /// Retries of a read (or a write that was never sent).
     pub retries: u32,
 }
 

@@ -98,7 +98,13 @@ pub struct DataLayer {
     relational: Arc<dyn Backend>,
     others: Vec<Arc<dyn Backend>>,
     privacy: Arc<dl_privacy::Privacy>,
+    /// Repositories opened, by store and entity type: opened (schema
+    /// checked, statements prepared) once, then handed out again.
+    repositories: Arc<std::sync::Mutex<RepoCache>>,
 }
+
+type RepoCache =
+    std::collections::HashMap<(Store, std::any::TypeId), Box<dyn std::any::Any + Send + Sync>>;
 
 impl DataLayer {
     /// Opens the stores the settings name.
@@ -165,6 +171,7 @@ impl DataLayer {
             relational,
             others,
             privacy,
+            repositories: Arc::default(),
         })
     }
 
@@ -190,7 +197,8 @@ impl DataLayer {
 
     /// The repository of `T` on another configured store (MongoDB, Redis,
     /// ScyllaDB; or the relational one). Its table or collection comes from
-    /// the migrations ([`migrate`]); nothing is created here.
+    /// the migrations ([`migrate`]); nothing is created here. Opened once,
+    /// then handed out again.
     ///
     /// # Errors
     /// `Unsupported` when that store is not configured, or cannot hold `T`
@@ -210,9 +218,40 @@ impl DataLayer {
                     format!("{store} is not configured: set its URL (see .env.example)"),
                 )
             })?;
-        Ok(Arc::new(
-            Repo::<T>::open_with(Arc::clone(backend), Arc::clone(&self.privacy)).await?,
-        ))
+        self.opened::<T>(backend).await
+    }
+
+    /// The repository of `T` on `backend`: the one opened before, or opened
+    /// now (its schema checked once) and kept. A failed open is not kept,
+    /// so a repository opens once its migrations have run.
+    async fn opened<T: Entity>(
+        &self,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<Arc<dyn Repository<T>>, Error> {
+        let key = (backend.store(), std::any::TypeId::of::<T>());
+        let cached = |cache: &RepoCache| {
+            cache
+                .get(&key)
+                .and_then(|r| r.downcast_ref::<Arc<dyn Repository<T>>>())
+                .cloned()
+        };
+        let lock = || {
+            self.repositories
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(r) = cached(&lock()) {
+            return Ok(r);
+        }
+        let opened: Arc<dyn Repository<T>> =
+            Arc::new(Repo::<T>::open_with(Arc::clone(backend), Arc::clone(&self.privacy)).await?);
+        let mut cache = lock();
+        // Two first calls at once: the first kept wins, both get it.
+        if let Some(r) = cached(&cache) {
+            return Ok(r);
+        }
+        cache.insert(key, Box::new(Arc::clone(&opened)));
+        Ok(opened)
     }
 
     /// The stores this data layer reaches.
@@ -225,15 +264,16 @@ impl DataLayer {
     }
 
     /// The repository of `T` on the relational store. Its table and indexes
-    /// come from the migrations ([`migrate`]); nothing is created here.
+    /// come from the migrations ([`migrate`]); nothing is created here. It
+    /// is opened (checked against the store's schema) on the first call and
+    /// the same one is handed out after.
     ///
     /// # Errors
     /// `SchemaNotReady` when the migrations have not made its table, a
     /// column or a unique index; the store's fault.
     pub async fn repository<T: Entity>(&self) -> Result<Arc<dyn Repository<T>>, Error> {
-        Ok(Arc::new(
-            Repo::<T>::open_with(Arc::clone(&self.relational), Arc::clone(&self.privacy)).await?,
-        ))
+        let backend = Arc::clone(&self.relational);
+        self.opened::<T>(&backend).await
     }
 }
 
@@ -323,7 +363,7 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
             })
         });
         let backend = Deferred::new(Store::Scylla, ScyllaBackend::CAPABILITIES, connect);
-        if let Err(e) = backend.ping().await {
+        if let Err(e) = dl_repositories::Probe::ping(&backend).await {
             tracing::warn!(
                 store = "scylla",
                 optional = settings.scylla_pool.optional,

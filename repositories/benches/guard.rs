@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use dl_models::{EntitySchema, Record, Value};
 use dl_repositories::backends::memory::MemoryBackend;
 use dl_repositories::guard::{BreakerSettings, Guarded, RetrySettings};
-use dl_repositories::{Backend, Error, Operation, Store};
+use dl_repositories::{Backend, Capabilities, Error, Operation, Store};
 
 static FIELDS: [dl_models::FieldDef; 2] = [
     dl_models::FieldDef {
@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
         RetrySettings::default(),
     );
     let key = Value::Int(1);
+    let guarded: &dyn Backend = &guarded;
 
     let mut group = c.benchmark_group("guard");
     group.bench_function("get, unguarded", |b| {
@@ -82,6 +83,7 @@ fn bench(c: &mut Criterion) {
             ..RetrySettings::default()
         },
     );
+    let failing: &dyn Backend = &failing;
     rt.block_on(async {
         for _ in 0..20 {
             let _ = failing.get(&SCHEMA, &key).await;
@@ -117,81 +119,28 @@ impl Backend for Failing {
     fn store(&self) -> Store {
         Store::Memory
     }
-    fn capabilities(&self) -> dl_repositories::Capabilities {
-        dl_repositories::Capabilities::full()
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full()
     }
+    async fn call(
+        &self,
+        _: &'static EntitySchema,
+        request: dl_repositories::Request<'_>,
+    ) -> dl_repositories::Result<dl_repositories::Response> {
+        Err(down(request.operation()))
+    }
+}
+
+#[async_trait::async_trait]
+impl dl_repositories::Probe for Failing {
     async fn ping(&self) -> dl_repositories::Result<()> {
         Err(down(Operation::Ping))
     }
-    async fn prepare(&self, _: &'static EntitySchema) -> dl_repositories::Result<()> {
-        Err(down(Operation::Prepare))
+    fn pool_stats(&self) -> Option<dl_repositories::PoolStats> {
+        None
     }
-    async fn insert(&self, _: &'static EntitySchema, _: &Record) -> dl_repositories::Result<()> {
-        Err(down(Operation::Insert))
-    }
-    async fn insert_many(
-        &self,
-        _: &'static EntitySchema,
-        _: &[Record],
-    ) -> dl_repositories::Result<()> {
-        Err(down(Operation::InsertMany))
-    }
-    async fn get(
-        &self,
-        _: &'static EntitySchema,
-        _: &Value,
-    ) -> dl_repositories::Result<Option<Record>> {
-        Err(down(Operation::Get))
-    }
-    async fn get_many(
-        &self,
-        _: &'static EntitySchema,
-        _: &[Value],
-    ) -> dl_repositories::Result<Vec<Record>> {
-        Err(down(Operation::GetMany))
-    }
-    async fn update(
-        &self,
-        _: &'static EntitySchema,
-        _: &Value,
-        _: &dl_repositories::ValidPatch,
-    ) -> dl_repositories::Result<Option<Record>> {
-        Err(down(Operation::Update))
-    }
-    async fn replace(
-        &self,
-        _: &'static EntitySchema,
-        _: &Record,
-        _: Option<i64>,
-    ) -> dl_repositories::Result<Record> {
-        Err(down(Operation::Replace))
-    }
-    async fn upsert(
-        &self,
-        _: &'static EntitySchema,
-        _: &Record,
-    ) -> dl_repositories::Result<Record> {
-        Err(down(Operation::Upsert))
-    }
-    async fn delete(&self, _: &'static EntitySchema, _: &Value) -> dl_repositories::Result<bool> {
-        Err(down(Operation::Delete))
-    }
-    async fn list(
-        &self,
-        _: &'static EntitySchema,
-        _: &dl_repositories::ListRequest,
-    ) -> dl_repositories::Result<Vec<Record>> {
-        Err(down(Operation::List))
-    }
-    async fn count(
-        &self,
-        _: &'static EntitySchema,
-        _: &dl_repositories::Cond,
-    ) -> dl_repositories::Result<u64> {
-        Err(down(Operation::Count))
-    }
-    async fn exists(&self, _: &'static EntitySchema, _: &Value) -> dl_repositories::Result<bool> {
-        Err(down(Operation::Exists))
+    fn breaker_state(&self) -> Option<dl_repositories::BreakerState> {
+        None
     }
 }
 

@@ -138,130 +138,433 @@ impl fmt::Debug for Read {
     }
 }
 
-/// One store's implementation of the repository operations.
+/// A circuit breaker's state (reported by a guarded backend's probe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls fail at once with `CircuitOpen`.
+    Open,
+    /// A limited number of probes pass; their outcome decides.
+    HalfOpen,
+}
+
+/// One request to a store, checked by the repository before it is made
+/// (values bound, never formatted). `Debug` names the operation only: the
+/// records and keys may hold PHI.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub enum Request<'a> {
+    /// Check that the entity's table or collection, columns and unique
+    /// indexes exist (made by migrations, never here:
+    /// [`Error::SchemaNotReady`] otherwise), and prepare its statements.
+    Prepare,
+    /// Insert one record ([`Response::Done`]).
+    Insert(&'a Record),
+    /// Insert records of distinct keys ([`Response::Done`]).
+    InsertMany(&'a [Record]),
+    /// Read one record ([`Response::Found`]).
+    Get(&'a Value),
+    /// Read the records of distinct keys, in any order, absent ones left
+    /// out ([`Response::Records`]).
+    GetMany(&'a [Value]),
+    /// Apply a patch ([`Response::Found`]: `None` when the key is absent).
+    Update(&'a Value, &'a ValidPatch),
+    /// Overwrite an existing record (`NotFound` when absent); with a
+    /// version field, the stored version must be the given one and the
+    /// record is written with it plus one ([`Response::Written`]).
+    Replace(&'a Record, Option<i64>),
+    /// Insert, or overwrite unconditionally (version: stored + 1)
+    /// ([`Response::Written`]).
+    Upsert(&'a Record),
+    /// Delete; whether the key existed ([`Response::Flag`]).
+    Delete(&'a Value),
+    /// Records matching, in the request's order, at most `limit`
+    /// ([`Response::Records`]).
+    List(&'a ListRequest),
+    /// For a store that declares `native_cursor`: at most `limit` records
+    /// matching `cond` in the store's own order, continuing from `state`
+    /// ([`Response::Page`]).
+    ListPage {
+        /// The condition.
+        cond: &'a Cond,
+        /// At most this many.
+        limit: usize,
+        /// Where the previous page ended (`None`: from the start).
+        state: Option<&'a [u8]>,
+    },
+    /// How many records match ([`Response::Count`]).
+    Count(&'a Cond),
+    /// Whether the key exists ([`Response::Flag`]).
+    Exists(&'a Value),
+}
+
+impl Request<'_> {
+    /// The operation, for errors, metrics, spans and retry rules.
+    #[must_use]
+    pub const fn operation(&self) -> Operation {
+        match self {
+            Request::Prepare => Operation::Prepare,
+            Request::Insert(_) => Operation::Insert,
+            Request::InsertMany(_) => Operation::InsertMany,
+            Request::Get(_) => Operation::Get,
+            Request::GetMany(_) => Operation::GetMany,
+            Request::Update(..) => Operation::Update,
+            Request::Replace(..) => Operation::Replace,
+            Request::Upsert(_) => Operation::Upsert,
+            Request::Delete(_) => Operation::Delete,
+            Request::List(_) | Request::ListPage { .. } => Operation::List,
+            Request::Count(_) => Operation::Count,
+            Request::Exists(_) => Operation::Exists,
+        }
+    }
+}
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Request::{}(<values not shown>)", self.operation())
+    }
+}
+
+/// A store's answer to a [`Request`]. `Debug` shows its kind and sizes,
+/// never values.
+#[non_exhaustive]
+pub enum Response {
+    /// Done (prepare, insert, insert_many).
+    Done,
+    /// One entity or none (get, update).
+    Found(Option<Read>),
+    /// Records (get_many, list).
+    Records(Vec<Record>),
+    /// A page and where the next begins (list_page).
+    Page(Vec<Record>, Option<Vec<u8>>),
+    /// The record as written (replace, upsert).
+    Written(Record),
+    /// A count.
+    Count(u64),
+    /// Yes or no (delete: it existed; exists).
+    Flag(bool),
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Response::Done => f.write_str("Done"),
+            Response::Found(r) => write!(f, "Found({})", if r.is_some() { "1" } else { "0" }),
+            Response::Records(r) => write!(f, "Records({})", r.len()),
+            Response::Page(r, next) => write!(f, "Page({}, more: {})", r.len(), next.is_some()),
+            Response::Written(_) => f.write_str("Written(1)"),
+            Response::Count(n) => write!(f, "Count({n})"),
+            Response::Flag(b) => write!(f, "Flag({b})"),
+        }
+    }
+}
+
+/// The seam every store and every wrapper implements: one call that takes
+/// a [`Request`] and answers a [`Response`] (as tower's `Service`), plus a
+/// [`Probe`] for health. A wrapper (the guard, deferred connect, capture,
+/// cache, audit) is written once, around `call`, and cannot forget an
+/// operation: there is only one.
 ///
 /// Contracts every backend keeps (the conformance suite checks them):
 /// - records are in schema order and every value has its field's type;
-/// - `insert` of an existing key fails with `Conflict(DuplicateKey)`, a
+/// - `Insert` of an existing key fails with `Conflict(DuplicateKey)`, a
 ///   taken unique value with `Conflict(Unique)`; nothing is written;
-/// - `update` / `replace` / `upsert` bump the version field by one when the
-///   schema has one, and check `expected_version` in the same atomic step
+/// - `Update` / `Replace` / `Upsert` bump the version field by one when the
+///   schema has one, and check the expected version in the same atomic step
 ///   as the write;
-/// - connection faults are `Unavailable` or `Timeout`, never `NotFound`.
+/// - connection faults are `Unavailable` or `Timeout`, never `NotFound`;
+/// - a store that cannot serve a request answers the precise
+///   `Unsupported` (a `ListPage` on a store without a native cursor, say).
+///
+/// Callers use the typed methods on `dyn Backend` (`backend.get(schema,
+/// key)`, ...), which make the request and check the answer's kind.
 #[async_trait]
-pub trait Backend: Send + Sync + fmt::Debug {
+pub trait Backend: Probe + Send + Sync + fmt::Debug {
     /// Which store this is.
     fn store(&self) -> Store;
 
     /// What it can do.
     fn capabilities(&self) -> Capabilities;
 
-    /// Checks that the entity's table or collection, its columns and the
-    /// unique indexes it needs exist (made by migrations, never here:
-    /// [`Error::SchemaNotReady`] otherwise), and prepares its statements.
-    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()>;
+    /// Serves one request for the entity `schema`.
+    async fn call(&self, schema: &'static EntitySchema, request: Request<'_>) -> Result<Response>;
+}
 
-    /// Inserts one record.
-    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()>;
-
-    /// Inserts records (keys are distinct; checked by the caller).
-    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()>;
-
-    /// Reads one record.
-    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>>;
-
-    /// Reads the records of distinct keys, in any order; absent keys are
-    /// left out.
-    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>>;
-
-    /// Applies a patch; `None` when the key is absent.
-    async fn update(
-        &self,
-        schema: &'static EntitySchema,
-        key: &Value,
-        patch: &ValidPatch,
-    ) -> Result<Option<Record>>;
-
-    /// Overwrites an existing record (`NotFound` when absent). With a version
-    /// field, `expected_version` is the version the stored record must have,
-    /// and the record is written with `expected_version + 1`.
-    async fn replace(
-        &self,
-        schema: &'static EntitySchema,
-        record: &Record,
-        expected_version: Option<i64>,
-    ) -> Result<Record>;
-
-    /// Inserts, or overwrites unconditionally (version: stored + 1).
-    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record>;
-
-    /// Deletes; whether the key existed.
-    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool>;
-
-    /// Records matching the request, in its order, at most `limit`.
-    async fn list(
-        &self,
-        schema: &'static EntitySchema,
-        request: &ListRequest,
-    ) -> Result<Vec<Record>>;
-
-    /// How many records match.
-    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64>;
-
-    /// Whether the key exists.
-    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool>;
-
+/// Health, apart from the data path: a real round trip, pool occupancy,
+/// the breaker. No defaults: a wrapper says what it forwards.
+#[async_trait]
+pub trait Probe {
     /// One real round trip to the store (`SELECT 1`, `PING`, `ping`...).
     async fn ping(&self) -> Result<()>;
 
-    /// [`Backend::get`], in the form the store keeps the entity. The
-    /// default reads a record; a decorator forwards to the backend it wraps
-    /// (through its own handling), so the store's form reaches the
-    /// repository.
-    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
-        Ok(self.get(schema, key).await?.map(Read::Record))
+    /// Pool occupancy, where the driver exposes it.
+    fn pool_stats(&self) -> Option<PoolStats>;
+
+    /// The circuit breaker's state, when a breaker guards the store.
+    fn breaker_state(&self) -> Option<BreakerState>;
+}
+
+/// A response of the wrong kind for its request: a defect of a backend or
+/// wrapper, reported rather than guessed around.
+fn mismatch(store: Store, op: Operation, got: &Response) -> Error {
+    Error::Backend {
+        store,
+        operation: op,
+        message: format!("the backend answered {got:?} to {op}"),
+        retryable: false,
+        source: None,
+    }
+}
+
+/// The typed requests: each makes its [`Request`], calls the backend and
+/// checks the kind of the answer.
+impl dyn Backend + '_ {
+    /// [`Request::Prepare`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+        match self.call(schema, Request::Prepare).await? {
+            Response::Done => Ok(()),
+            other => Err(mismatch(self.store(), Operation::Prepare, &other)),
+        }
     }
 
-    /// [`Backend::update`], answering in the form the store keeps the
-    /// entity (see [`Backend::get_read`]).
-    async fn update_read(
+    /// [`Request::Insert`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+        match self.call(schema, Request::Insert(record)).await? {
+            Response::Done => Ok(()),
+            other => Err(mismatch(self.store(), Operation::Insert, &other)),
+        }
+    }
+
+    /// [`Request::InsertMany`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn insert_many(
+        &self,
+        schema: &'static EntitySchema,
+        records: &[Record],
+    ) -> Result<()> {
+        match self.call(schema, Request::InsertMany(records)).await? {
+            Response::Done => Ok(()),
+            other => Err(mismatch(self.store(), Operation::InsertMany, &other)),
+        }
+    }
+
+    /// [`Request::Get`], in the form the store keeps the entity.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn get_read(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Result<Option<Read>> {
+        match self.call(schema, Request::Get(key)).await? {
+            Response::Found(r) => Ok(r),
+            other => Err(mismatch(self.store(), Operation::Get, &other)),
+        }
+    }
+
+    /// [`Request::Get`], as a record.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+        self.get_read(schema, key)
+            .await?
+            .map(|r| r.into_record(schema, Operation::Get))
+            .transpose()
+    }
+
+    /// [`Request::GetMany`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn get_many(
+        &self,
+        schema: &'static EntitySchema,
+        keys: &[Value],
+    ) -> Result<Vec<Record>> {
+        match self.call(schema, Request::GetMany(keys)).await? {
+            Response::Records(r) => Ok(r),
+            other => Err(mismatch(self.store(), Operation::GetMany, &other)),
+        }
+    }
+
+    /// [`Request::Update`], in the form the store keeps the entity.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn update_read(
         &self,
         schema: &'static EntitySchema,
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Read>> {
-        Ok(self.update(schema, key, patch).await?.map(Read::Record))
+        match self.call(schema, Request::Update(key, patch)).await? {
+            Response::Found(r) => Ok(r),
+            other => Err(mismatch(self.store(), Operation::Update, &other)),
+        }
     }
 
-    /// Pool occupancy, where the driver exposes it.
-    fn pool_stats(&self) -> Option<PoolStats> {
-        None
+    /// [`Request::Update`], as a record.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn update(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Result<Option<Record>> {
+        self.update_read(schema, key, patch)
+            .await?
+            .map(|r| r.into_record(schema, Operation::Update))
+            .transpose()
     }
 
-    /// The circuit breaker's state, when this backend is guarded.
-    fn breaker_state(&self) -> Option<crate::guard::BreakerState> {
-        None
+    /// [`Request::Replace`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn replace(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+        expected_version: Option<i64>,
+    ) -> Result<Record> {
+        match self
+            .call(schema, Request::Replace(record, expected_version))
+            .await?
+        {
+            Response::Written(r) => Ok(r),
+            other => Err(mismatch(self.store(), Operation::Replace, &other)),
+        }
     }
 
-    /// For a store that declares `native_cursor`: at most `limit` records
-    /// matching `cond`, in the store's own order, continuing from `state`
-    /// (`None`: from the start), and the state of the next page (`None`:
-    /// this was the last). The default refuses.
-    async fn list_page(
+    /// [`Request::Upsert`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+        match self.call(schema, Request::Upsert(record)).await? {
+            Response::Written(r) => Ok(r),
+            other => Err(mismatch(self.store(), Operation::Upsert, &other)),
+        }
+    }
+
+    /// [`Request::Delete`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        match self.call(schema, Request::Delete(key)).await? {
+            Response::Flag(b) => Ok(b),
+            other => Err(mismatch(self.store(), Operation::Delete, &other)),
+        }
+    }
+
+    /// [`Request::List`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn list(
+        &self,
+        schema: &'static EntitySchema,
+        request: &ListRequest,
+    ) -> Result<Vec<Record>> {
+        match self.call(schema, Request::List(request)).await? {
+            Response::Records(r) => Ok(r),
+            other => Err(mismatch(self.store(), Operation::List, &other)),
+        }
+    }
+
+    /// [`Request::ListPage`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn list_page(
         &self,
         schema: &'static EntitySchema,
         cond: &Cond,
         limit: usize,
         state: Option<&[u8]>,
     ) -> Result<(Vec<Record>, Option<Vec<u8>>)> {
-        let _ = (schema, cond, limit, state);
-        Err(crate::error::Error::unsupported(
-            self.store(),
-            crate::error::Operation::List,
-            "this store has no native cursor",
-        ))
+        match self
+            .call(schema, Request::ListPage { cond, limit, state })
+            .await?
+        {
+            Response::Page(r, next) => Ok((r, next)),
+            other => Err(mismatch(self.store(), Operation::List, &other)),
+        }
+    }
+
+    /// [`Request::Count`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+        match self.call(schema, Request::Count(cond)).await? {
+            Response::Count(n) => Ok(n),
+            other => Err(mismatch(self.store(), Operation::Count, &other)),
+        }
+    }
+
+    /// [`Request::Exists`].
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        match self.call(schema, Request::Exists(key)).await? {
+            Response::Flag(b) => Ok(b),
+            other => Err(mismatch(self.store(), Operation::Exists, &other)),
+        }
     }
 }
+
+/// A backend's `call`: each request to the inherent method of the same
+/// name (`prepare`, `insert`, `get`, ...), its answer wrapped. Arms given
+/// in `{ ... }` come first and replace the default for their request (a
+/// store that reads its own form, or has a native cursor). A `ListPage`
+/// without an arm is the precise `Unsupported`.
+macro_rules! dispatch {
+    ($self:ident, $schema:ident, $request:ident, { $($special:tt)* }) => {{
+        use $crate::backend::{Read, Request, Response};
+        #[allow(unreachable_patterns)]
+        match $request {
+            $($special)*
+            Request::Prepare => $self.prepare($schema).await.map(|()| Response::Done),
+            Request::Insert(r) => $self.insert($schema, r).await.map(|()| Response::Done),
+            Request::InsertMany(r) => $self.insert_many($schema, r).await.map(|()| Response::Done),
+            Request::Get(k) => $self.get($schema, k).await.map(|r| Response::Found(r.map(Read::Record))),
+            Request::GetMany(k) => $self.get_many($schema, k).await.map(Response::Records),
+            Request::Update(k, p) => $self
+                .update($schema, k, p)
+                .await
+                .map(|r| Response::Found(r.map(Read::Record))),
+            Request::Replace(r, v) => $self.replace($schema, r, v).await.map(Response::Written),
+            Request::Upsert(r) => $self.upsert($schema, r).await.map(Response::Written),
+            Request::Delete(k) => $self.delete($schema, k).await.map(Response::Flag),
+            Request::List(r) => $self.list($schema, r).await.map(Response::Records),
+            Request::ListPage { .. } => Err($crate::error::Error::unsupported(
+                $crate::backend::Backend::store($self),
+                $crate::error::Operation::List,
+                "this store has no native cursor",
+            )),
+            Request::Count(c) => $self.count($schema, c).await.map(Response::Count),
+            Request::Exists(k) => $self.exists($schema, k).await.map(Response::Flag),
+        }
+    }};
+}
+pub(crate) use dispatch;
 
 /// Which entity type a cache entry belongs to: the address of its static
 /// schema. Two entity types on one table (a full and a summary view, say)

@@ -10,13 +10,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dl_models::{EntitySchema, Record, Value};
+use dl_models::EntitySchema;
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use crate::backend::{Backend, Capabilities, PoolStats, Read};
+use crate::backend::{Backend, BreakerState, Capabilities, PoolStats, Probe, Request, Response};
 use crate::error::{BoxError, Error, Operation, Result, Store};
-use crate::query::{Cond, ListRequest, ValidPatch};
 
 /// Makes the real backend; an `Err` is the driver's reason, reported as the
 /// call's `Unavailable` error (as its source).
@@ -83,120 +82,24 @@ impl Backend for Deferred {
     fn capabilities(&self) -> Capabilities {
         self.capabilities
     }
-    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
-        self.inner(Operation::Prepare).await?.prepare(schema).await
-    }
-    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
-        self.inner(Operation::Insert)
+    async fn call(&self, schema: &'static EntitySchema, request: Request<'_>) -> Result<Response> {
+        self.inner(request.operation())
             .await?
-            .insert(schema, record)
+            .call(schema, request)
             .await
     }
-    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
-        self.inner(Operation::InsertMany)
-            .await?
-            .insert_many(schema, records)
-            .await
-    }
-    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
-        self.inner(Operation::Get).await?.get(schema, key).await
-    }
-    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
-        self.inner(Operation::GetMany)
-            .await?
-            .get_many(schema, keys)
-            .await
-    }
-    async fn update(
-        &self,
-        schema: &'static EntitySchema,
-        key: &Value,
-        patch: &ValidPatch,
-    ) -> Result<Option<Record>> {
-        self.inner(Operation::Update)
-            .await?
-            .update(schema, key, patch)
-            .await
-    }
-    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
-        self.inner(Operation::Get)
-            .await?
-            .get_read(schema, key)
-            .await
-    }
-    async fn update_read(
-        &self,
-        schema: &'static EntitySchema,
-        key: &Value,
-        patch: &ValidPatch,
-    ) -> Result<Option<Read>> {
-        self.inner(Operation::Update)
-            .await?
-            .update_read(schema, key, patch)
-            .await
-    }
-    async fn replace(
-        &self,
-        schema: &'static EntitySchema,
-        record: &Record,
-        expected_version: Option<i64>,
-    ) -> Result<Record> {
-        self.inner(Operation::Replace)
-            .await?
-            .replace(schema, record, expected_version)
-            .await
-    }
-    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
-        self.inner(Operation::Upsert)
-            .await?
-            .upsert(schema, record)
-            .await
-    }
-    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        self.inner(Operation::Delete)
-            .await?
-            .delete(schema, key)
-            .await
-    }
-    async fn list(
-        &self,
-        schema: &'static EntitySchema,
-        request: &ListRequest,
-    ) -> Result<Vec<Record>> {
-        self.inner(Operation::List)
-            .await?
-            .list(schema, request)
-            .await
-    }
-    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
-        self.inner(Operation::Count)
-            .await?
-            .count(schema, cond)
-            .await
-    }
-    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        self.inner(Operation::Exists)
-            .await?
-            .exists(schema, key)
-            .await
-    }
+}
+
+#[async_trait]
+impl Probe for Deferred {
     async fn ping(&self) -> Result<()> {
         self.inner(Operation::Ping).await?.ping().await
     }
     fn pool_stats(&self) -> Option<PoolStats> {
         self.inner.get().and_then(|b| b.pool_stats())
     }
-    async fn list_page(
-        &self,
-        schema: &'static EntitySchema,
-        cond: &Cond,
-        limit: usize,
-        state: Option<&[u8]>,
-    ) -> Result<(Vec<Record>, Option<Vec<u8>>)> {
-        self.inner(Operation::List)
-            .await?
-            .list_page(schema, cond, limit, state)
-            .await
+    fn breaker_state(&self) -> Option<BreakerState> {
+        None
     }
 }
 

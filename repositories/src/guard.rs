@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::BackoffBuilder as _;
-use dl_models::{EntitySchema, Record, Value};
+use dl_models::EntitySchema;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Capabilities, Read};
+use crate::backend::{Backend, Capabilities, Probe, Request, Response};
 use crate::error::{Error, Operation, Result, Store};
-use crate::query::{Cond, ListRequest, ValidPatch};
 
 /// Circuit breaker settings. Defaults suit a store answering in
 /// milliseconds; each line says its trade-off.
@@ -62,17 +61,7 @@ impl Default for BreakerSettings {
     }
 }
 
-/// A breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerState {
-    /// Calls pass; outcomes are counted.
-    Closed,
-    /// Calls fail at once with `CircuitOpen`.
-    Open,
-    /// A limited number of probes pass; their outcome decides.
-    HalfOpen,
-}
+pub use crate::backend::BreakerState;
 
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
@@ -392,7 +381,7 @@ impl Guarded {
 
     /// Runs a call through the guard in a span (store, entity, operation;
     /// never field values).
-    async fn call<T, F, Fut>(&self, op: Operation, entity: &'static str, f: F) -> Result<T>
+    async fn call_guarded<T, F, Fut>(&self, op: Operation, entity: &'static str, f: F) -> Result<T>
     where
         F: Fn() -> Fut + Sync,
         Fut: Future<Output = Result<T>> + Send,
@@ -481,6 +470,18 @@ impl Backend for Guarded {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    /// Every request through the breaker, the retry rules and the
+    /// deadline, in a span; written once for every operation.
+    async fn call(&self, schema: &'static EntitySchema, request: Request<'_>) -> Result<Response> {
+        self.call_guarded(request.operation(), schema.name, || {
+            self.inner.call(schema, request)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Probe for Guarded {
     /// A health probe: the deadline applies, the breaker and retries do not
     /// (health must see the store as it is).
     async fn ping(&self) -> Result<()> {
@@ -499,119 +500,6 @@ impl Backend for Guarded {
     fn breaker_state(&self) -> Option<BreakerState> {
         Some(self.breaker.state())
     }
-    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
-        self.call(Operation::Prepare, schema.name, || {
-            self.inner.prepare(schema)
-        })
-        .await
-    }
-    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
-        self.call(Operation::Insert, schema.name, || {
-            self.inner.insert(schema, record)
-        })
-        .await
-    }
-    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
-        self.call(Operation::InsertMany, schema.name, || {
-            self.inner.insert_many(schema, records)
-        })
-        .await
-    }
-    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
-        self.call(Operation::Get, schema.name, || self.inner.get(schema, key))
-            .await
-    }
-    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
-        self.call(Operation::Get, schema.name, || {
-            self.inner.get_read(schema, key)
-        })
-        .await
-    }
-    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
-        self.call(Operation::GetMany, schema.name, || {
-            self.inner.get_many(schema, keys)
-        })
-        .await
-    }
-    async fn update(
-        &self,
-        schema: &'static EntitySchema,
-        key: &Value,
-        patch: &ValidPatch,
-    ) -> Result<Option<Record>> {
-        self.call(Operation::Update, schema.name, || {
-            self.inner.update(schema, key, patch)
-        })
-        .await
-    }
-    async fn update_read(
-        &self,
-        schema: &'static EntitySchema,
-        key: &Value,
-        patch: &ValidPatch,
-    ) -> Result<Option<Read>> {
-        self.call(Operation::Update, schema.name, || {
-            self.inner.update_read(schema, key, patch)
-        })
-        .await
-    }
-    async fn replace(
-        &self,
-        schema: &'static EntitySchema,
-        record: &Record,
-        expected_version: Option<i64>,
-    ) -> Result<Record> {
-        self.call(Operation::Replace, schema.name, || {
-            self.inner.replace(schema, record, expected_version)
-        })
-        .await
-    }
-    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
-        self.call(Operation::Upsert, schema.name, || {
-            self.inner.upsert(schema, record)
-        })
-        .await
-    }
-    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        self.call(Operation::Delete, schema.name, || {
-            self.inner.delete(schema, key)
-        })
-        .await
-    }
-    async fn list(
-        &self,
-        schema: &'static EntitySchema,
-        request: &ListRequest,
-    ) -> Result<Vec<Record>> {
-        self.call(Operation::List, schema.name, || {
-            self.inner.list(schema, request)
-        })
-        .await
-    }
-    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
-        self.call(Operation::Count, schema.name, || {
-            self.inner.count(schema, cond)
-        })
-        .await
-    }
-    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        self.call(Operation::Exists, schema.name, || {
-            self.inner.exists(schema, key)
-        })
-        .await
-    }
-    async fn list_page(
-        &self,
-        schema: &'static EntitySchema,
-        cond: &Cond,
-        limit: usize,
-        state: Option<&[u8]>,
-    ) -> Result<(Vec<Record>, Option<Vec<u8>>)> {
-        self.call(Operation::List, schema.name, || {
-            self.inner.list_page(schema, cond, limit, state)
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
@@ -622,6 +510,14 @@ mod tests {
     use dl_models::{Entity, FieldType};
 
     use super::*;
+    use dl_models::{Record, Value};
+
+    impl Guarded {
+        /// As the seam's callers see it.
+        fn b(&self) -> &dyn Backend {
+            self
+        }
+    }
     use crate::backends::memory::MemoryBackend;
 
     /// What the scripted backend does on its next call.
@@ -712,65 +608,30 @@ mod tests {
         fn capabilities(&self) -> Capabilities {
             self.inner.capabilities()
         }
-        async fn prepare(&self, s: &'static EntitySchema) -> Result<()> {
-            self.inner.prepare(s).await
+        async fn call(&self, s: &'static EntitySchema, request: Request<'_>) -> Result<Response> {
+            let op = request.operation();
+            if op != Operation::Prepare {
+                self.act(op).await?;
+            }
+            let result = Backend::call(&self.inner, s, request).await;
+            if op.is_read() {
+                result
+            } else {
+                self.answer(op, result)
+            }
         }
+    }
+
+    #[async_trait]
+    impl Probe for Scripted {
         async fn ping(&self) -> Result<()> {
             self.act(Operation::Ping).await
         }
-        async fn insert(&self, s: &'static EntitySchema, r: &Record) -> Result<()> {
-            self.act(Operation::Insert).await?;
-            self.answer(Operation::Insert, self.inner.insert(s, r).await)
+        fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+            None
         }
-        async fn insert_many(&self, s: &'static EntitySchema, r: &[Record]) -> Result<()> {
-            self.act(Operation::InsertMany).await?;
-            self.answer(Operation::InsertMany, self.inner.insert_many(s, r).await)
-        }
-        async fn get(&self, s: &'static EntitySchema, k: &Value) -> Result<Option<Record>> {
-            self.act(Operation::Get).await?;
-            self.inner.get(s, k).await
-        }
-        async fn get_many(&self, s: &'static EntitySchema, k: &[Value]) -> Result<Vec<Record>> {
-            self.act(Operation::GetMany).await?;
-            self.inner.get_many(s, k).await
-        }
-        async fn update(
-            &self,
-            s: &'static EntitySchema,
-            k: &Value,
-            p: &ValidPatch,
-        ) -> Result<Option<Record>> {
-            self.act(Operation::Update).await?;
-            self.answer(Operation::Update, self.inner.update(s, k, p).await)
-        }
-        async fn replace(
-            &self,
-            s: &'static EntitySchema,
-            r: &Record,
-            v: Option<i64>,
-        ) -> Result<Record> {
-            self.act(Operation::Replace).await?;
-            self.answer(Operation::Replace, self.inner.replace(s, r, v).await)
-        }
-        async fn upsert(&self, s: &'static EntitySchema, r: &Record) -> Result<Record> {
-            self.act(Operation::Upsert).await?;
-            self.answer(Operation::Upsert, self.inner.upsert(s, r).await)
-        }
-        async fn delete(&self, s: &'static EntitySchema, k: &Value) -> Result<bool> {
-            self.act(Operation::Delete).await?;
-            self.answer(Operation::Delete, self.inner.delete(s, k).await)
-        }
-        async fn list(&self, s: &'static EntitySchema, r: &ListRequest) -> Result<Vec<Record>> {
-            self.act(Operation::List).await?;
-            self.inner.list(s, r).await
-        }
-        async fn count(&self, s: &'static EntitySchema, c: &Cond) -> Result<u64> {
-            self.act(Operation::Count).await?;
-            self.inner.count(s, c).await
-        }
-        async fn exists(&self, s: &'static EntitySchema, k: &Value) -> Result<bool> {
-            self.act(Operation::Exists).await?;
-            self.inner.exists(s, k).await
+        fn breaker_state(&self) -> Option<BreakerState> {
+            None
         }
     }
 
@@ -820,14 +681,14 @@ mod tests {
         script.then(&[Act::Fail; 4]);
         for _ in 0..4 {
             assert!(matches!(
-                g.get(schema(), &Value::Int(1)).await,
+                g.b().get(schema(), &Value::Int(1)).await,
                 Err(Error::Unavailable { .. })
             ));
         }
         assert_eq!(g.breaker().state(), BreakerState::Open);
         let before = script.calls();
         let started = Instant::now();
-        let r = g.get(schema(), &Value::Int(1)).await;
+        let r = g.b().get(schema(), &Value::Int(1)).await;
         assert!(
             matches!(
                 r,
@@ -851,13 +712,13 @@ mod tests {
         let g = guard(&script, no_retry());
         script.then(&[Act::Fail; 4]);
         for _ in 0..4 {
-            let _ = g.get(schema(), &Value::Int(1)).await;
+            let _ = g.b().get(schema(), &Value::Int(1)).await;
         }
         assert_eq!(g.breaker().state(), BreakerState::Open);
         tokio::time::advance(BreakerSettings::default().wait_in_open).await;
         assert_eq!(g.breaker().state(), BreakerState::HalfOpen);
         for _ in 0..3 {
-            assert!(g.get(schema(), &Value::Int(1)).await.is_ok());
+            assert!(g.b().get(schema(), &Value::Int(1)).await.is_ok());
         }
         assert_eq!(g.breaker().state(), BreakerState::Closed);
         assert_eq!(
@@ -873,14 +734,14 @@ mod tests {
         let g = guard(&script, no_retry());
         script.then(&[Act::Fail; 4]);
         for _ in 0..4 {
-            let _ = g.get(schema(), &Value::Int(1)).await;
+            let _ = g.b().get(schema(), &Value::Int(1)).await;
         }
         tokio::time::advance(BreakerSettings::default().wait_in_open).await;
         script.then(&[Act::Fail]);
-        assert!(g.get(schema(), &Value::Int(1)).await.is_err());
+        assert!(g.b().get(schema(), &Value::Int(1)).await.is_err());
         assert_eq!(g.breaker().state(), BreakerState::Open);
         assert!(matches!(
-            g.get(schema(), &Value::Int(1)).await,
+            g.b().get(schema(), &Value::Int(1)).await,
             Err(Error::CircuitOpen { .. })
         ));
     }
@@ -892,7 +753,7 @@ mod tests {
         script.then(&[Act::NotFound; 10]);
         for _ in 0..10 {
             assert!(matches!(
-                g.get(schema(), &Value::Int(1)).await,
+                g.b().get(schema(), &Value::Int(1)).await,
                 Err(Error::NotFound { .. })
             ));
         }
@@ -907,7 +768,7 @@ mod tests {
         let deadline = Duration::from_secs(3);
         let g = Guarded { deadline, ..g };
         for _ in 0..4 {
-            assert!(g.get(schema(), &Value::Int(1)).await.is_ok());
+            assert!(g.b().get(schema(), &Value::Int(1)).await.is_ok());
         }
         assert_eq!(g.breaker().state(), BreakerState::Open);
     }
@@ -918,25 +779,25 @@ mod tests {
         let g = guard(&script, no_retry());
         script.then(&[Act::Hang]);
         let started = Instant::now();
-        let r = g.get(schema(), &Value::Int(1)).await;
+        let r = g.b().get(schema(), &Value::Int(1)).await;
         assert!(
             matches!(r, Err(Error::Timeout { after, .. }) if after == Duration::from_secs(1)),
             "{r:?}"
         );
         assert_eq!(started.elapsed(), Duration::from_secs(1));
         // The next call is served normally.
-        assert!(g.get(schema(), &Value::Int(1)).await.is_ok());
+        assert!(g.b().get(schema(), &Value::Int(1)).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn reads_are_retried_with_backoff() {
         let script = Arc::new(Scripted::default());
         let g = guard(&script, RetrySettings::default());
-        g.insert(schema(), &record(7)).await.unwrap();
+        g.b().insert(schema(), &record(7)).await.unwrap();
         let before = script.calls();
         script.then(&[Act::Fail, Act::Fail]);
         let started = Instant::now();
-        let got = g.get(schema(), &Value::Int(7)).await.unwrap();
+        let got = g.b().get(schema(), &Value::Int(7)).await.unwrap();
         assert!(got.is_some());
         assert_eq!(script.calls() - before, 3, "two retries");
         assert!(
@@ -961,7 +822,7 @@ mod tests {
             RetrySettings::default(),
         );
         script.then(&[Act::Fail]);
-        assert!(g.insert(schema(), &record(1)).await.is_err());
+        assert!(g.b().insert(schema(), &record(1)).await.is_err());
         assert_eq!(
             script.calls(),
             1,
@@ -969,13 +830,13 @@ mod tests {
         );
         script.then(&[Act::NotFound]);
         assert!(matches!(
-            g.get(schema(), &Value::Int(1)).await,
+            g.b().get(schema(), &Value::Int(1)).await,
             Err(Error::NotFound { .. })
         ));
         assert_eq!(script.calls(), 2, "NotFound is an answer");
         script.then(&[Act::Fail, Act::Fail, Act::Fail, Act::Fail]);
         assert!(matches!(
-            g.get(schema(), &Value::Int(1)).await,
+            g.b().get(schema(), &Value::Int(1)).await,
             Err(Error::Unavailable { .. })
         ));
         assert_eq!(script.calls(), 6, "at most max_retries (3) retries");
@@ -1005,8 +866,8 @@ mod tests {
             ("delete", Operation::Delete),
         ];
         for (what, op) in writes {
-            g.upsert(s, &record(1)).await.unwrap();
-            g.delete(s, &Value::Int(2)).await.unwrap();
+            g.b().upsert(s, &record(1)).await.unwrap();
+            g.b().delete(s, &Value::Int(2)).await.unwrap();
             let before = script.calls();
             script.then(&[Act::LoseAnswer]);
             let patch = crate::query::ValidPatch {
@@ -1014,12 +875,12 @@ mod tests {
                 expected_version: None,
             };
             let result = match op {
-                Operation::Insert => g.insert(s, &record(2)).await,
-                Operation::InsertMany => g.insert_many(s, &[record(2)]).await,
-                Operation::Update => g.update(s, &Value::Int(1), &patch).await.map(|_| ()),
-                Operation::Replace => g.replace(s, &record(1), None).await.map(|_| ()),
-                Operation::Upsert => g.upsert(s, &record(2)).await.map(|_| ()),
-                _ => g.delete(s, &Value::Int(1)).await.map(|_| ()),
+                Operation::Insert => g.b().insert(s, &record(2)).await,
+                Operation::InsertMany => g.b().insert_many(s, &[record(2)]).await,
+                Operation::Update => g.b().update(s, &Value::Int(1), &patch).await.map(|_| ()),
+                Operation::Replace => g.b().replace(s, &record(1), None).await.map(|_| ()),
+                Operation::Upsert => g.b().upsert(s, &record(2)).await.map(|_| ()),
+                _ => g.b().delete(s, &Value::Int(1)).await.map(|_| ()),
             };
             lost(result, what);
             assert_eq!(script.calls() - before, 1, "{what}: sent once");
@@ -1037,8 +898,8 @@ mod tests {
             let before = script.calls();
             script.then(&[Act::FailUnsent]);
             let again = match op {
-                Operation::Delete => g.delete(s, &Value::Int(2)).await.map(|_| ()),
-                _ => g.upsert(s, &record(3)).await.map(|_| ()),
+                Operation::Delete => g.b().delete(s, &Value::Int(2)).await.map(|_| ()),
+                _ => g.b().upsert(s, &record(3)).await.map(|_| ()),
             };
             again.unwrap_or_else(|e| panic!("{what}: a write never sent is retried: {e}"));
             assert_eq!(script.calls() - before, 2, "{what}: one retry");
@@ -1046,7 +907,7 @@ mod tests {
         // Reads are retried after any transient fault.
         let before = script.calls();
         script.then(&[Act::Fail]);
-        g.get(s, &Value::Int(3)).await.unwrap();
+        g.b().get(s, &Value::Int(3)).await.unwrap();
         assert_eq!(script.calls() - before, 2);
     }
 
@@ -1071,7 +932,7 @@ mod tests {
         );
         script.then(&[Act::Fail; 100]);
         for _ in 0..20 {
-            let _ = g.get(schema(), &Value::Int(1)).await;
+            let _ = g.b().get(schema(), &Value::Int(1)).await;
         }
         // 20 calls; the budget held about one token (plus refill while the
         // retries slept), so far fewer than 2 retries per call were made.
@@ -1092,10 +953,10 @@ mod tests {
             rt.block_on(async {
                 let script = Arc::new(Scripted::default());
                 let g = guard(&script, no_retry());
-                g.insert(schema(), &record(1)).await.unwrap();
-                assert!(g.get(schema(), &Value::Int(1)).await.unwrap().is_some());
+                g.b().insert(schema(), &record(1)).await.unwrap();
+                assert!(g.b().get(schema(), &Value::Int(1)).await.unwrap().is_some());
                 script.then(&[Act::NotFound]);
-                assert!(g.get(schema(), &Value::Int(1)).await.is_err());
+                assert!(g.b().get(schema(), &Value::Int(1)).await.is_err());
             });
         });
         let counters: Vec<(Vec<String>, DebugValue)> = snapshotter

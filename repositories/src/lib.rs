@@ -45,7 +45,9 @@ mod sql;
 mod sqlx_errors;
 mod versions;
 
-pub use backend::{Backend, Capabilities, FilterSupport, PoolStats, Read};
+pub use backend::{
+    Backend, BreakerState, Capabilities, FilterSupport, PoolStats, Probe, Read, Request, Response,
+};
 pub use error::{
     BatchFailure, BoxError, ConflictKind, DriverError, Error, Operation, Result, Store,
 };

@@ -391,89 +391,24 @@ impl Backend for Restricted {
     fn capabilities(&self) -> Capabilities {
         self.caps
     }
-    async fn prepare(&self, s: &'static dl_models::EntitySchema) -> dl_repositories::Result<()> {
-        self.inner.prepare(s).await
+    async fn call(
+        &self,
+        s: &'static dl_models::EntitySchema,
+        request: dl_repositories::Request<'_>,
+    ) -> dl_repositories::Result<dl_repositories::Response> {
+        self.inner.call(s, request).await
     }
+}
+
+#[async_trait::async_trait]
+impl dl_repositories::Probe for Restricted {
     async fn ping(&self) -> dl_repositories::Result<()> {
         self.inner.ping().await
     }
-    async fn insert(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        r: &dl_models::Record,
-    ) -> dl_repositories::Result<()> {
-        self.inner.insert(s, r).await
+    fn pool_stats(&self) -> Option<dl_repositories::PoolStats> {
+        self.inner.pool_stats()
     }
-    async fn insert_many(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        r: &[dl_models::Record],
-    ) -> dl_repositories::Result<()> {
-        self.inner.insert_many(s, r).await
-    }
-    async fn get(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        k: &dl_models::Value,
-    ) -> dl_repositories::Result<Option<dl_models::Record>> {
-        self.inner.get(s, k).await
-    }
-    async fn get_many(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        k: &[dl_models::Value],
-    ) -> dl_repositories::Result<Vec<dl_models::Record>> {
-        self.inner.get_many(s, k).await
-    }
-    async fn update(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        k: &dl_models::Value,
-        p: &dl_repositories::ValidPatch,
-    ) -> dl_repositories::Result<Option<dl_models::Record>> {
-        self.inner.update(s, k, p).await
-    }
-    async fn replace(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        r: &dl_models::Record,
-        v: Option<i64>,
-    ) -> dl_repositories::Result<dl_models::Record> {
-        self.inner.replace(s, r, v).await
-    }
-    async fn upsert(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        r: &dl_models::Record,
-    ) -> dl_repositories::Result<dl_models::Record> {
-        self.inner.upsert(s, r).await
-    }
-    async fn delete(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        k: &dl_models::Value,
-    ) -> dl_repositories::Result<bool> {
-        self.inner.delete(s, k).await
-    }
-    async fn list(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        r: &dl_repositories::ListRequest,
-    ) -> dl_repositories::Result<Vec<dl_models::Record>> {
-        self.inner.list(s, r).await
-    }
-    async fn count(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        c: &dl_repositories::Cond,
-    ) -> dl_repositories::Result<u64> {
-        self.inner.count(s, c).await
-    }
-    async fn exists(
-        &self,
-        s: &'static dl_models::EntitySchema,
-        k: &dl_models::Value,
-    ) -> dl_repositories::Result<bool> {
-        self.inner.exists(s, k).await
+    fn breaker_state(&self) -> Option<dl_repositories::BreakerState> {
+        self.inner.breaker_state()
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dl_repositories::backends::postgres::PostgresBackend;
 use dl_repositories::backends::redis::RedisBackend;
 use dl_repositories::guard::{BreakerSettings, BreakerState, Guarded, RetrySettings};
-use dl_repositories::{Backend, Error, Filter, Repo, Repository};
+use dl_repositories::{Backend, Error, Filter, Probe as _, Repo, Repository};
 use dl_tests::entities::{Note, Specimen};
 use dl_tests::live::{postgres_url, redis_url, test_pool, unique_prefix};
 use dl_tests::private::{Kind, PrivateServer};

@@ -85,26 +85,29 @@ pub(crate) fn compare(sort: &[(usize, Direction)], a: &Record, b: &Record) -> st
     std::cmp::Ordering::Equal
 }
 
-#[async_trait]
-impl Backend for MemoryBackend {
-    fn store(&self) -> Store {
+impl MemoryBackend {
+    pub(crate) fn store(&self) -> Store {
         Store::Memory
     }
 
-    fn capabilities(&self) -> Capabilities {
+    pub(crate) fn capabilities(&self) -> Capabilities {
         Capabilities::full()
     }
 
-    async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         Ok(())
     }
 
-    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+    pub(crate) async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         self.with_table(schema, |_| ());
         Ok(())
     }
 
-    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+    pub(crate) async fn insert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<()> {
         self.with_table(schema, |t| {
             let k = KeyTok::of(record.get(schema.key));
             if t.contains_key(&k) {
@@ -119,7 +122,11 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+    pub(crate) async fn insert_many(
+        &self,
+        schema: &'static EntitySchema,
+        records: &[Record],
+    ) -> Result<()> {
         self.with_table(schema, |t| {
             // All or nothing: check against a scratch copy first.
             let mut scratch = t.clone();
@@ -139,11 +146,19 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+    pub(crate) async fn get(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Result<Option<Record>> {
         Ok(self.with_table(schema, |t| t.get(&KeyTok::of(key)).cloned()))
     }
 
-    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
+    pub(crate) async fn get_many(
+        &self,
+        schema: &'static EntitySchema,
+        keys: &[Value],
+    ) -> Result<Vec<Record>> {
         Ok(self.with_table(schema, |t| {
             keys.iter()
                 .filter_map(|k| t.get(&KeyTok::of(k)).cloned())
@@ -151,7 +166,7 @@ impl Backend for MemoryBackend {
         }))
     }
 
-    async fn update(
+    pub(crate) async fn update(
         &self,
         schema: &'static EntitySchema,
         key: &Value,
@@ -169,7 +184,7 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn replace(
+    pub(crate) async fn replace(
         &self,
         schema: &'static EntitySchema,
         record: &Record,
@@ -189,7 +204,11 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+    pub(crate) async fn upsert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<Record> {
         self.with_table(schema, |t| {
             let k = KeyTok::of(record.get(schema.key));
             let stored = t.get(&k).and_then(|r| version_of(schema, r));
@@ -200,11 +219,11 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         Ok(self.with_table(schema, |t| t.remove(&KeyTok::of(key)).is_some()))
     }
 
-    async fn list(
+    pub(crate) async fn list(
         &self,
         schema: &'static EntitySchema,
         request: &ListRequest,
@@ -221,13 +240,47 @@ impl Backend for MemoryBackend {
         }))
     }
 
-    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+    pub(crate) async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
         Ok(self.with_table(schema, |t| {
             t.values().filter(|r| cond.matches(r)).count() as u64
         }))
     }
 
-    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         Ok(self.with_table(schema, |t| t.contains_key(&KeyTok::of(key))))
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn store(&self) -> Store {
+        MemoryBackend::store(self)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        MemoryBackend::capabilities(self)
+    }
+
+    async fn call(
+        &self,
+        schema: &'static EntitySchema,
+        request: crate::backend::Request<'_>,
+    ) -> Result<crate::backend::Response> {
+        crate::backend::dispatch!(self, schema, request, {})
+    }
+}
+
+#[async_trait]
+impl crate::backend::Probe for MemoryBackend {
+    async fn ping(&self) -> Result<()> {
+        MemoryBackend::ping(self).await
+    }
+
+    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+        None
+    }
+
+    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
+        None
     }
 }

@@ -440,13 +440,12 @@ fn mongo_summary(e: &mongodb::error::Error, code: Option<i32>) -> crate::error::
     d.io_from(e)
 }
 
-#[async_trait]
-impl Backend for MongoBackend {
-    fn store(&self) -> Store {
+impl MongoBackend {
+    pub(crate) fn store(&self) -> Store {
         Store::Mongo
     }
 
-    fn capabilities(&self) -> Capabilities {
+    pub(crate) fn capabilities(&self) -> Capabilities {
         Capabilities {
             transactions: false,
             filter: FilterSupport::Any,
@@ -462,7 +461,7 @@ impl Backend for MongoBackend {
         }
     }
 
-    async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         static PING: EntitySchema = EntitySchema {
             name: "ping",
             rust_name: "ping",
@@ -477,7 +476,7 @@ impl Backend for MongoBackend {
             .map_err(|e| self.err(&PING, Operation::Ping, e))
     }
 
-    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+    pub(crate) async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         let op = Operation::Prepare;
         let names = self
             .db
@@ -522,7 +521,11 @@ impl Backend for MongoBackend {
         check_unique_indexes(Store::Mongo, schema, &unique)
     }
 
-    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+    pub(crate) async fn insert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<()> {
         self.coll(schema)
             .insert_one(to_doc(schema, record))
             .await
@@ -530,7 +533,11 @@ impl Backend for MongoBackend {
         Ok(())
     }
 
-    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+    pub(crate) async fn insert_many(
+        &self,
+        schema: &'static EntitySchema,
+        records: &[Record],
+    ) -> Result<()> {
         let op = Operation::InsertMany;
         let docs: Vec<Document> = records.iter().map(|r| to_doc(schema, r)).collect();
         let Err(e) = self.coll(schema).insert_many(docs).ordered(false).await else {
@@ -560,7 +567,11 @@ impl Backend for MongoBackend {
         Err(self.err(schema, op, e))
     }
 
-    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+    pub(crate) async fn get(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Result<Option<Record>> {
         let op = Operation::Get;
         let found = self
             .coll(schema)
@@ -571,7 +582,11 @@ impl Backend for MongoBackend {
         found.map(|d| from_doc(schema, op, d)).transpose()
     }
 
-    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
+    pub(crate) async fn get_many(
+        &self,
+        schema: &'static EntitySchema,
+        keys: &[Value],
+    ) -> Result<Vec<Record>> {
         let op = Operation::GetMany;
         let list: Vec<Bson> = keys.iter().map(to_bson).collect();
         let cursor = self
@@ -587,7 +602,7 @@ impl Backend for MongoBackend {
         docs.into_iter().map(|d| from_doc(schema, op, d)).collect()
     }
 
-    async fn update(
+    pub(crate) async fn update(
         &self,
         schema: &'static EntitySchema,
         key: &Value,
@@ -630,7 +645,7 @@ impl Backend for MongoBackend {
         }
     }
 
-    async fn replace(
+    pub(crate) async fn replace(
         &self,
         schema: &'static EntitySchema,
         record: &Record,
@@ -666,7 +681,11 @@ impl Backend for MongoBackend {
         }
     }
 
-    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+    pub(crate) async fn upsert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<Record> {
         let op = Operation::Upsert;
         let key = record.get(schema.key);
         let Some(vi) = schema.version else {
@@ -717,7 +736,7 @@ impl Backend for MongoBackend {
         })
     }
 
-    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         // findAndModify, not delete: it carries a server-side deadline.
         let done = self
             .coll(schema)
@@ -729,7 +748,7 @@ impl Backend for MongoBackend {
         Ok(done.is_some())
     }
 
-    async fn list(
+    pub(crate) async fn list(
         &self,
         schema: &'static EntitySchema,
         request: &ListRequest,
@@ -751,7 +770,7 @@ impl Backend for MongoBackend {
         docs.into_iter().map(|d| from_doc(schema, op, d)).collect()
     }
 
-    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+    pub(crate) async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
         self.coll(schema)
             .count_documents(query(schema, cond))
             .max_time(self.timeout)
@@ -759,7 +778,7 @@ impl Backend for MongoBackend {
             .map_err(|e| self.err(schema, Operation::Count, e))
     }
 
-    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let n = self
             .coll(schema)
             .count_documents(Self::by_key(key))
@@ -768,6 +787,40 @@ impl Backend for MongoBackend {
             .await
             .map_err(|e| self.err(schema, Operation::Exists, e))?;
         Ok(n > 0)
+    }
+}
+
+#[async_trait]
+impl Backend for MongoBackend {
+    fn store(&self) -> Store {
+        MongoBackend::store(self)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        MongoBackend::capabilities(self)
+    }
+
+    async fn call(
+        &self,
+        schema: &'static EntitySchema,
+        request: crate::backend::Request<'_>,
+    ) -> Result<crate::backend::Response> {
+        crate::backend::dispatch!(self, schema, request, {})
+    }
+}
+
+#[async_trait]
+impl crate::backend::Probe for MongoBackend {
+    async fn ping(&self) -> Result<()> {
+        MongoBackend::ping(self).await
+    }
+
+    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+        None
+    }
+
+    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
+        None
     }
 }
 

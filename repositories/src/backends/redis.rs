@@ -1318,13 +1318,12 @@ fn redis_summary(e: &redis::RedisError) -> crate::error::DriverError {
     d.io_from(e)
 }
 
-#[async_trait]
-impl Backend for RedisBackend {
-    fn store(&self) -> Store {
+impl RedisBackend {
+    pub(crate) fn store(&self) -> Store {
         Store::Redis
     }
 
-    fn capabilities(&self) -> Capabilities {
+    pub(crate) fn capabilities(&self) -> Capabilities {
         Capabilities {
             transactions: false,
             filter: FilterSupport::IndexedEquality,
@@ -1340,7 +1339,7 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
@@ -1349,7 +1348,7 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+    pub(crate) async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         // A key is a key name, in the key order and in every index entry:
         // a `#[phi]` key would put PHI in key names.
         let key = schema.key_field();
@@ -1387,7 +1386,11 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+    pub(crate) async fn insert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<()> {
         let op = Operation::Insert;
         let member = key_token(record.get(schema.key));
         let (ix, claims) = self.entries(schema, record);
@@ -1417,7 +1420,11 @@ impl Backend for RedisBackend {
         Self::inserted(schema, op, &reply)
     }
 
-    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+    pub(crate) async fn insert_many(
+        &self,
+        schema: &'static EntitySchema,
+        records: &[Record],
+    ) -> Result<()> {
         let op = Operation::InsertMany;
         let items: Vec<(String, String, String, String)> = records
             .iter()
@@ -1442,14 +1449,22 @@ impl Backend for RedisBackend {
         Self::inserted(schema, op, &reply)
     }
 
-    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+    pub(crate) async fn get(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Result<Option<Record>> {
         self.get_read(schema, key)
             .await?
             .map(|read| read.into_record(schema, Operation::Get))
             .transpose()
     }
 
-    async fn get_read(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Read>> {
+    pub(crate) async fn get_read(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Result<Option<Read>> {
         let op = Operation::Get;
         let mut conn = self.conn.clone();
         let stored: Option<String> = redis::cmd("GET")
@@ -1462,7 +1477,11 @@ impl Backend for RedisBackend {
             .transpose()
     }
 
-    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
+    pub(crate) async fn get_many(
+        &self,
+        schema: &'static EntitySchema,
+        keys: &[Value],
+    ) -> Result<Vec<Record>> {
         let members: Vec<String> = keys.iter().map(key_token).collect();
         Ok(self
             .read_many(schema, Operation::GetMany, &members)
@@ -1472,7 +1491,7 @@ impl Backend for RedisBackend {
             .collect())
     }
 
-    async fn update(
+    pub(crate) async fn update(
         &self,
         schema: &'static EntitySchema,
         key: &Value,
@@ -1484,7 +1503,7 @@ impl Backend for RedisBackend {
             .transpose()
     }
 
-    async fn update_read(
+    pub(crate) async fn update_read(
         &self,
         schema: &'static EntitySchema,
         key: &Value,
@@ -1506,7 +1525,7 @@ impl Backend for RedisBackend {
         Ok(written.await?.map(Read::Record))
     }
 
-    async fn replace(
+    pub(crate) async fn replace(
         &self,
         schema: &'static EntitySchema,
         record: &Record,
@@ -1527,7 +1546,11 @@ impl Backend for RedisBackend {
         })
     }
 
-    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+    pub(crate) async fn upsert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<Record> {
         let key = record.get(schema.key).clone();
         let written = self
             .cas(schema, Operation::Upsert, &key, false, |current| {
@@ -1541,7 +1564,7 @@ impl Backend for RedisBackend {
         written.ok_or_else(|| protocol(Operation::Upsert, "upsert wrote nothing"))
     }
 
-    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let member = key_token(key);
         let mut conn = self.conn.clone();
         let n: i64 = self
@@ -1555,7 +1578,7 @@ impl Backend for RedisBackend {
         Ok(n == 1)
     }
 
-    async fn list(
+    pub(crate) async fn list(
         &self,
         schema: &'static EntitySchema,
         request: &ListRequest,
@@ -1652,7 +1675,7 @@ impl Backend for RedisBackend {
         Ok(out)
     }
 
-    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+    pub(crate) async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
         let op = Operation::Count;
         let expiring = self.ttl.contains_key(schema.name);
         // Keys named by the filter may not exist: then each is checked.
@@ -1696,7 +1719,7 @@ impl Backend for RedisBackend {
         Ok(n)
     }
 
-    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let mut conn = self.conn.clone();
         let n: i64 = redis::cmd("EXISTS")
             .arg(self.record_key(schema, &key_token(key)))
@@ -1704,5 +1727,42 @@ impl Backend for RedisBackend {
             .await
             .map_err(|e| self.err(schema, Operation::Exists, e))?;
         Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn store(&self) -> Store {
+        RedisBackend::store(self)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        RedisBackend::capabilities(self)
+    }
+
+    async fn call(
+        &self,
+        schema: &'static EntitySchema,
+        request: crate::backend::Request<'_>,
+    ) -> Result<crate::backend::Response> {
+        crate::backend::dispatch!(self, schema, request, {
+            Request::Get(k) => self.get_read(schema, k).await.map(Response::Found),
+            Request::Update(k, p) => self.update_read(schema, k, p).await.map(Response::Found),
+        })
+    }
+}
+
+#[async_trait]
+impl crate::backend::Probe for RedisBackend {
+    async fn ping(&self) -> Result<()> {
+        RedisBackend::ping(self).await
+    }
+
+    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+        None
+    }
+
+    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
+        None
     }
 }

@@ -762,17 +762,16 @@ fn db_error_name(e: &scylla::errors::DbError) -> String {
         .to_owned()
 }
 
-#[async_trait]
-impl Backend for ScyllaBackend {
-    fn store(&self) -> Store {
+impl ScyllaBackend {
+    pub(crate) fn store(&self) -> Store {
         Store::Scylla
     }
 
-    fn capabilities(&self) -> Capabilities {
+    pub(crate) fn capabilities(&self) -> Capabilities {
         Self::CAPABILITIES
     }
 
-    async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         self.session
             .query_unpaged("SELECT key FROM system.local", ())
             .await
@@ -780,7 +779,7 @@ impl Backend for ScyllaBackend {
             .map_err(|e| self.err(Operation::Ping, e))
     }
 
-    async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
+    pub(crate) async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         // Preparing names the table and every column: the server refuses
         // when the keyspace, the table or a column is missing.
         let statements = Arc::new(self.prepare_all(schema).await?);
@@ -791,7 +790,11 @@ impl Backend for ScyllaBackend {
         Ok(())
     }
 
-    async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+    pub(crate) async fn insert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<()> {
         match self.insert_new(schema, Operation::Insert, record).await? {
             Applied::Yes => Ok(()),
             Applied::No => Err(Error::Conflict {
@@ -801,7 +804,11 @@ impl Backend for ScyllaBackend {
         }
     }
 
-    async fn insert_many(&self, schema: &'static EntitySchema, records: &[Record]) -> Result<()> {
+    pub(crate) async fn insert_many(
+        &self,
+        schema: &'static EntitySchema,
+        records: &[Record],
+    ) -> Result<()> {
         let op = Operation::InsertMany;
         let st = self.prepared(schema)?;
         if self.lwt {
@@ -878,11 +885,19 @@ impl Backend for ScyllaBackend {
         Ok(())
     }
 
-    async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
+    pub(crate) async fn get(
+        &self,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Result<Option<Record>> {
         self.read(schema, Operation::Get, key).await
     }
 
-    async fn get_many(&self, schema: &'static EntitySchema, keys: &[Value]) -> Result<Vec<Record>> {
+    pub(crate) async fn get_many(
+        &self,
+        schema: &'static EntitySchema,
+        keys: &[Value],
+    ) -> Result<Vec<Record>> {
         Ok(self
             .read_many(schema, Operation::GetMany, keys)
             .await?
@@ -891,7 +906,7 @@ impl Backend for ScyllaBackend {
             .collect())
     }
 
-    async fn update(
+    pub(crate) async fn update(
         &self,
         schema: &'static EntitySchema,
         key: &Value,
@@ -904,7 +919,7 @@ impl Backend for ScyllaBackend {
         .await
     }
 
-    async fn replace(
+    pub(crate) async fn replace(
         &self,
         schema: &'static EntitySchema,
         record: &Record,
@@ -925,7 +940,11 @@ impl Backend for ScyllaBackend {
         })
     }
 
-    async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+    pub(crate) async fn upsert(
+        &self,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Result<Record> {
         let key = record.get(schema.key).clone();
         let written = self
             .cas(schema, Operation::Upsert, &key, |current| {
@@ -939,7 +958,7 @@ impl Backend for ScyllaBackend {
         written.ok_or_else(|| protocol(Operation::Upsert, "upsert wrote nothing"))
     }
 
-    async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let op = Operation::Delete;
         let st = self.prepared(schema)?;
         let values = vec![to_cql(key)];
@@ -957,7 +976,7 @@ impl Backend for ScyllaBackend {
         Ok(existed)
     }
 
-    async fn list(
+    pub(crate) async fn list(
         &self,
         _schema: &'static EntitySchema,
         _request: &ListRequest,
@@ -969,7 +988,7 @@ impl Backend for ScyllaBackend {
         ))
     }
 
-    async fn list_page(
+    pub(crate) async fn list_page(
         &self,
         schema: &'static EntitySchema,
         cond: &Cond,
@@ -1039,7 +1058,7 @@ impl Backend for ScyllaBackend {
         Ok((records, next))
     }
 
-    async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
+    pub(crate) async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
         if let Some(keys) = key_set(schema, cond) {
             let keys: Vec<Value> = keys.into_iter().map(|k| k.1).collect();
             return Ok(self
@@ -1059,7 +1078,46 @@ impl Backend for ScyllaBackend {
         self.count_all(schema).await
     }
 
-    async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+    pub(crate) async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         Ok(self.read(schema, Operation::Exists, key).await?.is_some())
+    }
+}
+
+#[async_trait]
+impl Backend for ScyllaBackend {
+    fn store(&self) -> Store {
+        ScyllaBackend::store(self)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        ScyllaBackend::capabilities(self)
+    }
+
+    async fn call(
+        &self,
+        schema: &'static EntitySchema,
+        request: crate::backend::Request<'_>,
+    ) -> Result<crate::backend::Response> {
+        crate::backend::dispatch!(self, schema, request, {
+            Request::ListPage { cond, limit, state } => self
+                .list_page(schema, cond, limit, state)
+                .await
+                .map(|(r, next)| Response::Page(r, next)),
+        })
+    }
+}
+
+#[async_trait]
+impl crate::backend::Probe for ScyllaBackend {
+    async fn ping(&self) -> Result<()> {
+        ScyllaBackend::ping(self).await
+    }
+
+    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+        None
+    }
+
+    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
+        None
     }
 }

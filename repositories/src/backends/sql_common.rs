@@ -35,18 +35,47 @@ macro_rules! sqlx_stored_version {
     };
 }
 
-/// `impl Backend` for an SQL backend: its own methods (`$own`), then the
-/// shared ones. The whole item is generated here so that `#[async_trait]`
-/// sees every method (it rewrites an impl before macros inside it expand).
+/// An SQL backend's operations as inherent methods (its own, `$own`, then
+/// the shared ones), and its `Backend` (one `call`, routed to them) and
+/// `Probe`.
 macro_rules! sqlx_backend {
     ($ty:ty, $store:expr, $dialect:expr, { $($own:tt)* }) => {
         #[async_trait]
         impl Backend for $ty {
-        $($own)*
+            fn store(&self) -> Store {
+                $store
+            }
 
-        fn store(&self) -> Store {
-            $store
+            fn capabilities(&self) -> Capabilities {
+                <$ty>::capabilities(self)
+            }
+
+            async fn call(
+                &self,
+                schema: &'static EntitySchema,
+                request: crate::backend::Request<'_>,
+            ) -> Result<crate::backend::Response> {
+                crate::backend::dispatch!(self, schema, request, {})
+            }
         }
+
+        #[async_trait]
+        impl crate::backend::Probe for $ty {
+            async fn ping(&self) -> Result<()> {
+                <$ty>::ping(self).await
+            }
+
+            fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
+                <$ty>::pool_stats(self)
+            }
+
+            fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
+                None
+            }
+        }
+
+        impl $ty {
+        $($own)*
 
         /// A round trip on an idle pooled connection when there is one;
         /// else one new connection, made and closed here, so a health
