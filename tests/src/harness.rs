@@ -250,7 +250,87 @@ pub struct Report {
     pub server_defects: Vec<KnownDefect>,
 }
 
+/// The cases a store that serves only `eq`/`in` on indexed fields and the
+/// key, with no sorting (Redis; the memory model restricted the same way)
+/// answers with the asserted `Unsupported`.
+pub const INDEXED_EQUALITY_UNSUPPORTED: &[&str] = &[
+    "count_with_filter",
+    "cursor_never_carries_phi",
+    "cursor_of_another_query_is_rejected",
+    "filter_and_or_nested",
+    "filter_dates_and_timestamps",
+    "filter_float_accepts_int",
+    "filter_is_null",
+    "filter_ne_excludes_nulls",
+    "filter_not_eq_includes_nulls",
+    "filter_not_is_null",
+    "filter_ordering_operators",
+    "filter_prefix",
+    "filter_prefix_is_literal",
+    "filter_uuid",
+    "pages_descending_with_nulls",
+    "pages_have_no_duplicates_or_gaps",
+    "pages_survive_inserts_between_pages",
+    "sort_puts_nulls_first_ascending",
+    "sort_puts_nulls_last_descending",
+    "sort_ties_break_by_key",
+];
+
+/// The cases ScyllaDB (key-only filters, token order, no unique values)
+/// answers with the asserted `Unsupported`.
+pub const SCYLLA_UNSUPPORTED: &[&str] = &[
+    "count_with_filter",
+    "cursor_never_carries_phi",
+    "cursor_of_another_query_is_rejected",
+    "filter_and_or_nested",
+    "filter_dates_and_timestamps",
+    "filter_eq",
+    "filter_float_accepts_int",
+    "filter_in",
+    "filter_in_empty_matches_nothing",
+    "filter_in_large_list",
+    "filter_is_null",
+    "filter_ne_excludes_nulls",
+    "filter_not_eq_includes_nulls",
+    "filter_not_is_null",
+    "filter_ordering_operators",
+    "filter_prefix",
+    "filter_prefix_is_literal",
+    "filter_uuid",
+    "injection_value_is_data",
+    "list_with_filter_and_limit",
+    "pages_descending_with_nulls",
+    "pages_have_no_duplicates_or_gaps",
+    "pages_survive_inserts_between_pages",
+    "sort_puts_nulls_first_ascending",
+    "sort_puts_nulls_last_descending",
+    "sort_ties_break_by_key",
+    "unique_allows_many_nulls",
+    "unique_field_conflicts_on_insert",
+    "unique_field_conflicts_on_update",
+    "unique_value_freed_by_update",
+];
+
 impl Report {
+    /// Panics unless no case failed and the cases answered `Unsupported`
+    /// are exactly `expected` (by name): a capability that silently turns
+    /// off, or one that starts working, changes the set and fails the run.
+    pub fn assert_exactly(&self, expected_unsupported: &[&str]) {
+        assert!(self.failed.is_empty(), "{}", self.summary());
+        let mut got: Vec<&str> = self.unsupported.clone();
+        got.sort_unstable();
+        let mut want: Vec<&str> = expected_unsupported.to_vec();
+        want.sort_unstable();
+        let extra: Vec<&&str> = got.iter().filter(|g| !want.contains(g)).collect();
+        let missing: Vec<&&str> = want.iter().filter(|w| !got.contains(w)).collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "{}: Unsupported now also for {extra:?}, no longer for {missing:?}\n{}",
+            self.backend,
+            self.summary()
+        );
+    }
+
     /// A summary line, plus the failures.
     #[must_use]
     pub fn summary(&self) -> String {
