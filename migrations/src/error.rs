@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::script::StoreKind;
+use crate::store::StoreKind;
 
 /// A driver's error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

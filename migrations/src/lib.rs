@@ -37,10 +37,13 @@ pub mod nosql;
 pub mod script;
 pub mod split;
 pub mod sql;
+pub mod store;
 
 pub use engine::{Applied, Options, Step, Target};
 pub use error::MigrationError;
-pub use script::{Migration, StoreKind};
+pub use script::Migration;
+pub use split::{mongo_commands, mongo_documents};
+pub use store::StoreKind;
 
 /// The stores a migration script can target, by folder name.
 pub const STORES: [&str; 5] = ["postgres", "sqlite", "mongo", "scylla", "redis"];
@@ -49,28 +52,6 @@ pub const STORES: [&str; 5] = ["postgres", "sqlite", "mongo", "scylla", "redis"]
 #[must_use]
 pub fn is_known_store(name: &str) -> bool {
     STORES.contains(&name)
-}
-
-/// The commands of a MongoDB script: a JSON array of objects, each one
-/// database command (its first key names it).
-///
-/// # Errors
-/// What is wrong with the shape.
-pub fn mongo_commands(
-    value: &serde_json::Value,
-) -> Result<Vec<&serde_json::Map<String, serde_json::Value>>, String> {
-    let Some(items) = value.as_array() else {
-        return Err("a MongoDB script is a JSON array of commands".into());
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            c.as_object()
-                .filter(|o| !o.is_empty())
-                .ok_or_else(|| format!("command {} is not a non-empty JSON object", i + 1))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -86,23 +86,7 @@ impl MongoTarget {
     }
 }
 
-/// A MongoDB script's commands as BSON documents (extended JSON allowed:
-/// `{"$date": ...}`, `{"$numberLong": ...}`).
-///
-/// # Errors
-/// The first command that is not valid extended JSON.
-pub fn mongo_documents(body: &str) -> Result<Vec<Document>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    crate::mongo_commands(&value)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            Document::try_from(c.clone())
-                .map_err(|e| format!("command {} is not valid extended JSON: {e}", i + 1))
-        })
-        .collect()
-}
+pub use crate::split::mongo_documents;
 
 fn mongo_message(e: &mongodb::error::Error) -> String {
     match e.kind.as_ref() {

@@ -12,68 +12,7 @@ use crate::error::MigrationError;
 /// Largest script accepted (a migration is code, not data).
 pub const MAX_SCRIPT_BYTES: u64 = 4 * 1024 * 1024;
 
-/// A store scripts can target, by folder name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// `postgres/*.sql`.
-    Postgres,
-    /// `sqlite/*.sql`.
-    Sqlite,
-    /// `mongo/*.json`: an array of database commands.
-    Mongo,
-    /// `scylla/*.cql`.
-    Scylla,
-    /// `redis/*.lua`: one Lua script, run atomically (`ARGV[1]` is the key
-    /// prefix).
-    Redis,
-}
-
-impl StoreKind {
-    /// Every store, in the order `--store all` runs them.
-    pub const ALL: [StoreKind; 5] = [
-        StoreKind::Postgres,
-        StoreKind::Sqlite,
-        StoreKind::Mongo,
-        StoreKind::Scylla,
-        StoreKind::Redis,
-    ];
-
-    /// The folder (and `--store`) name.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            StoreKind::Postgres => "postgres",
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Mongo => "mongo",
-            StoreKind::Scylla => "scylla",
-            StoreKind::Redis => "redis",
-        }
-    }
-
-    /// The scripts' extension.
-    #[must_use]
-    pub const fn extension(self) -> &'static str {
-        match self {
-            StoreKind::Postgres | StoreKind::Sqlite => "sql",
-            StoreKind::Mongo => "json",
-            StoreKind::Scylla => "cql",
-            StoreKind::Redis => "lua",
-        }
-    }
-
-    /// The store of a folder name.
-    #[must_use]
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
-
-impl fmt::Display for StoreKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::store::StoreKind;
 
 /// One script's text and identity.
 #[derive(Debug, Clone)]
@@ -214,11 +153,11 @@ fn check_content(store: StoreKind, script: &ScriptFile) -> Result<(), MigrationE
                     e.classify_text()
                 ))
             })?;
-            let commands = crate::mongo_commands(&value).map_err(bad)?;
+            let commands = crate::split::mongo_commands(&value).map_err(bad)?;
             if commands.is_empty() {
                 return Err(bad("no commands".into()));
             }
-            crate::nosql::mongo_documents(&script.body).map_err(bad)?;
+            crate::split::mongo_documents(&script.body).map_err(bad)?;
         }
         StoreKind::Postgres | StoreKind::Sqlite | StoreKind::Scylla => {
             let statements = crate::split::statements(&script.body, store).map_err(bad)?;

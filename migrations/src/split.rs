@@ -3,7 +3,9 @@
 //! comments (`--`, `//` in CQL, `/* … */`) and SQLite's `CREATE TRIGGER …
 //! BEGIN … END` bodies are respected.
 
-use crate::script::StoreKind;
+use mongodb::bson::Document;
+
+use crate::store::StoreKind;
 
 /// One statement of a script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +152,46 @@ fn is_trigger(s: &str) -> bool {
 
 fn ends_with_end(text: &str) -> bool {
     words(text).last().is_some_and(|w| w == "END")
+}
+
+/// A MongoDB script's commands as BSON documents (extended JSON allowed:
+/// `{"$date": ...}`, `{"$numberLong": ...}`).
+///
+/// # Errors
+/// The first command that is not valid extended JSON.
+pub fn mongo_documents(body: &str) -> Result<Vec<Document>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    mongo_commands(&value)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Document::try_from(c.clone())
+                .map_err(|e| format!("command {} is not valid extended JSON: {e}", i + 1))
+        })
+        .collect()
+}
+
+/// The commands of a MongoDB script: a JSON array of objects, each one
+/// database command (its first key names it).
+///
+/// # Errors
+/// What is wrong with the shape.
+pub fn mongo_commands(
+    value: &serde_json::Value,
+) -> Result<Vec<&serde_json::Map<String, serde_json::Value>>, String> {
+    let Some(items) = value.as_array() else {
+        return Err("a MongoDB script is a JSON array of commands".into());
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.as_object()
+                .filter(|o| !o.is_empty())
+                .ok_or_else(|| format!("command {} is not a non-empty JSON object", i + 1))
+        })
+        .collect()
 }
 
 #[cfg(test)]

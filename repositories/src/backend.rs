@@ -100,8 +100,8 @@ pub struct PoolStats {
 pub enum Read {
     /// Store-neutral values.
     Record(Record),
-    /// The record as the Redis backend stores it: JSON in the entity's
-    /// serde form (timestamps with milliseconds, as the backend writes
+    /// The record as JSON in the entity's serde form (what the Redis
+    /// backend stores; any store holding that form may answer it) (timestamps with milliseconds, as the backend writes
     /// them), which the repository reads straight into the entity (one
     /// decode instead of two), and through a [`Record`] only when that
     /// fails, so the error is the same as from a record (naming the field,
@@ -112,19 +112,20 @@ pub enum Read {
 }
 
 impl Read {
-    /// As a record: JSON through the Redis record codec, whose errors name
-    /// the field and never the value.
+    /// As a record: JSON through the store-neutral record codec, whose
+    /// errors (from `store`) name the field and never the value.
     ///
     /// # Errors
     /// `Backend` when the JSON is not a record of `schema`.
     pub(crate) fn into_record(
         self,
+        store: Store,
         schema: &'static EntitySchema,
         op: Operation,
     ) -> Result<Record> {
         match self {
             Read::Record(r) => Ok(r),
-            Read::Json(d) => crate::backends::redis::decode_record(schema, op, &d),
+            Read::Json(d) => crate::json_record::decode_record(store, schema, op, &d),
         }
     }
 }
@@ -380,7 +381,7 @@ impl dyn Backend + '_ {
     pub async fn get(&self, schema: &'static EntitySchema, key: &Value) -> Result<Option<Record>> {
         self.get_read(schema, key)
             .await?
-            .map(|r| r.into_record(schema, Operation::Get))
+            .map(|r| r.into_record(self.store(), schema, Operation::Get))
             .transpose()
     }
 
@@ -427,7 +428,7 @@ impl dyn Backend + '_ {
     ) -> Result<Option<Record>> {
         self.update_read(schema, key, patch)
             .await?
-            .map(|r| r.into_record(schema, Operation::Update))
+            .map(|r| r.into_record(self.store(), schema, Operation::Update))
             .transpose()
     }
 

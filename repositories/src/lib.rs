@@ -38,6 +38,7 @@ pub mod backends;
 pub mod deferred;
 pub mod error;
 pub mod guard;
+mod json_record;
 pub mod keys;
 pub mod query;
 mod repo;

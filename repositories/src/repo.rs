@@ -202,7 +202,8 @@ impl<T: Entity> Repo<T> {
             Read::Json(text) => match serde_json::from_str::<T>(&text) {
                 Ok(entity) => Ok(entity),
                 Err(_) => {
-                    let record = Read::Json(text).into_record(Self::schema(), op)?;
+                    let record =
+                        Read::Json(text).into_record(self.backend.store(), Self::schema(), op)?;
                     self.decode_record(op, &record)
                 }
             },

@@ -4,7 +4,6 @@ pub mod memory;
 pub mod mongo;
 pub mod postgres;
 pub mod redis;
-mod redis_json;
 pub mod scylla;
 #[macro_use]
 mod sql_common;

@@ -994,7 +994,7 @@ impl RedisBackend {
             .arg(patch.sets.len());
         for (i, v) in &patch.sets {
             let f = &schema.fields[*i];
-            call.arg(f.name).arg(super::redis_json::value_text(v));
+            call.arg(f.name).arg(crate::json_record::value_text(v));
             if f.indexed && f.ty != FieldType::Json {
                 call.arg(self.key(schema, &[":i:", f.name, ":"]))
                     .arg(if v.is_null() {
@@ -1233,7 +1233,7 @@ fn decode_stored(schema: &'static EntitySchema, op: Operation, stored: &str) -> 
 }
 
 fn encode_record(schema: &EntitySchema, record: &Record) -> String {
-    super::redis_json::encode(schema, record)
+    crate::json_record::encode(schema, record)
 }
 
 pub(crate) fn decode_record(
@@ -1241,20 +1241,7 @@ pub(crate) fn decode_record(
     op: Operation,
     d: &str,
 ) -> Result<Record> {
-    use super::redis_json::Unreadable;
-    super::redis_json::decode(schema, d).map_err(|why| Error::Backend {
-        store: Store::Redis,
-        operation: op,
-        message: match why {
-            Unreadable::NotAnObject => "a stored record is not a JSON object".into(),
-            Unreadable::Field(i) => {
-                let f = &schema.fields[i];
-                format!("stored field `{}` is not {}", f.name, f.ty)
-            }
-        },
-        retryable: false,
-        source: None,
-    })
+    crate::json_record::decode_record(Store::Redis, schema, op, d)
 }
 
 fn protocol(op: Operation, why: &str) -> Error {
@@ -1456,7 +1443,7 @@ impl RedisBackend {
     ) -> Result<Option<Record>> {
         self.get_read(schema, key)
             .await?
-            .map(|read| read.into_record(schema, Operation::Get))
+            .map(|read| read.into_record(Store::Redis, schema, Operation::Get))
             .transpose()
     }
 
@@ -1499,7 +1486,7 @@ impl RedisBackend {
     ) -> Result<Option<Record>> {
         self.update_read(schema, key, patch)
             .await?
-            .map(|read| read.into_record(schema, Operation::Update))
+            .map(|read| read.into_record(Store::Redis, schema, Operation::Update))
             .transpose()
     }
 

@@ -1,4 +1,7 @@
-//! The JSON form of a record in Redis, written and read in one pass.
+//! The JSON form of a record (the entity's serde form: what the Redis
+//! backend stores, and what `Read::Json` carries), written and read in one
+//! pass. Store-neutral: the seam's `Read::into_record` uses it, and no
+//! store module is needed to read it.
 //!
 //! A record is stored as a JSON object of field name → value, with the
 //! rules of [`Value::to_json`] (dates `YYYY-MM-DD`, timestamps RFC 3339 in
@@ -217,6 +220,31 @@ impl<'de> Visitor<'de> for FieldSeed {
     fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
         Err(wrong())
     }
+}
+
+/// A record from its JSON form, as `store` answered it to `op`.
+///
+/// # Errors
+/// `Backend`, naming the field and never the value.
+pub(crate) fn decode_record(
+    store: crate::error::Store,
+    schema: &'static EntitySchema,
+    op: crate::error::Operation,
+    d: &str,
+) -> crate::error::Result<Record> {
+    decode(schema, d).map_err(|why| crate::error::Error::Backend {
+        store,
+        operation: op,
+        message: match why {
+            Unreadable::NotAnObject => "a stored record is not a JSON object".into(),
+            Unreadable::Field(i) => {
+                let f = &schema.fields[i];
+                format!("stored field `{}` is not {}", f.name, f.ty)
+            }
+        },
+        retryable: false,
+        source: None,
+    })
 }
 
 #[cfg(test)]
