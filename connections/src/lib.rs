@@ -27,12 +27,17 @@
 //! assert!(err.contains("a whole number from 1 to 1000"), "{err}");
 //! ```
 
+#[cfg(feature = "mongodb")]
 pub mod mongo;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "scylla")]
 pub mod scylla;
 pub mod secret;
 pub mod settings;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use secret::SecretUrl;

@@ -46,6 +46,19 @@
 //! # Ok(()) }
 //! ```
 
+// With stores compiled out (their Cargo features off), the code for them
+// is gone and some shared helpers go unused.
+#![cfg_attr(
+    not(all(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mongodb",
+        feature = "redis",
+        feature = "scylla"
+    )),
+    allow(dead_code, unused_variables, unused_imports, unreachable_code)
+)]
+
 use std::sync::Arc;
 
 pub use dl_connections as connections;
@@ -66,8 +79,22 @@ pub use health::{HealthChecker, HealthReport, StoreHealth};
 
 use dl_connections::DatabaseUrl;
 use dl_repositories::Backend;
+#[cfg(feature = "postgres")]
 use dl_repositories::backends::postgres::PostgresBackend;
+#[cfg(feature = "sqlite")]
 use dl_repositories::backends::sqlite::SqliteBackend;
+
+/// The error for a store the settings name that this build left out.
+#[allow(dead_code)] // with every store compiled in
+fn not_built(store: Store, feature: &str) -> SetupError {
+    SetupError::Connect {
+        store,
+        reason: format!(
+            "this build of data-layer has no {store} support: enable the `{feature}` Cargo feature"
+        ),
+        source: None,
+    }
+}
 
 /// Why a [`DataLayer`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +151,11 @@ impl DataLayer {
     /// keyspace name.
     pub async fn from_settings(settings: Settings) -> Result<Self, SetupError> {
         let relational: Arc<dyn Backend> = match &settings.database_url {
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseUrl::Sqlite(_) => return Err(not_built(Store::Sqlite, "sqlite")),
+            #[cfg(not(feature = "postgres"))]
+            DatabaseUrl::Postgres(_) => return Err(not_built(Store::Postgres, "postgres")),
+            #[cfg(feature = "sqlite")]
             DatabaseUrl::Sqlite(path) => {
                 let pool = dl_connections::sqlite::connect(path, &settings.sqlite)
                     .await
@@ -134,6 +166,7 @@ impl DataLayer {
                     })?;
                 Arc::new(SqliteBackend::new(pool))
             }
+            #[cfg(feature = "postgres")]
             DatabaseUrl::Postgres(url) => {
                 let pool = dl_connections::postgres::connect_lazy(url, &settings.postgres)
                     .map_err(|e| SetupError::Connect {
@@ -284,11 +317,28 @@ struct ReadmeDoctests;
 
 /// Opens the optional stores the settings name (MongoDB, Redis, ScyllaDB).
 async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, SetupError> {
-    use dl_repositories::backends::{
-        mongo::MongoBackend, redis::RedisBackend, scylla::ScyllaBackend,
-    };
+    #[cfg(feature = "mongodb")]
+    use dl_repositories::backends::mongo::MongoBackend;
+    #[cfg(feature = "redis")]
+    use dl_repositories::backends::redis::RedisBackend;
+    #[cfg(feature = "scylla")]
+    use dl_repositories::backends::scylla::ScyllaBackend;
+    #[cfg(feature = "scylla")]
     use dl_repositories::deferred::Deferred;
+    #[allow(unused_mut)] // with every server store compiled out
     let mut out: Vec<Arc<dyn Backend>> = Vec::new();
+    #[cfg(not(feature = "mongodb"))]
+    if settings.mongodb_uri.is_some() {
+        return Err(not_built(Store::Mongo, "mongodb"));
+    }
+    #[cfg(not(feature = "redis"))]
+    if settings.redis_url.is_some() {
+        return Err(not_built(Store::Redis, "redis"));
+    }
+    #[cfg(not(feature = "scylla"))]
+    if settings.scylla.is_some() {
+        return Err(not_built(Store::Scylla, "scylla"));
+    }
     let connect_err =
         |store: Store, reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
             SetupError::Connect {
@@ -297,6 +347,7 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
                 source,
             }
         };
+    #[cfg(feature = "mongodb")]
     if let Some(url) = &settings.mongodb_uri {
         let client = dl_connections::mongo::connect(url, &settings.mongo)
             .await
@@ -314,6 +365,7 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
             .map_err(|e| connect_err(Store::Mongo, e.to_string(), None))?;
         out.push(Arc::new(backend));
     }
+    #[cfg(feature = "redis")]
     if let Some(url) = &settings.redis_url {
         let conn = dl_connections::redis::connect_lazy(url, &settings.redis).map_err(|e| {
             connect_err(
@@ -336,6 +388,7 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
         };
         out.push(Arc::new(backend));
     }
+    #[cfg(feature = "scylla")]
     if let Some(scylla) = &settings.scylla {
         if !dl_models::is_valid_identifier(&scylla.keyspace) {
             return Err(connect_err(

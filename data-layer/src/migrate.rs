@@ -32,8 +32,27 @@ use dl_connections::{DatabaseUrl, Settings};
 use dl_migrations::Target;
 use dl_migrations::engine;
 pub use dl_migrations::engine::{StatusLine, Step};
-use dl_migrations::nosql::{MongoTarget, RedisTarget, ScyllaTarget};
-use dl_migrations::sql::{PostgresTarget, SqliteTarget};
+#[cfg(feature = "mongodb")]
+use dl_migrations::nosql::MongoTarget;
+#[cfg(feature = "redis")]
+use dl_migrations::nosql::RedisTarget;
+#[cfg(feature = "scylla")]
+use dl_migrations::nosql::ScyllaTarget;
+#[cfg(feature = "postgres")]
+use dl_migrations::sql::PostgresTarget;
+#[cfg(feature = "sqlite")]
+use dl_migrations::sql::SqliteTarget;
+
+/// The error for a store this build left out.
+#[allow(dead_code)] // with every store compiled in
+fn not_built(store: StoreKind, feature: &str) -> MigrationError {
+    MigrationError::Unsupported {
+        store,
+        reason: format!(
+            "this build of data-layer has no {store} support: enable the `{feature}` Cargo feature"
+        ),
+    }
+}
 pub use dl_migrations::{Migration, MigrationError, Options, StoreKind};
 
 /// Every store's migrations, in version order.
@@ -156,6 +175,28 @@ pub async fn target(
     store: StoreKind,
 ) -> Result<Option<Arc<dyn Target>>, MigrationError> {
     Ok(match (store, &settings.database_url) {
+        #[cfg(not(feature = "postgres"))]
+        (StoreKind::Postgres, DatabaseUrl::Postgres(_)) => {
+            return Err(not_built(store, "postgres"));
+        }
+        #[cfg(not(feature = "sqlite"))]
+        (StoreKind::Sqlite, DatabaseUrl::Sqlite(_)) => return Err(not_built(store, "sqlite")),
+        #[cfg(not(feature = "mongodb"))]
+        (StoreKind::Mongo, _) => match &settings.mongodb_uri {
+            None => None,
+            Some(_) => return Err(not_built(store, "mongodb")),
+        },
+        #[cfg(not(feature = "redis"))]
+        (StoreKind::Redis, _) => match &settings.redis_url {
+            None => None,
+            Some(_) => return Err(not_built(store, "redis")),
+        },
+        #[cfg(not(feature = "scylla"))]
+        (StoreKind::Scylla, _) => match &settings.scylla {
+            None => None,
+            Some(_) => return Err(not_built(store, "scylla")),
+        },
+        #[cfg(feature = "postgres")]
         (StoreKind::Postgres, DatabaseUrl::Postgres(url)) => {
             let pool =
                 dl_connections::postgres::connect_lazy(url, &for_scripts(&settings.postgres))
@@ -165,6 +206,7 @@ pub async fn target(
                 &settings.postgres_schema,
             )))
         }
+        #[cfg(feature = "sqlite")]
         (StoreKind::Sqlite, DatabaseUrl::Sqlite(path)) => {
             let pool = dl_connections::sqlite::connect(path, &settings.sqlite)
                 .await
@@ -173,6 +215,7 @@ pub async fn target(
                 })?;
             Some(Arc::new(SqliteTarget::new(pool)))
         }
+        #[cfg(feature = "mongodb")]
         (StoreKind::Mongo, _) => match &settings.mongodb_uri {
             None => None,
             Some(url) => {
@@ -185,6 +228,7 @@ pub async fn target(
                 Some(Arc::new(MongoTarget::new(db)))
             }
         },
+        #[cfg(feature = "redis")]
         (StoreKind::Redis, _) => match &settings.redis_url {
             None => None,
             Some(url) => {
@@ -193,6 +237,7 @@ pub async fn target(
                 Some(Arc::new(RedisTarget::new(conn, &settings.redis_key_prefix)))
             }
         },
+        #[cfg(feature = "scylla")]
         (StoreKind::Scylla, _) => match &settings.scylla {
             None => None,
             Some(scylla) => {
@@ -317,6 +362,79 @@ pub async fn apply(settings: &Settings, scripts: &Scripts) -> Result<Vec<StoreRu
         Some((store, reason)) => Err(Failed { store, reason }),
         None => Ok(runs),
     }
+}
+
+/// Re-makes the Redis index entries and unique claims of the `#[phi]`
+/// fields of `schemas` as keyed tokens under `privacy.key`: a keyspace
+/// written before tokens (PHI values in key names), or under a rotated-out
+/// key, is converted in place (each record rewritten by compare-and-set,
+/// its TTL kept), and its repositories open again. `data-layer migrate up
+/// --store redis` runs it for the built-in clinical entities; a service
+/// runs it for its own. Returns the records rewritten per entity.
+///
+/// # Errors
+/// No Redis or no `privacy.key` configured; the store's fault.
+#[cfg(feature = "redis")]
+pub async fn rekey_redis_phi(
+    settings: &Settings,
+    schemas: &[&'static dl_models::EntitySchema],
+) -> Result<Vec<(&'static str, usize)>, MigrationError> {
+    let store = StoreKind::Redis;
+    let Some(url) = &settings.redis_url else {
+        return Err(MigrationError::Unsupported {
+            store,
+            reason: "Redis is not configured".into(),
+        });
+    };
+    let Some(privacy) = settings.privacy.privacy() else {
+        return Err(MigrationError::Unsupported {
+            store,
+            reason: "PHI index entries are keyed tokens: set privacy.key".into(),
+        });
+    };
+    let conn = dl_connections::redis::connect_lazy(url, &for_scripts(&settings.redis))
+        .map_err(|e| connect_err(store, e))?;
+    let backend = dl_repositories::backends::redis::RedisBackend::new(
+        conn,
+        &settings.redis_key_prefix,
+        settings.redis.request_timeout,
+    )
+    .map_err(|e| MigrationError::Unsupported {
+        store,
+        reason: e.to_string(),
+    })?
+    .with_privacy(Arc::new(privacy));
+    let mut out = Vec::new();
+    for schema in schemas {
+        let n = backend
+            .rekey_phi_entries(schema)
+            .await
+            .map_err(|e| MigrationError::Store {
+                store,
+                reason: format!(
+                    "cannot re-key the PHI index entries of {}: {e}",
+                    schema.name
+                ),
+                source: None,
+            })?;
+        out.push((schema.name, n));
+    }
+    Ok(out)
+}
+
+/// The schemas of the built-in clinical entities.
+#[must_use]
+pub fn domain_schemas() -> Vec<&'static dl_models::EntitySchema> {
+    use dl_models::Entity as _;
+    use dl_models::domain::{Alert, Appointment, AuditEvent, Insurance, MediaAsset, Patient};
+    vec![
+        Patient::schema(),
+        Appointment::schema(),
+        Insurance::schema(),
+        Alert::schema(),
+        AuditEvent::schema(),
+        MediaAsset::schema(),
+    ]
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! comments (`--`, `//` in CQL, `/* … */`) and SQLite's `CREATE TRIGGER …
 //! BEGIN … END` bodies are respected.
 
-use mongodb::bson::Document;
-
 use crate::store::StoreKind;
 
 /// One statement of a script.
@@ -159,14 +157,15 @@ fn ends_with_end(text: &str) -> bool {
 ///
 /// # Errors
 /// The first command that is not valid extended JSON.
-pub fn mongo_documents(body: &str) -> Result<Vec<Document>, String> {
+#[cfg(feature = "mongodb")]
+pub fn mongo_documents(body: &str) -> Result<Vec<mongodb::bson::Document>, String> {
     let value: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("invalid JSON: {e}"))?;
     mongo_commands(&value)?
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            Document::try_from(c.clone())
+            mongodb::bson::Document::try_from(c.clone())
                 .map_err(|e| format!("command {} is not valid extended JSON: {e}", i + 1))
         })
         .collect()

@@ -16,8 +16,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
-use sqlx::postgres::{PgDatabaseError, PgPool};
+#[cfg(feature = "postgres")]
+use sqlx::postgres::PgPool;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::SqlitePool;
+#[cfg(feature = "postgres")]
 use tokio::sync::Mutex;
 
 use crate::engine::{AfterRun, Applied, Target};
@@ -73,13 +76,19 @@ where
 /// The line of an error inside `stmt`: from PostgreSQL's position where it
 /// reports one, else the statement's first line.
 fn error_line(stmt: &Statement, e: &sqlx::Error) -> u32 {
+    #[cfg(feature = "postgres")]
     let position = e
         .as_database_error()
-        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
         .and_then(|p| match p.position() {
             Some(sqlx::postgres::PgErrorPosition::Original(n)) => Some(n),
             _ => None,
         });
+    #[cfg(not(feature = "postgres"))]
+    let position: Option<usize> = {
+        let _ = e;
+        None
+    };
     match position {
         Some(n) => {
             let before: String = stmt.text.chars().take(n.saturating_sub(1)).collect();
@@ -109,6 +118,7 @@ fn failed(
     }
 }
 
+#[cfg(feature = "sqlite")]
 fn row_to_applied(row: &sqlx::sqlite::SqliteRow) -> Result<Applied, sqlx::Error> {
     let applied_at: i64 = row.try_get("applied_at")?;
     Ok(Applied {
@@ -123,6 +133,7 @@ fn row_to_applied(row: &sqlx::sqlite::SqliteRow) -> Result<Applied, sqlx::Error>
 }
 
 /// The PostgreSQL runner.
+#[cfg(feature = "postgres")]
 #[derive(Debug)]
 pub struct PostgresTarget {
     pool: PgPool,
@@ -133,6 +144,7 @@ pub struct PostgresTarget {
     held: Mutex<Option<(sqlx::PgConnection, bool)>>,
 }
 
+#[cfg(feature = "postgres")]
 impl PostgresTarget {
     /// A runner over `pool` whose history lives in `schema` (created if
     /// missing); scripts run with `search_path` set to it.
@@ -195,6 +207,7 @@ impl PostgresTarget {
     }
 }
 
+#[cfg(feature = "postgres")]
 #[async_trait]
 impl Target for PostgresTarget {
     fn store(&self) -> StoreKind {
@@ -380,11 +393,13 @@ impl Target for PostgresTarget {
 }
 
 /// The SQLite runner.
+#[cfg(feature = "sqlite")]
 #[derive(Debug, Clone)]
 pub struct SqliteTarget {
     pool: SqlitePool,
 }
 
+#[cfg(feature = "sqlite")]
 impl SqliteTarget {
     /// A runner over `pool`.
     #[must_use]
@@ -450,6 +465,7 @@ impl SqliteTarget {
     }
 }
 
+#[cfg(feature = "sqlite")]
 #[async_trait]
 impl Target for SqliteTarget {
     fn store(&self) -> StoreKind {

@@ -33,6 +33,19 @@
 //! # Ok(()) }
 //! ```
 
+// With a store compiled out (its Cargo feature off), helpers only that
+// store's module uses are unused; they are not dead in the full build.
+#![cfg_attr(
+    not(all(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mongodb",
+        feature = "redis",
+        feature = "scylla"
+    )),
+    allow(dead_code)
+)]
+
 pub mod backend;
 pub mod backends;
 pub mod deferred;
@@ -42,7 +55,9 @@ mod json_record;
 pub mod keys;
 pub mod query;
 mod repo;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sqlx_errors;
 mod versions;
 

@@ -436,3 +436,96 @@ async fn expired_records_are_swept_from_indexes_and_claims() {
         "redis-sweep: 3 expired records, {removed} entries removed in {calls} bounded calls; the live record kept its 5"
     );
 }
+
+/// A keyspace whose PHI index entries were made before keyed tokens (named
+/// by values) or under another key is refused (`SchemaNotReady`, never a
+/// silent empty answer), and `rekey_phi_entries` converts it in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspaces_from_before_tokens_are_refused_then_rekeyed() {
+    let spaces = RedisNamespaces::new("rekey").await;
+    let ns = spaces.namespace();
+    let pool = test_pool(1);
+    let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool).expect("redis");
+    let backend = |id: &str, byte: u8| {
+        Arc::new(
+            RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
+                .expect("backend")
+                .with_privacy(Arc::new(dl_privacy::Privacy::new(
+                    dl_privacy::SecretKey::from_bytes(id, [byte; 32]).expect("key"),
+                ))),
+        )
+    };
+    let old = backend("old", 1);
+    let repo = Repo::<Patient>::open(Arc::clone(&old) as Arc<dyn Backend>)
+        .await
+        .expect("open");
+    let mut patients = Vec::new();
+    for tag in ["r1", "r2", "r3"] {
+        let (p, _) = patient(tag);
+        repo.insert(&p).await.expect("insert");
+        patients.push(p);
+    }
+    let new = backend("new", 2);
+    let e = Repo::<Patient>::open(Arc::clone(&new) as Arc<dyn Backend>)
+        .await
+        .expect_err("made under another key");
+    assert!(
+        matches!(&e, Error::SchemaNotReady { .. }) && e.to_string().contains("`old`"),
+        "{e}"
+    );
+    let schema = <Patient as dl_models::Entity>::schema();
+    assert_eq!(new.rekey_phi_entries(schema).await.expect("rekey"), 3);
+    let repo = Repo::<Patient>::open(Arc::clone(&new) as Arc<dyn Backend>)
+        .await
+        .expect("opens after re-keying");
+    for p in &patients {
+        let found = repo
+            .list(&Query::new().filter(Filter::eq("family_name", p.family_name.as_str())))
+            .await
+            .expect("list");
+        assert_eq!(found.items.len(), 1, "found by its new token");
+    }
+    // No entry under the old key is left.
+    let mut scan = conn.clone();
+    let mut names = Vec::new();
+    let mut at: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(at)
+            .arg("MATCH")
+            .arg(format!("{ns}:patients:*"))
+            .query_async(&mut scan)
+            .await
+            .expect("scan");
+        names.extend(batch);
+        if next == 0 {
+            break;
+        }
+        at = next;
+    }
+    assert!(!names.iter().any(|n| n.contains(":old.")), "{names:?}");
+    let claims: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{ns}:patients:u:mrn"))
+        .query_async(&mut scan)
+        .await
+        .expect("claims");
+    assert_eq!(claims.len(), 3);
+    assert!(claims.iter().all(|c| c.starts_with("new.")), "{claims:?}");
+    // A keyspace from before tokens (no mark, records present) is refused
+    // the same way, and converted the same way.
+    let () = redis::cmd("DEL")
+        .arg(format!("{ns}:patients:phi"))
+        .query_async(&mut scan)
+        .await
+        .map(|_: i64| ())
+        .expect("del");
+    let e = Repo::<Patient>::open(Arc::clone(&new) as Arc<dyn Backend>)
+        .await
+        .expect_err("unmarked");
+    assert!(e.to_string().contains("before keyed tokens"), "{e}");
+    new.rekey_phi_entries(schema).await.expect("rekey again");
+    Repo::<Patient>::open(new as Arc<dyn Backend>)
+        .await
+        .expect("opens");
+    spaces.drop_all().await;
+}

@@ -247,6 +247,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print_migrations(&runs);
             }
+            // Redis: the PHI index entries of the built-in entities as keyed
+            // tokens under privacy.key (a keyspace from before tokens, or
+            // under a rotated-out key, is converted; otherwise nothing).
+            #[cfg(feature = "redis")]
+            if action == Action::Up
+                && !dry_run
+                && stores.contains(&dl_migrations::StoreKind::Redis)
+                && settings.redis_url.is_some()
+                && settings.privacy.is_configured()
+                && runs.iter().all(|r| r.error.is_none())
+            {
+                let rekeyed = rt.block_on(migrate::rekey_redis_phi(
+                    &settings,
+                    &migrate::domain_schemas(),
+                ))?;
+                for (entity, n) in rekeyed.into_iter().filter(|(_, n)| *n > 0) {
+                    if !json {
+                        out!(
+                            "redis    rekey        {entity}: {n} records' PHI index entries as keyed tokens"
+                        );
+                    }
+                }
+            }
             let failed: Vec<&str> = runs
                 .iter()
                 .filter(|r| r.error.is_some())

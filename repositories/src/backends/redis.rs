@@ -1370,7 +1370,153 @@ impl RedisBackend {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(schema, Operation::Prepare, e))?;
-        Ok(())
+        self.check_phi_tokens(schema).await
+    }
+
+    /// Whether the entity has index entries or claims of `#[phi]` fields
+    /// (made as keyed tokens).
+    fn has_phi_entries(schema: &EntitySchema) -> bool {
+        schema.fields.iter().enumerate().any(|(i, f)| {
+            i != schema.key && f.indexed && f.sensitivity.is_phi() && f.ty != FieldType::Json
+        })
+    }
+
+    /// The key that says under which privacy key the entity's PHI index
+    /// entries were made (`:phi` → key id).
+    fn phi_marker(&self, schema: &EntitySchema) -> String {
+        self.key(schema, &[":phi"])
+    }
+
+    /// An entity with PHI index entries: they must have been made under
+    /// this backend's key. A keyspace written before tokens (entries named
+    /// by raw values), or under another key, answers `SchemaNotReady`
+    /// until [`RedisBackend::rekey_phi_entries`] converts it (`data-layer
+    /// migrate up --store redis` does, for the entities it knows). A new
+    /// keyspace is marked with the key now.
+    async fn check_phi_tokens(&self, schema: &'static EntitySchema) -> Result<()> {
+        let (Some(privacy), true) = (&self.privacy, Self::has_phi_entries(schema)) else {
+            return Ok(());
+        };
+        let op = Operation::Prepare;
+        let mut conn = self.conn.clone();
+        let marker: Option<String> = redis::cmd("GET")
+            .arg(self.phi_marker(schema))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        let reason = match marker {
+            Some(id) if id == privacy.key_id() => return Ok(()),
+            Some(id) => format!(
+                "its PHI index entries were made under privacy key `{id}`, not `{}`: re-key them",
+                privacy.key_id()
+            ),
+            None => {
+                let written: bool = redis::cmd("EXISTS")
+                    .arg(self.keys_key(schema))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.err(schema, op, e))?;
+                if !written {
+                    let _: Option<String> = redis::cmd("SET")
+                        .arg(self.phi_marker(schema))
+                        .arg(privacy.key_id())
+                        .arg("NX")
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.err(schema, op, e))?;
+                    return Ok(());
+                }
+                "its PHI index entries are from before keyed tokens (named by values): convert them"
+                    .to_owned()
+            }
+        };
+        Err(Error::SchemaNotReady {
+            store: Store::Redis,
+            entity: schema.name,
+            reason,
+        })
+    }
+
+    /// Re-makes every record's index entries and unique claims of `schema`
+    /// under this backend's privacy key: a keyspace written before keyed
+    /// tokens (PHI values in key names), or under a key rotated out. Each
+    /// record is rewritten by compare-and-set with the same record (its
+    /// TTL kept), which moves its entries; then the entity is marked as
+    /// made under this key. Records are walked with `SCAN`, never `KEYS`.
+    /// Returns how many records were rewritten. Safe to run again.
+    ///
+    /// # Errors
+    /// The store's fault; a record that does not decode (`Backend`, naming
+    /// the field, never the value).
+    pub async fn rekey_phi_entries(&self, schema: &'static EntitySchema) -> Result<usize> {
+        let op = Operation::Update;
+        if !Self::has_phi_entries(schema) {
+            return Ok(0);
+        }
+        let Some(privacy) = &self.privacy else {
+            return Err(Error::unsupported(
+                Store::Redis,
+                op,
+                "re-keying PHI index entries needs privacy.key",
+            ));
+        };
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut rewritten = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.key(schema, &[":r:*"]))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
+            for key in keys {
+                for _ in 0..CAS_ATTEMPTS {
+                    let text: Option<String> = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.err(schema, op, e))?;
+                    let Some(text) = text else { break };
+                    let at = record_start(op, &text)?;
+                    let record = decode_record(schema, op, &text[at..])?;
+                    match self.run_write(schema, op, &text, true, &record).await? {
+                        Written::Ok => {
+                            rewritten += 1;
+                            break;
+                        }
+                        Written::Retry => {}
+                        Written::Missing => break,
+                        Written::Unique(field) => {
+                            return Err(Error::Conflict {
+                                entity: schema.name,
+                                kind: ConflictKind::Unique {
+                                    field: schema
+                                        .fields
+                                        .iter()
+                                        .find(|f| f.name == field)
+                                        .map(|f| f.name),
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let () = redis::cmd("SET")
+            .arg(self.phi_marker(schema))
+            .arg(privacy.key_id())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        Ok(rewritten)
     }
 
     pub(crate) async fn insert(
