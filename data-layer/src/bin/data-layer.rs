@@ -459,6 +459,7 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         .limit(4);
     let mut pages = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut first_cursor = None;
     loop {
         let page = patients.list(&query).await?;
         pages.push(page.items.len());
@@ -466,7 +467,10 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(seen.insert(p.id), "a patient appeared twice across pages");
         }
         match page.next {
-            Some(cursor) => query = query.after(cursor),
+            Some(cursor) => {
+                first_cursor.get_or_insert_with(|| cursor.clone());
+                query = query.after(cursor);
+            }
             None => break,
         }
     }
@@ -474,6 +478,31 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         "  list active patients of this run, by family name, 4 per page: pages of {pages:?} = {} patients, none repeated",
         seen.len()
     );
+    if let Some(cursor) = first_cursor {
+        // Cursors are sealed: they show nothing, and an altered one is refused.
+        let text = cursor.as_str().to_owned();
+        let mut altered: Vec<char> = text.chars().collect();
+        let last = altered.len() - 1;
+        altered[last] = if altered[last] == 'A' { 'B' } else { 'A' };
+        let refused = patients
+            .list(
+                &Query::new()
+                    .filter(active_this_run.clone())
+                    .sort_asc("family_name")
+                    .limit(4)
+                    .after(data_layer::Cursor(altered.into_iter().collect())),
+            )
+            .await;
+        out!(
+            "  a cursor is sealed ({} opaque characters, key `{}`); altered by one character it is refused: {}",
+            text.len(),
+            text.split('.').next().unwrap_or_default(),
+            match refused {
+                Err(e) => e.to_string(),
+                Ok(_) => anyhow::bail!("an altered cursor was accepted"),
+            }
+        );
+    }
     let count = patients.count(&active_this_run).await?;
     out!("  count of the same filter: {count}");
 
