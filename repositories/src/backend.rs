@@ -567,6 +567,57 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// A store module's `Backend` and `Probe`: `call` routed by [`dispatch!`]
+/// to the type's own methods (`store`, `capabilities`, `ping` and the
+/// operations; `pool_stats` too when `pooled`). `$this`, `$schema` and
+/// `$request` name the receiver and arguments for the special arms.
+macro_rules! seam {
+    ($ty:ty, $pool:ident, |$this:ident, $schema:ident, $request:ident| { $($special:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::backend::Backend for $ty {
+            fn store(&self) -> $crate::error::Store {
+                <$ty>::store(self)
+            }
+
+            fn capabilities(&self) -> $crate::backend::Capabilities {
+                <$ty>::capabilities(self)
+            }
+
+            async fn call(
+                &self,
+                $schema: &'static dl_models::EntitySchema,
+                $request: $crate::backend::Request<'_>,
+            ) -> $crate::error::Result<$crate::backend::Response> {
+                let $this = self;
+                $crate::backend::dispatch!($this, $schema, $request, { $($special)* })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::backend::Probe for $ty {
+            async fn ping(&self) -> $crate::error::Result<()> {
+                <$ty>::ping(self).await
+            }
+
+            fn pool_stats(&self) -> Option<$crate::backend::PoolStats> {
+                $crate::backend::seam!(@pool $pool, self, $ty)
+            }
+
+            fn breaker_state(&self) -> Option<$crate::backend::BreakerState> {
+                None
+            }
+        }
+    };
+    (@pool pooled, $self_:ident, $ty:ty) => {
+        <$ty>::pool_stats($self_)
+    };
+    (@pool unpooled, $self_:ident, $ty:ty) => {{
+        let _ = $self_;
+        None
+    }};
+}
+pub(crate) use seam;
+
 /// Which entity type a cache entry belongs to: the address of its static
 /// schema. Two entity types on one table (a full and a summary view, say)
 /// have different statements; a cache keyed by the table name would hand

@@ -7,10 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use async_trait::async_trait;
 use dl_models::{EntitySchema, Record, Value};
 
-use crate::backend::{Backend, Capabilities};
+use crate::backend::Capabilities;
 use crate::error::{ConflictKind, Error, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{Cond, Direction, ListRequest, ValidPatch};
@@ -251,36 +250,4 @@ impl MemoryBackend {
     }
 }
 
-#[async_trait]
-impl Backend for MemoryBackend {
-    fn store(&self) -> Store {
-        MemoryBackend::store(self)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        MemoryBackend::capabilities(self)
-    }
-
-    async fn call(
-        &self,
-        schema: &'static EntitySchema,
-        request: crate::backend::Request<'_>,
-    ) -> Result<crate::backend::Response> {
-        crate::backend::dispatch!(self, schema, request, {})
-    }
-}
-
-#[async_trait]
-impl crate::backend::Probe for MemoryBackend {
-    async fn ping(&self) -> Result<()> {
-        MemoryBackend::ping(self).await
-    }
-
-    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
-        None
-    }
-
-    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
-        None
-    }
-}
+crate::backend::seam!(MemoryBackend, unpooled, |this, schema, request| {});

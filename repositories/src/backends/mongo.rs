@@ -24,7 +24,6 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::NaiveDate;
 use dl_models::{EntitySchema, FieldType, Record, Value};
 use futures::TryStreamExt as _;
@@ -32,7 +31,7 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 
-use crate::backend::{Backend, Capabilities, FilterSupport, check_unique_indexes};
+use crate::backend::{Capabilities, FilterSupport, check_unique_indexes};
 use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
 use crate::versions::version_of;
@@ -790,39 +789,7 @@ impl MongoBackend {
     }
 }
 
-#[async_trait]
-impl Backend for MongoBackend {
-    fn store(&self) -> Store {
-        MongoBackend::store(self)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        MongoBackend::capabilities(self)
-    }
-
-    async fn call(
-        &self,
-        schema: &'static EntitySchema,
-        request: crate::backend::Request<'_>,
-    ) -> Result<crate::backend::Response> {
-        crate::backend::dispatch!(self, schema, request, {})
-    }
-}
-
-#[async_trait]
-impl crate::backend::Probe for MongoBackend {
-    async fn ping(&self) -> Result<()> {
-        MongoBackend::ping(self).await
-    }
-
-    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
-        None
-    }
-
-    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
-        None
-    }
-}
+crate::backend::seam!(MongoBackend, unpooled, |this, schema, request| {});
 
 fn backend_plain(op: Operation, why: &str) -> Error {
     Error::Backend {

@@ -12,13 +12,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use dl_models::{EntitySchema, FieldType, Record, Value};
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row as _};
 
-use crate::backend::{Backend, Capabilities, SchemaId, check_columns, check_unique_indexes};
+use crate::backend::{Capabilities, SchemaId, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, mark, statements};

@@ -33,11 +33,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use dl_models::{EntitySchema, FieldType, Record, Value};
 use redis::aio::ConnectionManager;
 
-use crate::backend::{Backend, Capabilities, FilterSupport, Read};
+use crate::backend::{Capabilities, FilterSupport, Read};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
 use crate::versions::{bumped, check_expected, patched, version_of};
@@ -1863,39 +1862,7 @@ impl RedisBackend {
     }
 }
 
-#[async_trait]
-impl Backend for RedisBackend {
-    fn store(&self) -> Store {
-        RedisBackend::store(self)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        RedisBackend::capabilities(self)
-    }
-
-    async fn call(
-        &self,
-        schema: &'static EntitySchema,
-        request: crate::backend::Request<'_>,
-    ) -> Result<crate::backend::Response> {
-        crate::backend::dispatch!(self, schema, request, {
-            Request::Get(k) => self.get_read(schema, k).await.map(Response::Found),
-            Request::Update(k, p) => self.update_read(schema, k, p).await.map(Response::Found),
-        })
-    }
-}
-
-#[async_trait]
-impl crate::backend::Probe for RedisBackend {
-    async fn ping(&self) -> Result<()> {
-        RedisBackend::ping(self).await
-    }
-
-    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
-        None
-    }
-
-    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
-        None
-    }
-}
+crate::backend::seam!(RedisBackend, unpooled, |this, schema, request| {
+    Request::Get(k) => this.get_read(schema, k).await.map(Response::Found),
+    Request::Update(k, p) => this.update_read(schema, k, p).await.map(Response::Found),
+});

@@ -19,7 +19,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate};
 use dl_models::{EntitySchema, FieldType, Record, Value};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -29,7 +28,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlTimestamp, CqlValue, Row};
 
-use crate::backend::{Backend, Capabilities, FilterSupport, SchemaId};
+use crate::backend::{Capabilities, FilterSupport, SchemaId};
 use crate::error::{BatchFailure, ConflictKind, DriverError, Error, Operation, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{CmpOp, Cond, ListRequest, ValidPatch};
@@ -1083,41 +1082,9 @@ impl ScyllaBackend {
     }
 }
 
-#[async_trait]
-impl Backend for ScyllaBackend {
-    fn store(&self) -> Store {
-        ScyllaBackend::store(self)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        ScyllaBackend::capabilities(self)
-    }
-
-    async fn call(
-        &self,
-        schema: &'static EntitySchema,
-        request: crate::backend::Request<'_>,
-    ) -> Result<crate::backend::Response> {
-        crate::backend::dispatch!(self, schema, request, {
-            Request::ListPage { cond, limit, state } => self
-                .list_page(schema, cond, limit, state)
-                .await
-                .map(|(r, next)| Response::Page(r, next)),
-        })
-    }
-}
-
-#[async_trait]
-impl crate::backend::Probe for ScyllaBackend {
-    async fn ping(&self) -> Result<()> {
-        ScyllaBackend::ping(self).await
-    }
-
-    fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
-        None
-    }
-
-    fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
-        None
-    }
-}
+crate::backend::seam!(ScyllaBackend, unpooled, |this, schema, request| {
+    Request::ListPage { cond, limit, state } => this
+        .list_page(schema, cond, limit, state)
+        .await
+        .map(|(r, next)| Response::Page(r, next)),
+});

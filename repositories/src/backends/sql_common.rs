@@ -40,42 +40,14 @@ macro_rules! sqlx_stored_version {
 /// `Probe`.
 macro_rules! sqlx_backend {
     ($ty:ty, $store:expr, $dialect:expr, { $($own:tt)* }) => {
-        #[async_trait]
-        impl Backend for $ty {
-            fn store(&self) -> Store {
-                $store
-            }
-
-            fn capabilities(&self) -> Capabilities {
-                <$ty>::capabilities(self)
-            }
-
-            async fn call(
-                &self,
-                schema: &'static EntitySchema,
-                request: crate::backend::Request<'_>,
-            ) -> Result<crate::backend::Response> {
-                crate::backend::dispatch!(self, schema, request, {})
-            }
-        }
-
-        #[async_trait]
-        impl crate::backend::Probe for $ty {
-            async fn ping(&self) -> Result<()> {
-                <$ty>::ping(self).await
-            }
-
-            fn pool_stats(&self) -> Option<crate::backend::PoolStats> {
-                <$ty>::pool_stats(self)
-            }
-
-            fn breaker_state(&self) -> Option<crate::backend::BreakerState> {
-                None
-            }
-        }
+        crate::backend::seam!($ty, pooled, |this, schema, request| {});
 
         impl $ty {
         $($own)*
+
+        pub(crate) fn store(&self) -> Store {
+            $store
+        }
 
         /// A round trip on an idle pooled connection when there is one;
         /// else one new connection, made and closed here, so a health

@@ -9,13 +9,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate};
 use dl_models::{EntitySchema, FieldType, Record, Value};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 
-use crate::backend::{Backend, Capabilities, SchemaId, check_columns, check_unique_indexes};
+use crate::backend::{Capabilities, SchemaId, check_columns, check_unique_indexes};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{Cond, ListRequest, ValidPatch};
 use crate::sql::{Bound, Dialect, SqlWriter, Statements, columns, ident, statements};
