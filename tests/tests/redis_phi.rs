@@ -72,6 +72,23 @@ fn monitor_args(line: &str) -> Vec<String> {
     args
 }
 
+/// The `redis-cli monitor` process, stopped when dropped: a failing test
+/// must not leave a MONITOR client behind (it slows every later command).
+struct Monitor(std::process::Child);
+
+impl Monitor {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phi_never_reaches_redis_key_names() {
     let spaces = RedisNamespaces::new("phikeys").await;
@@ -81,12 +98,14 @@ async fn phi_never_reaches_redis_key_names() {
 
     // MONITOR, in a process of its own, until the writes are done.
     let out = tempfile::NamedTempFile::new().expect("temp file");
-    let mut monitor = Command::new("redis-cli")
-        .args(["-u", redis_url().expose(), "monitor"])
-        .stdout(Stdio::from(out.reopen().expect("reopen")))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-cli monitor (Debian's redis-tools)");
+    let mut monitor = Monitor(
+        Command::new("redis-cli")
+            .args(["-u", redis_url().expose(), "monitor"])
+            .stdout(Stdio::from(out.reopen().expect("reopen")))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli monitor (Debian's redis-tools)"),
+    );
     let started = Instant::now();
     loop {
         let mut text = String::new();
@@ -232,8 +251,7 @@ async fn phi_never_reaches_redis_key_names() {
     dl_tests::canary::assert_no_canary("redis key names and hash fields", &names, &refs);
 
     // What MONITOR saw: a canary only inside a JSON value.
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    monitor.stop();
     let mut seen = String::new();
     out.reopen()
         .expect("reopen")
