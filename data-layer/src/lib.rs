@@ -186,19 +186,23 @@ impl DataLayer {
             }
         };
         let relational = guarded(relational, &settings);
-        let others = connect_others(&settings)
+        // One set of keys: cursors, and Redis's PHI index tokens when a key
+        // is configured (a random key would lose every index entry at the
+        // next start, so Redis gets none then, and refuses PHI indexes).
+        let configured = settings.privacy.privacy().map(Arc::new);
+        let others = connect_others(&settings, configured.as_ref())
             .await?
             .into_iter()
             .map(|b| guarded(b, &settings))
             .collect();
-        let privacy = Arc::new(settings.privacy.privacy().unwrap_or_else(|| {
+        let privacy = configured.unwrap_or_else(|| {
             tracing::warn!(
                 "privacy.key is not set: cursors are sealed with a random key of this process \
                  (a cursor from another instance or an earlier run is refused); set \
                  DL_PRIVACY__KEY for a service with more than one instance"
             );
-            dl_privacy::Privacy::ephemeral()
-        }));
+            Arc::new(dl_privacy::Privacy::ephemeral())
+        });
         Ok(DataLayer {
             settings: Arc::new(settings),
             relational,
@@ -316,7 +320,10 @@ impl DataLayer {
 struct ReadmeDoctests;
 
 /// Opens the optional stores the settings name (MongoDB, Redis, ScyllaDB).
-async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, SetupError> {
+async fn connect_others(
+    settings: &Settings,
+    privacy: Option<&Arc<dl_privacy::Privacy>>,
+) -> Result<Vec<Arc<dyn Backend>>, SetupError> {
     #[cfg(feature = "mongodb")]
     use dl_repositories::backends::mongo::MongoBackend;
     #[cfg(feature = "redis")]
@@ -380,10 +387,8 @@ async fn connect_others(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>, Se
             settings.redis.request_timeout,
         )
         .map_err(|e| connect_err(Store::Redis, e.to_string(), None))?;
-        // PHI index keys are keyed tokens: only under a configured key (a
-        // random one would lose every index entry at the next start).
-        let backend = match settings.privacy.privacy() {
-            Some(p) => backend.with_privacy(Arc::new(p)),
+        let backend = match privacy {
+            Some(p) => backend.with_privacy(Arc::clone(p)),
             None => backend,
         };
         out.push(Arc::new(backend));

@@ -629,62 +629,46 @@ impl RedisBackend {
             ..Sweep::default()
         };
         for key in keys {
-            if key == order || key.starts_with(&index_prefix) {
-                done.keys += 1;
-                let mut at: u64 = 0;
-                loop {
-                    let (n, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
-                        .arg(&key)
-                        .arg(at)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| self.err(schema, op, e))?;
-                    // ZSCAN answers member, score pairs.
-                    let members: Vec<&String> = page.iter().step_by(2).collect();
-                    if !members.is_empty() {
-                        let gone: usize = sweep_set
-                            .key(&key)
-                            .arg(&record_prefix)
-                            .arg(members)
-                            .invoke_async(&mut conn)
-                            .await
-                            .map_err(|e| self.err(schema, op, e))?;
-                        done.removed += gone;
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                    at = n;
-                }
+            // An index set or the key order: its members, from ZSCAN's
+            // member/score pairs. A claims hash: HSCAN's token/owner pairs
+            // as they come.
+            let (scan, script, pairs) = if key == order || key.starts_with(&index_prefix) {
+                ("ZSCAN", &sweep_set, false)
             } else if key.starts_with(&claims_prefix) {
-                done.keys += 1;
-                let mut at: u64 = 0;
-                loop {
-                    let (n, page): (u64, Vec<String>) = redis::cmd("HSCAN")
-                        .arg(&key)
-                        .arg(at)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn)
+                ("HSCAN", &sweep_claims, true)
+            } else {
+                continue;
+            };
+            done.keys += 1;
+            let mut at: u64 = 0;
+            loop {
+                let (n, page): (u64, Vec<String>) = redis::cmd(scan)
+                    .arg(&key)
+                    .arg(at)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.err(schema, op, e))?;
+                let args: Vec<&String> = if pairs {
+                    page.iter().collect()
+                } else {
+                    page.iter().step_by(2).collect()
+                };
+                if !args.is_empty() {
+                    let gone: usize = script
+                        .key(&key)
+                        .arg(&record_prefix)
+                        .arg(args)
+                        .invoke_async(&mut conn)
                         .await
                         .map_err(|e| self.err(schema, op, e))?;
-                    if !page.is_empty() {
-                        let gone: usize = sweep_claims
-                            .key(&key)
-                            .arg(&record_prefix)
-                            .arg(&page)
-                            .invoke_async(&mut conn)
-                            .await
-                            .map_err(|e| self.err(schema, op, e))?;
-                        done.removed += gone;
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                    at = n;
+                    done.removed += gone;
                 }
+                if n == 0 {
+                    break;
+                }
+                at = n;
             }
         }
         Ok(done)
