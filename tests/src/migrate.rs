@@ -52,10 +52,42 @@ pub type Steal = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
 /// A runner whose `run` waits for a signal before running the script: a
 /// slow script without a clock, so the test decides when the lease is
 /// lost.
-struct Gated {
+pub struct Gated {
     inner: Arc<dyn Target>,
     gate: tokio::sync::watch::Receiver<bool>,
     started: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Gated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gated")
+            .field("store", &self.inner.store())
+            .field("open", &*self.gate.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a [`Gated`] runner's gate (its scripts run).
+pub type Gate = tokio::sync::watch::Sender<bool>;
+/// Says when a [`Gated`] runner has reached a script.
+pub type Started = tokio::sync::watch::Receiver<bool>;
+
+impl Gated {
+    /// `inner`, its scripts held until the gate opens.
+    #[must_use]
+    pub fn new(inner: Arc<dyn Target>) -> (Arc<Self>, Gate, Started) {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let (started, running) = tokio::sync::watch::channel(false);
+        (
+            Arc::new(Gated {
+                inner,
+                gate,
+                started,
+            }),
+            open,
+            running,
+        )
+    }
 }
 
 #[async_trait::async_trait]
@@ -465,15 +497,8 @@ pub async fn run_suite(
     //    first statement, by a signal, not a clock) none of its effects.
     {
         let ns = ns("fenced");
-        let inner = make(ns.clone()).await;
         write(dir.path(), &dialect, &[1]);
-        let (open, gate) = tokio::sync::watch::channel(false);
-        let (started, mut running) = tokio::sync::watch::channel(false);
-        let gated = Arc::new(Gated {
-            inner,
-            gate,
-            started,
-        });
+        let (gated, open, mut running) = Gated::new(make(ns.clone()).await);
         let migrations = load(dir.path(), store);
         let task = {
             let (gated, migrations, o) = (Arc::clone(&gated), migrations.clone(), o.clone());

@@ -38,6 +38,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Trips {
     count: AtomicU64,
+    /// Request chunks written to the store.
+    forwarded: AtomicU64,
 }
 
 /// A running proxy; dropped, it stops.
@@ -96,7 +98,7 @@ impl FaultProxy {
                         cr,
                         sw,
                         Arc::clone(&conn_shared),
-                        Side::Request(Arc::clone(&asked)),
+                        Side::Request(Arc::clone(&asked), Arc::clone(&trips)),
                     );
                     let down = pump(sr, cw, conn_shared, Side::Reply(asked, trips));
                     let _ = tokio::join!(up, down);
@@ -122,6 +124,14 @@ impl FaultProxy {
     #[must_use]
     pub fn round_trips(&self) -> u64 {
         self.trips.count.load(Ordering::SeqCst)
+    }
+
+    /// Request chunks the proxy has written to the store so far (what a
+    /// test waits on to know a request reached the store, whatever the
+    /// clock says).
+    #[must_use]
+    pub fn forwarded(&self) -> u64 {
+        self.trips.forwarded.load(Ordering::SeqCst)
     }
 
     /// Starts counting round trips from zero.
@@ -157,7 +167,7 @@ impl FaultProxy {
 
 /// Which way a pump carries bytes, for counting round trips.
 enum Side {
-    Request(Arc<AtomicBool>),
+    Request(Arc<AtomicBool>, Arc<Trips>),
     Reply(Arc<AtomicBool>, Arc<Trips>),
 }
 
@@ -189,7 +199,7 @@ async fn pump(
             }
         }
         match &side {
-            Side::Request(asked) => asked.store(true, Ordering::SeqCst),
+            Side::Request(asked, _) => asked.store(true, Ordering::SeqCst),
             Side::Reply(asked, trips) => {
                 if asked.swap(false, Ordering::SeqCst) {
                     trips.count.fetch_add(1, Ordering::SeqCst);
@@ -198,6 +208,9 @@ async fn pump(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+        if let Side::Request(_, trips) = &side {
+            trips.forwarded.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

@@ -985,6 +985,7 @@ async fn lost_answer_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProx
                 }
                 proxy.set(Fault::DropReplies);
             }
+            let sent_before = proxy.forwarded();
             let result = match op {
                 "insert" => repo.insert(&s).await,
                 "insert_many" => repo.insert_many(std::slice::from_ref(&s)).await,
@@ -1011,6 +1012,15 @@ async fn lost_answer_scenario(name: &str, guard: Arc<Guarded>, proxy: &FaultProx
                 assert_eq!(held(&repo, &key).await, once, "{name} {op}");
                 continue;
             }
+            // The call gave up at its deadline; on a loaded machine the
+            // proxy may not have passed the request on yet: wait (bounded)
+            // until it has, so the store gets what the client sent.
+            until(
+                "the request reaches the store",
+                Duration::from_secs(30),
+                async || proxy.forwarded() > sent_before,
+            )
+            .await;
             proxy.set(Fault::Pass);
             proxy.reset();
             let e = result.expect_err("the answer was dropped");
