@@ -930,11 +930,24 @@ async fn redis_update_by_patch_is_one_round_trip() {
 
 /// What the store holds for one key after a write whose answer was lost:
 /// absent, or present at a version with a label.
+/// Waits (bounded, generously) while the client reconnects after the
+/// proxy cut its connections: a transient fault or an open breaker is
+/// tried again; any other error fails the test.
 async fn held(repo: &Repo<Specimen>, key: &str) -> Option<(i64, String)> {
-    repo.get(&key.to_owned())
-        .await
-        .expect("read after the fault")
-        .map(|s| (s.version, s.label))
+    let started = Instant::now();
+    loop {
+        match repo.get(&key.to_owned()).await {
+            Ok(found) => return found.map(|s| (s.version, s.label)),
+            Err(e) if e.is_retryable() || matches!(e, Error::CircuitOpen { .. }) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the store did not answer again within 60 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("read after the fault: {e}"),
+        }
+    }
 }
 
 /// Every write, its answer dropped by the proxy after the store got the
