@@ -74,13 +74,104 @@ fn monitor_args(line: &str) -> Vec<String> {
 
 /// The `redis-cli monitor` process, stopped when dropped: a failing test
 /// must not leave a MONITOR client behind (it slows every later command).
-struct Monitor(std::process::Child);
+struct Monitor(std::process::Child, tempfile::NamedTempFile);
 
 impl Monitor {
+    /// Starts `redis-cli monitor` and waits (bounded) until it watches.
+    async fn start() -> Monitor {
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let monitor = Monitor(
+            Command::new("redis-cli")
+                .args(["-u", redis_url().expose(), "monitor"])
+                .stdout(Stdio::from(out.reopen().expect("reopen")))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-cli monitor (Debian's redis-tools)"),
+            out,
+        );
+        let started = Instant::now();
+        loop {
+            if monitor.seen().contains("OK") {
+                return monitor;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "redis-cli monitor did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What it printed so far.
+    fn seen(&self) -> String {
+        let mut text = String::new();
+        let _ = self.1.reopen().expect("reopen").read_to_string(&mut text);
+        text
+    }
+
+    /// Stops it and answers everything it printed.
+    fn finish(&mut self) -> String {
+        self.stop();
+        self.seen()
+    }
+
     fn stop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The keys a command run by a script names (the commands the backend's
+/// scripts use; any other fails the test until it is taught here).
+fn command_keys(args: &[String]) -> Vec<String> {
+    let Some(cmd) = args.first() else {
+        return Vec::new();
+    };
+    match cmd.to_ascii_uppercase().as_str() {
+        "EXISTS" | "DEL" | "MGET" | "UNLINK" => args[1..].to_vec(),
+        "GET" | "SET" | "ZADD" | "ZREM" | "HGET" | "HSET" | "HDEL" | "PEXPIRE" | "ZRANGE"
+        | "ZRANGEBYLEX" | "ZSCORE" | "ZCARD" | "HLEN" | "TYPE" => args[1..2].to_vec(),
+        other => panic!("a script ran {other}: teach command_keys where its keys are"),
+    }
+}
+
+/// Every command a script ran on the namespace (`[db lua]` lines of
+/// `MONITOR`, which follow their `EVALSHA`/`EVAL` at once: a script runs
+/// atomically) names only keys that the call passed in `KEYS`, as Redis
+/// Cluster and ACL rules require. Answers how many such commands it checked.
+fn assert_scripts_declare_their_keys(seen: &str, ns: &str) -> usize {
+    let mut declared: Option<Vec<String>> = None;
+    let mut checked = 0;
+    for line in seen.lines() {
+        let args = monitor_args(line);
+        if line.contains(" lua]") {
+            let keys = command_keys(&args);
+            let Some(declared) = &declared else {
+                continue;
+            };
+            if !keys.iter().chain(declared.iter()).any(|k| k.contains(ns)) {
+                continue;
+            }
+            for k in &keys {
+                assert!(
+                    declared.contains(k),
+                    "a script touched {k:.120} without it in KEYS ({:.60}; KEYS: {:.300})",
+                    args.join(" "),
+                    declared.join(" ")
+                );
+            }
+            checked += 1;
+        } else {
+            declared = match args.first().map(|a| a.to_ascii_uppercase()) {
+                Some(c) if c == "EVALSHA" || c == "EVAL" => {
+                    let n: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+                    Some(args.iter().skip(3).take(n).cloned().collect())
+                }
+                _ => None,
+            };
+        }
+    }
+    checked
 }
 
 impl Drop for Monitor {
@@ -97,28 +188,7 @@ async fn phi_never_reaches_redis_key_names() {
     let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool).expect("redis");
 
     // MONITOR, in a process of its own, until the writes are done.
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let mut monitor = Monitor(
-        Command::new("redis-cli")
-            .args(["-u", redis_url().expose(), "monitor"])
-            .stdout(Stdio::from(out.reopen().expect("reopen")))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-cli monitor (Debian's redis-tools)"),
-    );
-    let started = Instant::now();
-    loop {
-        let mut text = String::new();
-        let _ = out.reopen().expect("reopen").read_to_string(&mut text);
-        if text.contains("OK") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "redis-cli monitor did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut monitor = Monitor::start().await;
 
     let backend: Arc<dyn Backend> = Arc::new(
         RedisBackend::new(conn.clone(), &ns, pool.request_timeout)
@@ -202,6 +272,43 @@ async fn phi_never_reaches_redis_key_names() {
         ),
         "{e:?}"
     );
+    // A unique conflict by patch and by insert_many: a claim owner's
+    // record is checked (and declared first).
+    let e = repo
+        .update(&p1.id, &Patch::new().set("mrn", p3.mrn.as_str()))
+        .await
+        .expect_err("a taken mrn by patch");
+    assert!(
+        matches!(
+            &e,
+            Error::Conflict {
+                kind: ConflictKind::Unique { field: Some("mrn") },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = repo
+        .insert_many(&[dup.clone()])
+        .await
+        .expect_err("a taken mrn by insert_many");
+    assert!(
+        matches!(
+            &e,
+            Error::Conflict {
+                kind: ConflictKind::Unique { field: Some("mrn") },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // An indexed PHI field moved by patch to a free value.
+    let (free, _) = patient("g");
+    canaries.push(free.mrn.clone());
+    repo.update(&p1.id, &Patch::new().set("mrn", free.mrn.as_str()))
+        .await
+        .expect("update")
+        .expect("present");
     assert!(repo.delete(&p2.id).await.expect("delete"));
     let left = repo
         .list(&Query::new().filter(Filter::eq("mrn", new_mrn.as_str())))
@@ -251,12 +358,12 @@ async fn phi_never_reaches_redis_key_names() {
     dl_tests::canary::assert_no_canary("redis key names and hash fields", &names, &refs);
 
     // What MONITOR saw: a canary only inside a JSON value.
-    monitor.stop();
-    let mut seen = String::new();
-    out.reopen()
-        .expect("reopen")
-        .read_to_string(&mut seen)
-        .expect("read the monitor output");
+    let seen = monitor.finish();
+    let script_commands = assert_scripts_declare_their_keys(&seen, &ns);
+    assert!(
+        script_commands > 20,
+        "the scripts' commands were seen ({script_commands})"
+    );
     let mut lines = 0;
     let mut values_with_phi = 0;
     for line in seen.lines().filter(|l| l.contains(&ns)) {
@@ -276,7 +383,7 @@ async fn phi_never_reaches_redis_key_names() {
     assert!(lines > 10, "MONITOR saw the session ({lines} lines)");
     spaces.drop_all().await;
     eprintln!(
-        "redis-phi: {} keys scanned, {lines} MONITOR lines read, {values_with_phi} stored values hold PHI (as values), no canary in any key name, claim or other argument",
+        "redis-phi: {} keys scanned, {lines} MONITOR lines read, {values_with_phi} stored values hold PHI (as values), no canary in any key name, claim or other argument; {script_commands} commands run by scripts, each on keys passed in KEYS",
         keys.len()
     );
 }
@@ -422,6 +529,7 @@ async fn expired_records_are_swept_from_indexes_and_claims() {
     .expect("open");
     live_repo.insert(&live).await.expect("a live record");
 
+    let mut monitor = Monitor::start().await;
     let mut cursor = 0;
     let mut removed = 0;
     let mut calls = 0;
@@ -438,6 +546,11 @@ async fn expired_records_are_swept_from_indexes_and_claims() {
             break;
         }
     }
+    let script_commands = assert_scripts_declare_their_keys(&monitor.finish(), &ns);
+    assert!(
+        script_commands >= 15,
+        "the sweep scripts' commands were seen ({script_commands})"
+    );
     assert_eq!(removed, 15, "every entry of the expired records");
     assert_eq!(
         entries(conn.clone()).await,
@@ -492,7 +605,13 @@ async fn keyspaces_from_before_tokens_are_refused_then_rekeyed() {
         "{e}"
     );
     let schema = <Patient as dl_models::Entity>::schema();
+    let mut monitor = Monitor::start().await;
     assert_eq!(new.rekey_phi_entries(schema).await.expect("rekey"), 3);
+    let script_commands = assert_scripts_declare_their_keys(&monitor.finish(), &ns);
+    assert!(
+        script_commands > 3,
+        "the re-keying scripts' commands were seen ({script_commands})"
+    );
     let repo = Repo::<Patient>::open(Arc::clone(&new) as Arc<dyn Backend>)
         .await
         .expect("opens after re-keying");

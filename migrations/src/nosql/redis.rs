@@ -171,8 +171,13 @@ impl Target for RedisTarget {
         after: &AfterRun,
         owner: &str,
     ) -> Result<(), MigrationError> {
+        // A migration script walks a whole keyspace (SCAN), so it cannot
+        // name its keys in KEYS as the backend's scripts do: it says
+        // `no-cluster`, and a Redis Cluster refuses it outright instead of
+        // running it on one node's part of the data.
         let wrapped = format!(
-            "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return redis.error_reply('DLLEASE lost') end\n\
+            "#!lua flags=no-cluster\n\
+             if redis.call('GET', KEYS[1]) ~= ARGV[2] then return redis.error_reply('DLLEASE lost') end\n\
              local function dl_script()\n{}\nend\n\
              local r = dl_script()\n\
              if ARGV[3] == 'record' then redis.call('HSET', KEYS[2], ARGV[4], ARGV[5]) \
@@ -210,8 +215,8 @@ impl Target for RedisTarget {
                 store: StoreKind::Redis,
                 path: script.path.clone(),
                 statement: 1,
-                // The script starts on the wrapper's third line.
-                line: lua_line(&message).map(|l| l.saturating_sub(2)),
+                // The script starts on the wrapper's fourth line.
+                line: lua_line(&message).map(|l| l.saturating_sub(3)),
                 message,
             });
         }

@@ -23,8 +23,18 @@
 //! one read (optimistic compare-and-set on the record itself, retried).
 //! `insert_many` is one all-or-nothing script; `get_many` one `MGET`.
 //! Filters: `eq` and `in` on the key and on `#[indexed]` fields (set
-//! operations); anything else is `Unsupported`. No `KEYS` anywhere.
-//! Single-node Redis (scripts touch keys they compute; not for Cluster).
+//! operations); anything else is `Unsupported`. No `KEYS` command anywhere.
+//!
+//! Every key a script touches is passed in its `KEYS` (as Redis Cluster
+//! and ACL rules require): the keys the client computes go there up front;
+//! the ones a script finds in stored data (the index entries a record
+//! owns, the record of a unique claim's owner) it asks for before writing
+//! anything (`{'keys', ...}`), and the client calls again with them
+//! declared. An update that moves an indexed field and a delete of a record
+//! with index entries are therefore two calls; the common update and every
+//! insert are one. An entity's keys do not yet share one hash slot, so
+//! Redis Cluster is not served: single-node Redis (or a primary/replica
+//! set).
 //!
 //! Keyspaces written before: `migrations/redis/` converts them
 //! (`data-layer migrate up --store redis`); until then the backend answers
@@ -44,105 +54,218 @@ use crate::versions::{bumped, check_expected, patched, version_of};
 /// How many times a compare-and-set write re-reads after a concurrent write.
 const CAS_ATTEMPTS: usize = 64;
 
+/// How many times a script is called again with the keys it found in
+/// stored data and asked to have declared (`{'keys', ...}`): once is the
+/// usual; more only when concurrent writes keep moving what it owns.
+const KEY_ROUNDS: usize = 8;
+
+/// The keys a script asked for (`{'keys', k...}`), when that is its answer.
+fn asked_keys(reply: &redis::Value) -> Option<Vec<String>> {
+    let redis::Value::Array(items) = reply else {
+        return None;
+    };
+    match items.first() {
+        Some(redis::Value::BulkString(tag)) if tag.as_slice() == b"keys" => Some(
+            items[1..]
+                .iter()
+                .filter_map(|k| match k {
+                    redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The index keys and claims hashes a stored value says its record owns
+/// (its first two lines), to declare them to a script that will move them.
+fn owned_keys(stored: &str) -> Vec<String> {
+    let mut lines = stored.splitn(3, '\n');
+    let ix: Vec<String> = lines
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    let claims: Vec<(String, String, String)> = lines
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    ix.into_iter()
+        .chain(claims.into_iter().map(|(hash, _, _)| hash))
+        .collect()
+}
+
+/// The start of every script that can touch a key it finds in stored data
+/// (the index entries a record owns, the record of a claim's owner):
+/// `want(k)` notes such a key when the call did not pass it in `KEYS`, and
+/// `missing()` answers the ones noted (`{'keys', k...}`) before anything
+/// is written, so the client calls again with them declared. No script
+/// touches a key it was not given in `KEYS` (Redis Cluster routes a script
+/// by them, and ACL rules are written against them).
+macro_rules! declared_keys {
+    () => {
+        r#"
+local dl_declared, dl_missing = nil, {}
+local function want(k)
+  if not dl_declared then
+    dl_declared = {}
+    for i = 1, #KEYS do dl_declared[KEYS[i]] = true end
+  end
+  if not dl_declared[k] then
+    dl_declared[k] = true
+    dl_missing[#dl_missing + 1] = k
+  end
+end
+local function missing()
+  if #dl_missing == 0 then return nil end
+  local r = {'keys'}
+  for i, k in ipairs(dl_missing) do r[i + 1] = k end
+  return r
+end
+"#
+    };
+}
+
 /// A write of a whole record (replace, upsert, and updates the patch
 /// script cannot do): only if the stored value is still the one read (the
 /// record itself is the compare-and-set token: equal text, equal record,
-/// equal index entries). KEYS: record, key order. ARGV: expected stored
+/// equal index entries). KEYS: record, key order, then every index key and
+/// claims hash of the new record and of the stored one (the client reads
+/// the stored one's from the text it expects). ARGV: expected stored
 /// value ('' when read as absent), must exist, new stored value, index
 /// keys JSON, claims JSON, member, record key prefix, TTL ms.
-const WRITE: &str = r#"
+const WRITE: &str = concat!(
+    declared_keys!(),
+    r#"
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[1] then return {'retry'} end
 if ARGV[2] == '1' and not cur then return {'missing'} end
+local ix = cjson.decode(ARGV[4])
 local claims = cjson.decode(ARGV[5])
-for _, c in ipairs(claims) do
-  local owner = redis.call('HGET', c[1], c[2])
-  if owner and owner ~= ARGV[6] and redis.call('EXISTS', ARGV[7] .. owner) == 1 then
-    return {'unique', c[3]}
-  end
-end
+local old_ix, old_claims = {}, {}
 if cur then
   local a = string.find(cur, '\n', 1, true)
   local b = a and string.find(cur, '\n', a + 1, true)
   if not b then return {'layout'} end
-  for _, k in ipairs(cjson.decode(string.sub(cur, 1, a - 1))) do redis.call('ZREM', k, ARGV[6]) end
-  for _, c in ipairs(cjson.decode(string.sub(cur, a + 1, b - 1))) do
-    if redis.call('HGET', c[1], c[2]) == ARGV[6] then redis.call('HDEL', c[1], c[2]) end
+  old_ix = cjson.decode(string.sub(cur, 1, a - 1))
+  old_claims = cjson.decode(string.sub(cur, a + 1, b - 1))
+end
+for _, k in ipairs(ix) do want(k) end
+for _, c in ipairs(claims) do want(c[1]) end
+for _, k in ipairs(old_ix) do want(k) end
+for _, c in ipairs(old_claims) do want(c[1]) end
+local m = missing()
+if m then return m end
+local owners = {}
+for i, c in ipairs(claims) do
+  local owner = redis.call('HGET', c[1], c[2])
+  if owner and owner ~= ARGV[6] then
+    owners[i] = ARGV[7] .. owner
+    want(owners[i])
   end
 end
-for _, k in ipairs(cjson.decode(ARGV[4])) do redis.call('ZADD', k, 0, ARGV[6]) end
+m = missing()
+if m then return m end
+for i, c in ipairs(claims) do
+  if owners[i] and redis.call('EXISTS', owners[i]) == 1 then return {'unique', c[3]} end
+end
+for _, k in ipairs(old_ix) do redis.call('ZREM', k, ARGV[6]) end
+for _, c in ipairs(old_claims) do
+  if redis.call('HGET', c[1], c[2]) == ARGV[6] then redis.call('HDEL', c[1], c[2]) end
+end
+for _, k in ipairs(ix) do redis.call('ZADD', k, 0, ARGV[6]) end
 for _, c in ipairs(claims) do redis.call('HSET', c[1], c[2], ARGV[6]) end
 redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
 if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
 redis.call('ZADD', KEYS[2], 0, ARGV[6])
 return {'ok'}
-"#;
+"#
+);
 
-/// A single insert. The index keys and unique claims come as arguments
-/// (and in the stored value, for later writes), so the script decodes
-/// nothing. KEYS: record, key order. ARGV: stored value, member, record
-/// key prefix, TTL ms, number of index keys, the index keys, number of
-/// claims, per claim: hash, token, field.
-const INSERT: &str = r#"
+/// A single insert. The index keys and claims hashes come in `KEYS` (and
+/// in the stored value, for later writes), so the script decodes nothing.
+/// KEYS: record, key order, the index keys, the claims hashes (then the
+/// records of claim owners, when the script asked for them). ARGV: stored
+/// value, member, record key prefix, TTL ms, number of index keys, number
+/// of claims, per claim: token, field.
+const INSERT: &str = concat!(
+    declared_keys!(),
+    r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
 local nix = tonumber(ARGV[5])
-local nc = tonumber(ARGV[6 + nix])
-local c0 = 7 + nix
+local nc = tonumber(ARGV[6])
+local c0 = 3 + nix
+local owners = {}
 for j = 0, nc - 1 do
-  local a = c0 + j * 3
-  local owner = redis.call('HGET', ARGV[a], ARGV[a + 1])
-  if owner and owner ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
-    return {'unique', ARGV[a + 2]}
+  local owner = redis.call('HGET', KEYS[c0 + j], ARGV[7 + 2 * j])
+  if owner and owner ~= ARGV[2] then
+    owners[j] = ARGV[3] .. owner
+    want(owners[j])
   end
 end
-for j = 6, 5 + nix do redis.call('ZADD', ARGV[j], 0, ARGV[2]) end
+local m = missing()
+if m then return m end
 for j = 0, nc - 1 do
-  local a = c0 + j * 3
-  redis.call('HSET', ARGV[a], ARGV[a + 1], ARGV[2])
+  if owners[j] and redis.call('EXISTS', owners[j]) == 1 then return {'unique', ARGV[8 + 2 * j]} end
 end
+for j = 3, 2 + nix do redis.call('ZADD', KEYS[j], 0, ARGV[2]) end
+for j = 0, nc - 1 do redis.call('HSET', KEYS[c0 + j], ARGV[7 + 2 * j], ARGV[2]) end
 redis.call('SET', KEYS[1], ARGV[1])
 if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
 return {'ok'}
-"#;
+"#
+);
 
 /// All or nothing: every check first, then the writes. Calls into Redis
 /// are what a script pays for, so keys are checked with one `EXISTS` per
 /// 500 and index entries are added with one `ZADD` per index key (and per
-/// 500 members), not one per entity.
-/// KEYS: key order. ARGV: record key prefix, TTL ms, the items as JSON
-/// (`[member, stored value, index keys JSON, claims JSON]` each).
-const INSERT_MANY: &str = r#"
+/// 500 members), not one per entity. Every key is named by its place in
+/// `KEYS`: KEYS: key order, the record of each item in order, then each
+/// index key and claims hash once (then the records of claim owners, when
+/// the script asked for them). ARGV: record key prefix, TTL ms, the items
+/// as JSON (`[member, stored value, [index key places], [[claims hash
+/// place, token, field]...]]` each).
+const INSERT_MANY: &str = concat!(
+    declared_keys!(),
+    r#"
 local items = cjson.decode(ARGV[3])
 local n = #items
 for s = 1, n, 500 do
   local ks = {}
-  for i = s, math.min(s + 499, n) do ks[#ks + 1] = ARGV[1] .. items[i][1] end
+  for i = s, math.min(s + 499, n) do ks[#ks + 1] = KEYS[1 + i] end
   if redis.call('EXISTS', unpack(ks)) > 0 then return {'dup'} end
 end
-local claims = {}
-local claimed = {}
-for i, it in ipairs(items) do
-  claims[i] = cjson.decode(it[4])
-  for _, c in ipairs(claims[i]) do
+local claimed, owners = {}, {}
+for _, it in ipairs(items) do
+  for _, c in ipairs(it[4]) do
     local slot = c[1] .. '\0' .. c[2]
     if claimed[slot] then return {'unique', c[3]} end
     claimed[slot] = true
-    local owner = redis.call('HGET', c[1], c[2])
-    if owner and redis.call('EXISTS', ARGV[1] .. owner) == 1 then return {'unique', c[3]} end
+    local owner = redis.call('HGET', KEYS[c[1]], c[2])
+    if owner then
+      local ok = ARGV[1] .. owner
+      want(ok)
+      owners[#owners + 1] = {ok, c[3]}
+    end
   end
+end
+local m = missing()
+if m then return m end
+for _, o in ipairs(owners) do
+  if redis.call('EXISTS', o[1]) == 1 then return {'unique', o[2]} end
 end
 local groups, order = {}, {}
 local everyone = {}
 for i, it in ipairs(items) do
-  local rk = ARGV[1] .. it[1]
-  for _, k in ipairs(cjson.decode(it[3])) do
-    local g = groups[k]
-    if not g then g = {}; groups[k] = g; order[#order + 1] = k end
+  local rk = KEYS[1 + i]
+  for _, p in ipairs(it[3]) do
+    local g = groups[p]
+    if not g then g = {}; groups[p] = g; order[#order + 1] = p end
     g[#g + 1] = 0
     g[#g + 1] = it[1]
   end
-  for _, c in ipairs(claims[i]) do redis.call('HSET', c[1], c[2], it[1]) end
+  for _, c in ipairs(it[4]) do redis.call('HSET', KEYS[c[1]], c[2], it[1]) end
   redis.call('SET', rk, it[2])
   if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', rk, ARGV[2]) end
   everyone[#everyone + 1] = 0
@@ -153,12 +276,15 @@ local function zadd(key, args)
     redis.call('ZADD', key, unpack(args, s, math.min(s + 999, #args)))
   end
 end
-for _, k in ipairs(order) do zadd(k, groups[k]) end
+for _, p in ipairs(order) do zadd(KEYS[p], groups[p]) end
 zadd(KEYS[1], everyone)
 return {'ok'}
-"#;
+"#
+);
 
-/// An update by patch in one script (one round trip). One pass over the
+/// An update by patch in one script (one round trip, or two when an
+/// indexed field moves: its old index key is found in the stored value,
+/// and is declared on the second call). One pass over the
 /// top level of the stored JSON finds where the patched fields' values
 /// (and the version's) start and end; the new record is the stored text
 /// with those spans replaced by the JSON the client encoded (fields the
@@ -168,11 +294,15 @@ return {'ok'}
 /// exactly, or a version it cannot bump as text, answers `fallback` (the
 /// client then reads, patches and compares-and-sets).
 ///
-/// KEYS: record. ARGV: member, record key prefix, TTL ms, version
+/// KEYS: record, then the new index keys and the claims hashes of the
+/// patched fields (then what the script asked for: old index keys, claim
+/// owners' records). ARGV: member, record key prefix, TTL ms, version
 /// field, expected version, number of sets; then per set: field, JSON
 /// text, index prefix, new index key (empty for null), unique claims hash,
 /// claim token.
-const PATCH: &str = r#"
+const PATCH: &str = concat!(
+    declared_keys!(),
+    r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
 local find, match, byte, sub = string.find, string.match, string.byte, string.sub
@@ -364,16 +494,47 @@ if ARGV[4] ~= '' and spans[ARGV[4]] then
     edits[#edits + 1] = {span[1], span[2], bumped}
   end
 end
+-- Every key the writes below touch, declared first: the patched fields'
+-- old and new index keys, their claims hashes, claim owners' records.
+local ix, u
+for s = 0, n - 1 do
+  local a = 7 + s * 6
+  local ipre, ikey, uh = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  if ipre ~= '' then
+    ix = ix or cjson.decode(sub(v, 1, n1 - 1))
+    for _, k in ipairs(ix) do
+      if sub(k, 1, #ipre) == ipre then want(k) end
+    end
+    if ikey ~= '' then want(ikey) end
+  end
+  if uh ~= '' then
+    u = u or cjson.decode(sub(v, n1 + 1, n2 - 1))
+    for _, c in ipairs(u) do
+      if c[3] == ARGV[a] then want(c[1]) end
+    end
+    want(uh)
+  end
+end
+local m = missing()
+if m then return m end
+local owners = {}
 for s = 0, n - 1 do
   local a = 7 + s * 6
   if ARGV[a + 4] ~= '' and ARGV[a + 3] ~= '' then
     local owner = redis.call('HGET', ARGV[a + 4], ARGV[a + 5])
-    if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
-      return {'unique', ARGV[a]}
+    if owner and owner ~= ARGV[1] then
+      owners[s] = ARGV[2] .. owner
+      want(owners[s])
     end
   end
 end
-local ix, u
+m = missing()
+if m then return m end
+for s = 0, n - 1 do
+  if owners[s] and redis.call('EXISTS', owners[s]) == 1 then
+    return {'unique', ARGV[7 + s * 6]}
+  end
+end
 for s = 0, n - 1 do
   local a = 7 + s * 6
   local name, text, ipre, ikey, uh, tok =
@@ -460,12 +621,16 @@ end
 redis.call('SET', KEYS[1], head .. out, 'KEEPTTL')
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {'ok', out}
-"#;
+"#
+);
 
-/// KEYS: record, key order. ARGV: member. A stored value this cannot
-/// split is still deleted (its index entries, if any, are skipped on read
-/// as pointing nowhere).
-const DELETE: &str = r#"
+/// KEYS: record, key order (then the index keys and claims hashes the
+/// record owns, when the script asked for them). ARGV: member. A stored
+/// value this cannot split is still deleted (its index entries, if any,
+/// are skipped on read as pointing nowhere).
+const DELETE: &str = concat!(
+    declared_keys!(),
+    r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -474,24 +639,32 @@ end
 local a = string.find(v, '\n', 1, true)
 local b = a and string.find(v, '\n', a + 1, true)
 if b then
-  for _, k in ipairs(cjson.decode(string.sub(v, 1, a - 1))) do redis.call('ZREM', k, ARGV[1]) end
-  for _, c in ipairs(cjson.decode(string.sub(v, a + 1, b - 1))) do
+  local ix = cjson.decode(string.sub(v, 1, a - 1))
+  local claims = cjson.decode(string.sub(v, a + 1, b - 1))
+  for _, k in ipairs(ix) do want(k) end
+  for _, c in ipairs(claims) do want(c[1]) end
+  local m = missing()
+  if m then return m end
+  for _, k in ipairs(ix) do redis.call('ZREM', k, ARGV[1]) end
+  for _, c in ipairs(claims) do
     if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
   end
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
-"#;
+"#
+);
 
 /// Removes, from one sorted set (an index entry set or the key order),
 /// the members whose record is gone (expired), atomically with the check,
-/// so a record written again meanwhile keeps its entry. KEYS: the set.
-/// ARGV: record key prefix, the members to check. Answers how many went.
+/// so a record written again meanwhile keeps its entry. KEYS: the set, then
+/// the record of each member. ARGV: the members to check. Answers how many
+/// went.
 const SWEEP_SET: &str = r#"
 local gone = 0
-for i = 2, #ARGV do
-  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
     gone = gone + redis.call('ZREM', KEYS[1], ARGV[i])
   end
 end
@@ -499,14 +672,14 @@ return gone
 "#;
 
 /// The same for one claims hash: a claim whose owner record is gone is
-/// removed (if it still names that owner). KEYS: the hash. ARGV: record key
-/// prefix, then value token and owner pairs.
+/// removed (if it still names that owner). KEYS: the hash, then the owner's
+/// record of each pair. ARGV: value token and owner pairs.
 const SWEEP_CLAIMS: &str = r#"
 local gone = 0
-for i = 2, #ARGV, 2 do
-  local owner = ARGV[i + 1]
-  if redis.call('HGET', KEYS[1], ARGV[i]) == owner and redis.call('EXISTS', ARGV[1] .. owner) == 0 then
-    gone = gone + redis.call('HDEL', KEYS[1], ARGV[i])
+for j = 1, #ARGV / 2 do
+  local token, owner = ARGV[2 * j - 1], ARGV[2 * j]
+  if redis.call('HGET', KEYS[1], token) == owner and redis.call('EXISTS', KEYS[j + 1]) == 0 then
+    gone = gone + redis.call('HDEL', KEYS[1], token)
   end
 end
 return gone
@@ -650,15 +823,24 @@ impl RedisBackend {
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| self.err(schema, op, e))?;
-                let args: Vec<&String> = if pairs {
-                    page.iter().collect()
+                // The members (or token/owner pairs), and the record each
+                // one names, declared in KEYS.
+                let (args, owners): (Vec<&String>, Vec<&String>) = if pairs {
+                    (
+                        page.iter().collect(),
+                        page.iter().skip(1).step_by(2).collect(),
+                    )
                 } else {
-                    page.iter().step_by(2).collect()
+                    let members: Vec<&String> = page.iter().step_by(2).collect();
+                    (members.clone(), members)
                 };
                 if !args.is_empty() {
-                    let gone: usize = script
-                        .key(&key)
-                        .arg(&record_prefix)
+                    let mut call = script.prepare_invoke();
+                    call.key(&key);
+                    for m in owners {
+                        call.key(format!("{record_prefix}{m}"));
+                    }
+                    let gone: usize = call
                         .arg(args)
                         .invoke_async(&mut conn)
                         .await
@@ -754,6 +936,44 @@ impl RedisBackend {
         self
     }
 
+    /// Runs a script, declaring again, with what it asked for, as long as
+    /// it answers that it needs keys it found in stored data (it wrote
+    /// nothing then). The answer is the script's first other reply.
+    async fn invoke_declaring(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        call: &mut redis::ScriptInvocation<'_>,
+    ) -> Result<redis::Value> {
+        let mut conn = self.conn.clone();
+        for _ in 0..KEY_ROUNDS {
+            let reply: redis::Value = call
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
+            match asked_keys(&reply) {
+                None => return Ok(reply),
+                Some(keys) if keys.is_empty() => {
+                    return Err(protocol(op, "a script asked for no keys"));
+                }
+                Some(keys) => {
+                    for k in keys {
+                        call.key(k);
+                    }
+                }
+            }
+        }
+        Err(Error::Backend {
+            store: Store::Redis,
+            operation: op,
+            message: format!(
+                "gave up after {KEY_ROUNDS} calls: concurrent writes kept moving the keys the write touches"
+            ),
+            retryable: true,
+            source: None,
+        })
+    }
+
     fn ttl_ms(&self, schema: &EntitySchema) -> u64 {
         self.ttl
             .get(schema.name)
@@ -812,12 +1032,16 @@ impl RedisBackend {
         let (ix, claims) = self.entries(schema, record);
         let ix_json = serde_json::to_string(&ix).unwrap_or_default();
         let claims_json = serde_json::to_string(&claims).unwrap_or_default();
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = self
-            .write
-            .key(self.record_key(schema, &member))
-            .key(self.keys_key(schema))
-            .arg(expected)
+        let mut call = self.write.prepare_invoke();
+        call.key(self.record_key(schema, &member))
+            .key(self.keys_key(schema));
+        for k in ix.iter().chain(claims.iter().map(|(hash, _, _)| hash)) {
+            call.key(k);
+        }
+        for k in owned_keys(expected) {
+            call.key(k);
+        }
+        call.arg(expected)
             .arg(if must_exist { "1" } else { "0" })
             .arg(stored_value(
                 &ix_json,
@@ -828,10 +1052,9 @@ impl RedisBackend {
             .arg(&claims_json)
             .arg(&member)
             .arg(self.record_prefix(schema))
-            .arg(self.ttl_ms(schema))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+            .arg(self.ttl_ms(schema));
+        let reply: Vec<String> =
+            self.script_reply(op, self.invoke_declaring(schema, op, &mut call).await?)?;
         Ok(match reply.first().map(String::as_str) {
             Some("ok") => Written::Ok,
             Some("retry") => Written::Retry,
@@ -885,6 +1108,12 @@ impl RedisBackend {
                     .transpose()
             })
             .collect()
+    }
+
+    /// A script's reply as strings.
+    fn script_reply(&self, op: Operation, reply: redis::Value) -> Result<Vec<String>> {
+        redis::FromRedisValue::from_redis_value(reply)
+            .map_err(|_| protocol(op, "unexpected reply from a script"))
     }
 
     fn unique_conflict(schema: &'static EntitySchema, field: &str) -> Error {
@@ -961,7 +1190,6 @@ impl RedisBackend {
     ) -> Result<Option<Option<Read>>> {
         let op = Operation::Update;
         let member = key_token(key);
-        let mut conn = self.conn.clone();
         let mut call = self.patch.prepare_invoke();
         call.key(self.record_key(schema, &member))
             .arg(&member)
@@ -979,26 +1207,26 @@ impl RedisBackend {
             let f = &schema.fields[*i];
             call.arg(f.name).arg(crate::json_record::value_text(v));
             if f.indexed && f.ty != FieldType::Json {
-                call.arg(self.key(schema, &[":i:", f.name, ":"]))
-                    .arg(if v.is_null() {
-                        String::new()
-                    } else {
-                        self.index_key(schema, *i, v)
-                    });
+                let ikey = if v.is_null() {
+                    String::new()
+                } else {
+                    let k = self.index_key(schema, *i, v);
+                    call.key(&k);
+                    k
+                };
+                call.arg(self.key(schema, &[":i:", f.name, ":"])).arg(ikey);
             } else {
                 call.arg("").arg("");
             }
             if f.unique && f.indexed && f.ty != FieldType::Json {
-                call.arg(self.key(schema, &[":u:", f.name]))
-                    .arg(self.value_part(schema, *i, v));
+                let hash = self.key(schema, &[":u:", f.name]);
+                call.key(&hash);
+                call.arg(hash).arg(self.value_part(schema, *i, v));
             } else {
                 call.arg("").arg("");
             }
         }
-        let reply: redis::Value = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+        let reply = self.invoke_declaring(schema, op, &mut call).await?;
         // The quick path answers the new stored value itself; every other
         // answer is a status and its details.
         let reply: Vec<String> = match reply {
@@ -1518,22 +1746,19 @@ impl RedisBackend {
         );
         call.key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
+            .key(&ix)
             .arg(stored)
             .arg(&member)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .arg(ix.len())
-            .arg(&ix)
             .arg(claims.len());
         for (hash, token, field) in &claims {
-            call.arg(hash).arg(token).arg(*field);
+            call.key(hash);
+            call.arg(token).arg(*field);
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
-        Self::inserted(schema, op, &reply)
+        let reply = self.invoke_declaring(schema, op, &mut call).await?;
+        Self::inserted(schema, op, &self.script_reply(op, reply)?)
     }
 
     pub(crate) async fn insert_many(
@@ -1542,27 +1767,44 @@ impl RedisBackend {
         records: &[Record],
     ) -> Result<()> {
         let op = Operation::InsertMany;
-        let items: Vec<(String, String, String, String)> = records
+        // Every key by its place in KEYS: the key order, each item's
+        // record, then each index key and claims hash once.
+        let mut keys: Vec<String> = Vec::with_capacity(1 + records.len() * 2);
+        keys.push(self.keys_key(schema));
+        let members: Vec<String> = records
             .iter()
-            .map(|r| {
-                let (ix, claims) = self.entries(schema, r);
-                let ix = serde_json::to_string(&ix).unwrap_or_default();
-                let claims = serde_json::to_string(&claims).unwrap_or_default();
-                let stored = stored_value(&ix, &claims, &encode_record(schema, r));
-                (key_token(r.get(schema.key)), stored, ix, claims)
-            })
+            .map(|r| key_token(r.get(schema.key)))
             .collect();
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = self
-            .insert_many
-            .key(self.keys_key(schema))
+        keys.extend(members.iter().map(|m| self.record_key(schema, m)));
+        let mut place: HashMap<String, usize> = HashMap::new();
+        let mut place_of = |keys: &mut Vec<String>, k: String| -> usize {
+            *place.entry(k).or_insert_with_key(|k| {
+                keys.push(k.clone());
+                keys.len()
+            })
+        };
+        let mut items = Vec::with_capacity(records.len());
+        for (r, member) in records.iter().zip(members) {
+            let (ix, claims) = self.entries(schema, r);
+            let stored = stored_value(
+                &serde_json::to_string(&ix).unwrap_or_default(),
+                &serde_json::to_string(&claims).unwrap_or_default(),
+                &encode_record(schema, r),
+            );
+            let ix_places: Vec<usize> = ix.into_iter().map(|k| place_of(&mut keys, k)).collect();
+            let claim_places: Vec<(usize, String, &str)> = claims
+                .into_iter()
+                .map(|(hash, token, field)| (place_of(&mut keys, hash), token, field))
+                .collect();
+            items.push((member, stored, ix_places, claim_places));
+        }
+        let mut call = self.insert_many.prepare_invoke();
+        call.key(keys)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
-            .arg(serde_json::to_string(&items).unwrap_or_default())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
-        Self::inserted(schema, op, &reply)
+            .arg(serde_json::to_string(&items).unwrap_or_default());
+        let reply = self.invoke_declaring(schema, op, &mut call).await?;
+        Self::inserted(schema, op, &self.script_reply(op, reply)?)
     }
 
     pub(crate) async fn get(
@@ -1681,16 +1923,15 @@ impl RedisBackend {
     }
 
     pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        let op = Operation::Delete;
         let member = key_token(key);
-        let mut conn = self.conn.clone();
-        let n: i64 = self
-            .delete
-            .key(self.record_key(schema, &member))
+        let mut call = self.delete.prepare_invoke();
+        call.key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
-            .arg(&member)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(schema, Operation::Delete, e))?;
+            .arg(&member);
+        let reply = self.invoke_declaring(schema, op, &mut call).await?;
+        let n: i64 = redis::FromRedisValue::from_redis_value(reply)
+            .map_err(|_| protocol(op, "unexpected reply from the delete script"))?;
         Ok(n == 1)
     }
 
