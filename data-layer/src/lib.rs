@@ -75,7 +75,9 @@ mod health;
 pub mod migrate;
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
+mod transaction;
 pub use health::{HealthChecker, HealthReport, StoreHealth};
+pub use transaction::Tx;
 
 use dl_connections::DatabaseUrl;
 use dl_repositories::Backend;
@@ -245,17 +247,19 @@ impl DataLayer {
         &self,
         store: Store,
     ) -> Result<Arc<dyn Repository<T>>, Error> {
-        let backend = std::iter::once(&self.relational)
+        let backend = self
+            .backend_of(store)
+            .ok_or_else(|| not_configured(store))?;
+        self.opened::<T>(&backend).await
+    }
+
+    /// The (guarded) backend of a configured store, or the precise
+    /// `Unsupported` naming what to set.
+    fn backend_of(&self, store: Store) -> Option<Arc<dyn Backend>> {
+        std::iter::once(&self.relational)
             .chain(&self.others)
             .find(|b| b.store() == store)
-            .ok_or_else(|| {
-                Error::unsupported(
-                    store,
-                    dl_repositories::Operation::Prepare,
-                    format!("{store} is not configured: set its URL (see .env.example)"),
-                )
-            })?;
-        self.opened::<T>(backend).await
+            .cloned()
     }
 
     /// The repository of `T` on `backend`: the one opened before, or opened
@@ -318,6 +322,15 @@ impl DataLayer {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The answer for a store the settings do not name.
+fn not_configured(store: Store) -> Error {
+    Error::unsupported(
+        store,
+        dl_repositories::Operation::Prepare,
+        format!("{store} is not configured: set its URL (see .env.example)"),
+    )
+}
 
 /// Opens the optional stores the settings name (MongoDB, Redis, ScyllaDB).
 async fn connect_others(

@@ -129,6 +129,9 @@ impl Backend for Failing {
     ) -> dl_repositories::Result<dl_repositories::Response> {
         Err(down(request.operation()))
     }
+    async fn begin(&self) -> dl_repositories::Result<Box<dyn dl_repositories::Transaction>> {
+        Err(down(dl_repositories::Operation::Transaction))
+    }
 }
 
 #[async_trait::async_trait]

@@ -8,6 +8,7 @@
 //! another.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use dl_models::{EntitySchema, Record, Value};
@@ -291,6 +292,64 @@ pub trait Backend: Probe + Send + Sync + fmt::Debug {
 
     /// Serves one request for the entity `schema`.
     async fn call(&self, schema: &'static EntitySchema, request: Request<'_>) -> Result<Response>;
+
+    /// Begins a transaction on this store: a [`Transaction`] whose
+    /// [`backend`](Transaction::backend) serves requests inside it. A store
+    /// that declares no `transactions` answers the precise `Unsupported`
+    /// (operation `transaction`), and so does a backend that is itself a
+    /// transaction's: nesting is refused, not served as savepoints.
+    async fn begin(&self) -> Result<Box<dyn Transaction>>;
+}
+
+/// One open transaction on one store. Its [`backend`](Transaction::backend)
+/// is a [`Backend`] like any other, so repositories open over it as over
+/// the store; what they write becomes visible to others only at
+/// [`commit`](Transaction::commit). Dropped without a commit (an error, a
+/// panic, a cancelled task), it rolls back: nothing is ever half-applied.
+#[async_trait]
+pub trait Transaction: Send + Sync + fmt::Debug {
+    /// The backend whose calls run inside this transaction. Calls after
+    /// the transaction ended fail with `Invalid` (never on another
+    /// connection, outside it).
+    fn backend(&self) -> Arc<dyn Backend>;
+
+    /// Makes every write of the transaction visible, atomically.
+    ///
+    /// # Errors
+    /// The store's refusal (a conflict found at commit) or fault: then
+    /// nothing was applied, unless the error says the outcome is unknown
+    /// (the answer to the commit was lost).
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Discards every write of the transaction.
+    ///
+    /// # Errors
+    /// The store's fault (the store discards the writes anyway when the
+    /// connection ends).
+    async fn rollback(self: Box<Self>) -> Result<()>;
+}
+
+/// The precise answer of a store that has no transactions.
+pub(crate) fn no_transactions(store: Store, why: &str) -> Error {
+    Error::unsupported(store, Operation::Transaction, why.to_owned())
+}
+
+/// The answer to `begin` on a transaction's own backend.
+pub(crate) fn nested_transaction(store: Store) -> Error {
+    Error::unsupported(
+        store,
+        Operation::Transaction,
+        "a transaction is already open on this backend: nested transactions are refused (no savepoints)",
+    )
+}
+
+/// A call on a transaction that has ended.
+pub(crate) fn transaction_ended(entity: &'static str) -> Error {
+    Error::invalid(
+        entity,
+        None,
+        "the transaction has ended (committed or rolled back): open repositories on a new one",
+    )
 }
 
 /// Health, apart from the data path: a real round trip, pool occupancy,
@@ -590,6 +649,15 @@ macro_rules! seam {
             ) -> $crate::error::Result<$crate::backend::Response> {
                 let $this = self;
                 $crate::backend::dispatch!($this, $schema, $request, { $($special)* })
+            }
+
+            async fn begin(
+                &self,
+            ) -> $crate::error::Result<Box<dyn $crate::backend::Transaction>> {
+                // The store's own `begin_transaction` (an inherent method:
+                // a name the trait does not have, so a store without one
+                // does not compile, rather than calling this again).
+                <$ty>::begin_transaction(self).await
             }
         }
 

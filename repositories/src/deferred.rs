@@ -88,6 +88,9 @@ impl Backend for Deferred {
             .call(schema, request)
             .await
     }
+    async fn begin(&self) -> Result<Box<dyn crate::backend::Transaction>> {
+        self.inner(Operation::Transaction).await?.begin().await
+    }
 }
 
 #[async_trait]

@@ -205,6 +205,8 @@ pub enum Operation {
     Count,
     /// `exists`.
     Exists,
+    /// Beginning, committing or rolling back a transaction.
+    Transaction,
 }
 
 impl Operation {
@@ -225,6 +227,7 @@ impl Operation {
             Operation::List => "list",
             Operation::Count => "count",
             Operation::Exists => "exists",
+            Operation::Transaction => "transaction",
         }
     }
 

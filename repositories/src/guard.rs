@@ -21,7 +21,7 @@ use backon::BackoffBuilder as _;
 use dl_models::EntitySchema;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Capabilities, Probe, Request, Response};
+use crate::backend::{Backend, Capabilities, Probe, Request, Response, Transaction};
 use crate::error::{Error, Operation, Result, Store};
 
 /// Circuit breaker settings. Defaults suit a store answering in
@@ -478,6 +478,76 @@ impl Backend for Guarded {
         })
         .await
     }
+
+    /// Begins through the breaker (and is retried when it never reached
+    /// the store); the transaction's backend is guarded too, by the same
+    /// breaker and deadline but with no retries: a statement that failed
+    /// inside a transaction is the caller's to handle (PostgreSQL aborts
+    /// the transaction), never silently sent again.
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        let inner = self
+            .call_guarded(Operation::Transaction, "transaction", || self.inner.begin())
+            .await?;
+        let backend = Arc::new(Guarded {
+            inner: inner.backend(),
+            breaker: Arc::clone(&self.breaker),
+            deadline: self.deadline,
+            retry: RetrySettings {
+                max_retries: 0,
+                ..self.retry.clone()
+            },
+            budget: Mutex::new(Budget {
+                tokens: 0.0,
+                last: Instant::now(),
+            }),
+        });
+        Ok(Box::new(GuardedTransaction {
+            inner,
+            backend,
+            deadline: self.deadline,
+        }))
+    }
+}
+
+/// A transaction begun through the guard: its calls guarded (no retries),
+/// its commit and rollback under the deadline.
+#[derive(Debug)]
+struct GuardedTransaction {
+    inner: Box<dyn Transaction>,
+    backend: Arc<Guarded>,
+    deadline: Duration,
+}
+
+/// `f` (a commit or rollback) under the deadline: a commit whose answer
+/// did not come in time is `Timeout`, its outcome unknown.
+async fn within<F: Future<Output = Result<()>> + Send>(
+    deadline: Duration,
+    store: Store,
+    f: F,
+) -> Result<()> {
+    match tokio::time::timeout(deadline, f).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            store,
+            operation: Operation::Transaction,
+            after: deadline,
+        }),
+    }
+}
+
+#[async_trait]
+impl Transaction for GuardedTransaction {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend) as Arc<dyn Backend>
+    }
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let store = self.backend.store();
+        within(self.deadline, store, self.inner.commit()).await
+    }
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        let store = self.backend.store();
+        within(self.deadline, store, self.inner.rollback()).await
+    }
 }
 
 #[async_trait]
@@ -619,6 +689,10 @@ mod tests {
             } else {
                 self.answer(op, result)
             }
+        }
+        async fn begin(&self) -> Result<Box<dyn Transaction>> {
+            self.act(Operation::Transaction).await?;
+            self.inner.begin_transaction().await
         }
     }
 

@@ -63,6 +63,7 @@ mod versions;
 
 pub use backend::{
     Backend, BreakerState, Capabilities, FilterSupport, PoolStats, Probe, Read, Request, Response,
+    Transaction,
 };
 pub use error::{
     BatchFailure, BoxError, ConflictKind, DriverError, Error, Operation, Result, Store,

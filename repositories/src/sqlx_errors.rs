@@ -192,6 +192,16 @@ fn is_connection_code(store: Store, code: &str) -> bool {
     }
 }
 
+/// A schema stand-in for errors of transaction calls (begin, commit,
+/// rollback), which concern no one entity.
+pub(crate) static TRANSACTION_SCHEMA: dl_models::EntitySchema = dl_models::EntitySchema {
+    name: "transaction",
+    rust_name: "transaction",
+    fields: &[],
+    key: 0,
+    version: None,
+};
+
 /// A schema stand-in for errors of calls that concern no entity (pings).
 pub(crate) static PING_SCHEMA: dl_models::EntitySchema = dl_models::EntitySchema {
     name: "ping",

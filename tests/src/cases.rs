@@ -117,6 +117,14 @@ cases![
     insert_many_empty_is_noop,
     get_many_empty,
     insert_many_large_batch,
+    transaction_commit_makes_writes_visible,
+    transaction_rollback_discards_writes,
+    transaction_drop_rolls_back,
+    transaction_panic_rolls_back,
+    transaction_uncommitted_writes_are_invisible,
+    transaction_version_conflict_rolls_back_everything,
+    transaction_nested_is_refused,
+    transaction_calls_after_the_end_are_refused,
 ];
 
 fn ids(items: &[Specimen]) -> Vec<String> {
@@ -1862,5 +1870,186 @@ async fn insert_many_large_batch(ctx: Ctx) -> CaseResult {
     let keys: Vec<i64> = (0..3_000).rev().collect();
     let got = ok!(ctx.notes.get_many(&keys).await);
     check!(got.len() == 3_000 && got[0].id == 2_999 && got[2_999].id == 0);
+    PASS
+}
+
+// ---------------------------------------------------------------- transactions
+
+/// Begins a transaction and opens the specimen repository in it; on a
+/// store without transactions, the precise `Unsupported` ends the case.
+macro_rules! begin {
+    ($ctx:expr) => {{
+        let tx = gated!(
+            $ctx,
+            Need::Transactions,
+            Op::Transaction,
+            $ctx.backend.begin().await
+        );
+        let repo = ok!(dl_repositories::Repo::<Specimen>::open(tx.backend()).await);
+        (tx, repo)
+    }};
+}
+
+async fn present(ctx: &Ctx, key: &str) -> Result<bool, String> {
+    ctx.specimens
+        .exists(&key.to_owned())
+        .await
+        .map_err(|e| format!("exists: {e}"))
+}
+
+async fn transaction_commit_makes_writes_visible(ctx: Ctx) -> CaseResult {
+    ok!(ctx.specimens.insert(&Specimen::new("t-old", 1)).await);
+    let (tx, repo) = begin!(ctx);
+    ok!(repo.insert(&Specimen::new("t-a", 1)).await);
+    ok!(repo
+        .insert_many(&[Specimen::new("t-b", 2), Specimen::new("t-c", 3)])
+        .await);
+    ok!(repo
+        .update(&"t-a".to_owned(), &Patch::new().set("rank", 10))
+        .await);
+    check!(ok!(repo.delete(&"t-old".to_owned()).await));
+    // Reads inside see the transaction's own writes.
+    check!(ok!(repo.get(&"t-a".to_owned()).await).is_some_and(|s| s.rank == 10));
+    check!(ok!(repo.count(&Filter::all()).await) == 3);
+    ok!(tx.commit().await);
+    for k in ["t-a", "t-b", "t-c"] {
+        check!(present(&ctx, k).await?, "{k} committed");
+    }
+    check!(!present(&ctx, "t-old").await?, "the delete committed");
+    check!(
+        ok!(ctx.specimens.get(&"t-a".to_owned()).await)
+            .is_some_and(|s| s.rank == 10 && s.version == 2)
+    );
+    PASS
+}
+
+async fn transaction_rollback_discards_writes(ctx: Ctx) -> CaseResult {
+    ok!(ctx.specimens.insert(&Specimen::new("t-kept", 1)).await);
+    let (tx, repo) = begin!(ctx);
+    ok!(repo.insert(&Specimen::new("t-a", 1)).await);
+    ok!(repo
+        .update(&"t-kept".to_owned(), &Patch::new().set("rank", 99))
+        .await);
+    ok!(repo.delete(&"t-kept".to_owned()).await);
+    ok!(tx.rollback().await);
+    check!(!present(&ctx, "t-a").await?);
+    check!(
+        ok!(ctx.specimens.get(&"t-kept".to_owned()).await)
+            .is_some_and(|s| s.rank == 1 && s.version == 1)
+    );
+    PASS
+}
+
+async fn transaction_drop_rolls_back(ctx: Ctx) -> CaseResult {
+    {
+        let (tx, repo) = begin!(ctx);
+        ok!(repo.insert(&Specimen::new("t-a", 1)).await);
+        drop(tx);
+        drop(repo);
+    }
+    check!(!present(&ctx, "t-a").await?);
+    // The store takes writes again (the dropped transaction let go).
+    ok!(ctx.specimens.insert(&Specimen::new("t-b", 1)).await);
+    PASS
+}
+
+async fn transaction_panic_rolls_back(ctx: Ctx) -> CaseResult {
+    let r = ctx.backend.begin().await;
+    if ctx.lacks(Need::Transactions) {
+        return ctx.expect_unsupported(r, Op::Transaction);
+    }
+    let tx = ok!(r);
+    let task = tokio::spawn(async move {
+        let repo = dl_repositories::Repo::<Specimen>::open(tx.backend())
+            .await
+            .expect("open in the transaction");
+        repo.insert(&Specimen::new("t-a", 1)).await.expect("insert");
+        let _held = tx;
+        panic!("a handler fails halfway (expected by the test)");
+    });
+    check!(task.await.is_err_and(|e| e.is_panic()), "the task panicked");
+    check!(!present(&ctx, "t-a").await?);
+    ok!(ctx.specimens.insert(&Specimen::new("t-b", 1)).await);
+    PASS
+}
+
+async fn transaction_uncommitted_writes_are_invisible(ctx: Ctx) -> CaseResult {
+    ok!(ctx.specimens.insert(&Specimen::new("t-x", 1)).await);
+    let (tx, repo) = begin!(ctx);
+    ok!(repo.insert(&Specimen::new("t-a", 1)).await);
+    ok!(repo
+        .update(&"t-x".to_owned(), &Patch::new().set("rank", 5))
+        .await);
+    // Another connection sees neither, until the commit.
+    check!(
+        !present(&ctx, "t-a").await?,
+        "an uncommitted insert is invisible"
+    );
+    check!(ok!(ctx.specimens.get(&"t-x".to_owned()).await).is_some_and(|s| s.rank == 1));
+    ok!(tx.commit().await);
+    check!(present(&ctx, "t-a").await?);
+    check!(ok!(ctx.specimens.get(&"t-x".to_owned()).await).is_some_and(|s| s.rank == 5));
+    PASS
+}
+
+async fn transaction_version_conflict_rolls_back_everything(ctx: Ctx) -> CaseResult {
+    ok!(ctx.specimens.insert(&Specimen::new("t-x", 1)).await);
+    let (tx, repo) = begin!(ctx);
+    ok!(repo.insert(&Specimen::new("t-a", 1)).await);
+    let stale = repo
+        .update(
+            &"t-x".to_owned(),
+            &Patch::new().set("rank", 2).expect_version(7),
+        )
+        .await;
+    check!(
+        matches!(
+            stale,
+            Err(Error::Conflict {
+                kind: ConflictKind::VersionMismatch {
+                    expected: 7,
+                    actual: 1
+                },
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    // What a caller does with the error (DataLayer::transaction does it).
+    ok!(tx.rollback().await);
+    check!(
+        !present(&ctx, "t-a").await?,
+        "the insert before the conflict is gone"
+    );
+    check!(ok!(ctx.specimens.get(&"t-x".to_owned()).await).is_some_and(|s| s.version == 1));
+    PASS
+}
+
+async fn transaction_nested_is_refused(ctx: Ctx) -> CaseResult {
+    let (tx, _repo) = begin!(ctx);
+    let nested = tx.backend().begin().await;
+    let r = match nested {
+        Err(Error::Unsupported {
+            store,
+            operation: Op::Transaction,
+            ref reason,
+        }) if store == ctx.store && reason.contains("nested") => PASS,
+        other => Err(format!("nested begin: {other:?}")),
+    };
+    ok!(tx.rollback().await);
+    r
+}
+
+async fn transaction_calls_after_the_end_are_refused(ctx: Ctx) -> CaseResult {
+    let (tx, repo) = begin!(ctx);
+    ok!(repo.insert(&Specimen::new("t-a", 1)).await);
+    ok!(tx.commit().await);
+    let late = repo.insert(&Specimen::new("t-b", 1)).await;
+    check!(is_invalid(&late), "{late:?}");
+    check!(
+        !present(&ctx, "t-b").await?,
+        "nothing written after the end"
+    );
+    check!(present(&ctx, "t-a").await?);
     PASS
 }

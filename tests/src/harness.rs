@@ -31,6 +31,8 @@ pub enum Need {
     AtomicBatch,
     /// Store-enforced unique values.
     Unique,
+    /// Transactions (`Backend::begin`).
+    Transactions,
 }
 
 /// The outcome of a case that did not fail.
@@ -104,6 +106,7 @@ impl Ctx {
             Need::Sort => !self.caps.sort,
             Need::AtomicBatch => !self.caps.atomic_batch,
             Need::Unique => !self.caps.unique,
+            Need::Transactions => !self.caps.transactions,
         }
     }
 
@@ -275,6 +278,25 @@ pub const INDEXED_EQUALITY_UNSUPPORTED: &[&str] = &[
     "sort_puts_nulls_last_descending",
     "sort_ties_break_by_key",
 ];
+
+/// The transaction cases: a store without transactions answers each with
+/// the asserted `Unsupported` (operation `transaction`).
+pub const TRANSACTION_CASES: &[&str] = &[
+    "transaction_commit_makes_writes_visible",
+    "transaction_rollback_discards_writes",
+    "transaction_drop_rolls_back",
+    "transaction_panic_rolls_back",
+    "transaction_uncommitted_writes_are_invisible",
+    "transaction_version_conflict_rolls_back_everything",
+    "transaction_nested_is_refused",
+    "transaction_calls_after_the_end_are_refused",
+];
+
+/// Two lists of case names as one.
+#[must_use]
+pub fn joined(a: &[&'static str], b: &[&'static str]) -> Vec<&'static str> {
+    a.iter().chain(b).copied().collect()
+}
 
 /// The cases ScyllaDB (key-only filters, token order, no unique values)
 /// answers with the asserted `Unsupported`.
@@ -477,6 +499,9 @@ impl Backend for Restricted {
         request: dl_repositories::Request<'_>,
     ) -> dl_repositories::Result<dl_repositories::Response> {
         self.inner.call(s, request).await
+    }
+    async fn begin(&self) -> dl_repositories::Result<Box<dyn dl_repositories::Transaction>> {
+        self.inner.begin().await
     }
 }
 

@@ -21,7 +21,10 @@ async fn conformance_redis() {
     ns.drop_all().await;
     say(&report.summary());
     assert!(report.failed.is_empty(), "{}", report.summary());
-    report.assert_exactly(dl_tests::harness::INDEXED_EQUALITY_UNSUPPORTED);
+    report.assert_exactly(&dl_tests::harness::joined(
+        dl_tests::harness::INDEXED_EQUALITY_UNSUPPORTED,
+        dl_tests::harness::TRANSACTION_CASES,
+    ));
 }
 
 #[test]

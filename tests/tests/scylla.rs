@@ -34,7 +34,10 @@ async fn conformance_scylla() {
     let report = run_conformance_known(name, ns.factory(lwt), 8, known).await;
     say(&report.summary());
     assert!(report.failed.is_empty(), "{}", report.summary());
-    report.assert_exactly(dl_tests::harness::SCYLLA_UNSUPPORTED);
+    report.assert_exactly(&dl_tests::harness::joined(
+        dl_tests::harness::SCYLLA_UNSUPPORTED,
+        dl_tests::harness::TRANSACTION_CASES,
+    ));
 }
 
 #[test]

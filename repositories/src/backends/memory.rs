@@ -5,22 +5,110 @@
 //! persisted), but fine for tests and demos.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
 
 use dl_models::{EntitySchema, Record, Value};
 
-use crate::backend::Capabilities;
-use crate::error::{ConflictKind, Error, Result, Store};
+use crate::backend::{Backend, Capabilities, Transaction, nested_transaction, transaction_ended};
+use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::keys::KeyTok;
 use crate::query::{Cond, Direction, ListRequest, ValidPatch};
 use crate::versions::{bumped, check_expected, patched, version_of};
 
 type Table = BTreeMap<KeyTok, Record>;
 
+type Tables = HashMap<&'static str, Table>;
+
 /// The reference model: a map of records per entity.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
-    tables: Mutex<HashMap<&'static str, Table>>,
+    tables: Arc<Mutex<Tables>>,
+    /// The transaction this backend is bound to (see `Backend::begin`).
+    tx: Option<Arc<MemoryTx>>,
+}
+
+/// A transaction of the reference model: snapshot isolation, first
+/// committer wins. It works on a copy of every table taken at begin; at
+/// commit, each table it changed is written back if nobody else changed
+/// it meanwhile, else nothing is and the commit fails (retryable).
+#[derive(Debug)]
+struct MemoryTx {
+    /// The store's tables.
+    store: Arc<Mutex<Tables>>,
+    /// The tables as they were at begin.
+    begun: Tables,
+    /// The transaction's own copy, which its backend reads and writes.
+    own: Arc<Mutex<Tables>>,
+    ended: AtomicBool,
+}
+
+#[async_trait]
+impl Transaction for MemoryTxHandle {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let tx = &self.tx;
+        if tx.ended.swap(true, Ordering::SeqCst) {
+            return Err(transaction_ended("transaction"));
+        }
+        let own = lock(&tx.own).clone();
+        let mut store = lock(&tx.store);
+        let empty = Table::new();
+        let changed: Vec<&&'static str> = own
+            .iter()
+            .filter(|(name, t)| tx.begun.get(*name).unwrap_or(&empty) != *t)
+            .map(|(name, _)| name)
+            .collect();
+        for name in &changed {
+            if store.get(**name).unwrap_or(&empty) != tx.begun.get(**name).unwrap_or(&empty) {
+                return Err(Error::Backend {
+                    store: Store::Memory,
+                    operation: Operation::Transaction,
+                    message: format!(
+                        "{name} was changed by another writer after this transaction began: nothing was committed; run it again"
+                    ),
+                    retryable: true,
+                    source: None,
+                });
+            }
+        }
+        for name in changed {
+            store.insert(*name, own.get(*name).cloned().unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        if self.tx.ended.swap(true, Ordering::SeqCst) {
+            return Err(transaction_ended("transaction"));
+        }
+        Ok(())
+    }
+}
+
+/// The handle of a [`MemoryTx`]; dropped without commit, it rolls back
+/// (its copy is never written back).
+#[derive(Debug)]
+struct MemoryTxHandle {
+    tx: Arc<MemoryTx>,
+    backend: Arc<dyn Backend>,
+}
+
+impl Drop for MemoryTxHandle {
+    fn drop(&mut self) {
+        self.tx.ended.store(true, Ordering::SeqCst);
+    }
+}
+
+fn lock(m: &Mutex<Tables>) -> std::sync::MutexGuard<'_, Tables> {
+    // A poisoned lock means a panic mid-update in this process; the map
+    // itself is never left half-written by our code, so keep serving.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl MemoryBackend {
@@ -31,13 +119,34 @@ impl MemoryBackend {
     }
 
     fn with_table<R>(&self, schema: &'static EntitySchema, f: impl FnOnce(&mut Table) -> R) -> R {
-        // A poisoned lock means a panic mid-update in this process; the map
-        // itself is never left half-written by our code, so keep serving.
-        let mut tables = self
-            .tables
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(tables.entry(schema.name).or_default())
+        f(lock(&self.tables).entry(schema.name).or_default())
+    }
+
+    /// Whether this backend's transaction has ended (its calls then fail).
+    fn ended(&self) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|t| t.ended.load(Ordering::SeqCst))
+    }
+
+    #[allow(clippy::unused_async)]
+    pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn Transaction>> {
+        if self.tx.is_some() {
+            return Err(nested_transaction(Store::Memory));
+        }
+        let begun = lock(&self.tables).clone();
+        let own = Arc::new(Mutex::new(begun.clone()));
+        let tx = Arc::new(MemoryTx {
+            store: Arc::clone(&self.tables),
+            begun,
+            own: Arc::clone(&own),
+            ended: AtomicBool::new(false),
+        });
+        let backend = Arc::new(MemoryBackend {
+            tables: own,
+            tx: Some(Arc::clone(&tx)),
+        });
+        Ok(Box::new(MemoryTxHandle { tx, backend }))
     }
 }
 
@@ -250,4 +359,6 @@ impl MemoryBackend {
     }
 }
 
-crate::backend::seam!(MemoryBackend, unpooled, |this, schema, request| {});
+crate::backend::seam!(MemoryBackend, unpooled, |this, schema, request| {
+    _ if this.ended() => Err(transaction_ended(schema.name)),
+});

@@ -444,6 +444,15 @@ impl MongoBackend {
         Store::Mongo
     }
 
+    /// No transactions on this store: the precise `Unsupported`.
+    #[allow(clippy::unused_async)]
+    pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
+        Err(crate::backend::no_transactions(
+            Store::Mongo,
+            "MongoDB session transactions are not served by this backend yet",
+        ))
+    }
+
     pub(crate) fn capabilities(&self) -> Capabilities {
         Capabilities {
             transactions: false,

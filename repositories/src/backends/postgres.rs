@@ -26,11 +26,27 @@ use crate::sqlx_errors::map_sqlx_error;
 type Q<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 /// The PostgreSQL backend over a sqlx pool, in one schema (namespace).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresBackend {
     pool: PgPool,
     namespace: String,
     statements: Arc<RwLock<HashMap<SchemaId, Arc<Statements>>>>,
+    /// The transaction this backend is bound to (see `Backend::begin`).
+    tx: Option<super::sql_common::Shared<Postgres>>,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("namespace", &self.namespace)
+            .field("in_transaction", &self.tx.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl super::sql_common::SqlStore for PostgresBackend {
+    type Db = Postgres;
+    const BEGIN: &'static str = "BEGIN";
 }
 
 impl PostgresBackend {
@@ -52,6 +68,7 @@ impl PostgresBackend {
             pool,
             namespace: namespace.to_owned(),
             statements: Arc::default(),
+            tx: None,
         })
     }
 
@@ -69,6 +86,13 @@ impl PostgresBackend {
 
     fn table(&self, schema: &EntitySchema) -> String {
         format!("{}.{}", ident(&self.namespace), ident(schema.name))
+    }
+
+    fn has_statements(&self, schema: &'static EntitySchema) -> bool {
+        self.statements
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&SchemaId::of(schema))
     }
 
     fn statements(&self, schema: &'static EntitySchema) -> Arc<Statements> {
@@ -274,13 +298,18 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         let op = Operation::Prepare;
+        // Inside a transaction, an entity the store already checked (its
+        // statements are shared) is not checked again.
+        if self.tx.is_some() && self.has_statements(schema) {
+            return Ok(());
+        }
         let table = self.table(schema);
         // Names every column: fails when the schema, the table or a column
         let columns: Vec<String> = sqlx::query_scalar(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
         )
         .bind(&table)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(schema, op).await?)
         .await
         .map_err(|e| self.err(schema, op, e))?;
         check_columns(Store::Postgres, schema, &table, &columns)?;
@@ -292,7 +321,7 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
              AND i.indnkeyatts = 1 AND i.indpred IS NULL",
         )
         .bind(&table)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(schema, op).await?)
         .await
         .map_err(|e| self.err(schema, op, e))?;
         check_unique_indexes(Store::Postgres, schema, &unique)?;
@@ -324,7 +353,7 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
         for (i, f) in schema.fields.iter().enumerate() {
             q = bind_array(q, f.ty, records.iter().map(|r| r.get(i)));
         }
-        q.execute(&self.pool)
+        q.execute(&mut *self.conn(schema, Operation::InsertMany).await?)
             .await
             .map_err(|e| self.err(schema, Operation::InsertMany, e))?;
         Ok(())
@@ -337,7 +366,7 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
             schema.key_field().ty,
             keys.iter(),
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(schema, Operation::GetMany).await?)
         .await
         .map_err(|e| self.err(schema, Operation::GetMany, e))?;
         rows.iter()

@@ -1521,6 +1521,15 @@ impl RedisBackend {
         Store::Redis
     }
 
+    /// No transactions on this store: the precise `Unsupported`.
+    #[allow(clippy::unused_async)]
+    pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
+        Err(crate::backend::no_transactions(
+            Store::Redis,
+            "Redis has no transaction that reads inside it (MULTI queues writes and answers at EXEC); each write here is already one atomic script",
+        ))
+    }
+
     pub(crate) fn capabilities(&self) -> Capabilities {
         Capabilities {
             transactions: false,

@@ -766,6 +766,15 @@ impl ScyllaBackend {
         Store::Scylla
     }
 
+    /// No transactions on this store: the precise `Unsupported`.
+    #[allow(clippy::unused_async)]
+    pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
+        Err(crate::backend::no_transactions(
+            Store::Scylla,
+            "ScyllaDB has no multi-partition transactions (a lightweight transaction covers one partition; a logged batch is atomic but not isolated)",
+        ))
+    }
+
     pub(crate) fn capabilities(&self) -> Capabilities {
         Self::CAPABILITIES
     }

@@ -5,6 +5,144 @@
 //! expand the operations that are the same text for SQLite and PostgreSQL
 //! (only the store, the dialect and the table name differ). The batch
 //! operations, DDL and value encoding stay in each module.
+//!
+//! Every operation runs on [`Conn`]: a connection of the pool, or the one
+//! connection of the transaction the backend is bound to
+//! ([`Backend::begin`](crate::backend::Backend::begin) makes a backend
+//! bound to one). Both deref to the driver's connection, so the statements
+//! are the same text either way.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::Database;
+
+use crate::backend::{Backend, Transaction, transaction_ended};
+use crate::error::{Operation, Result, Store};
+
+/// The transaction a backend is bound to: shared by the backend (its
+/// calls) and the [`SqlTransaction`] handle (commit, rollback); `None`
+/// once it ended.
+pub(crate) type Shared<DB> = Arc<tokio::sync::Mutex<Option<sqlx::Transaction<'static, DB>>>>;
+
+/// A connection to run one operation on.
+pub(crate) enum Conn<'a, DB: Database> {
+    /// Taken from the pool for this operation (autocommit).
+    Pooled(sqlx::pool::PoolConnection<DB>),
+    /// The transaction's connection, held for this operation.
+    Tx(tokio::sync::MappedMutexGuard<'a, sqlx::Transaction<'static, DB>>),
+}
+
+impl<DB: Database> Deref for Conn<'_, DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        match self {
+            Conn::Pooled(c) => c,
+            Conn::Tx(t) => t,
+        }
+    }
+}
+
+impl<DB: Database> DerefMut for Conn<'_, DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        match self {
+            Conn::Pooled(c) => c,
+            Conn::Tx(t) => t,
+        }
+    }
+}
+
+/// The connection for one operation: the bound transaction's (held until
+/// the operation ends, so calls on one transaction run one at a time), or
+/// one from the pool.
+pub(crate) async fn conn<'a, DB: Database>(
+    pool: &sqlx::Pool<DB>,
+    tx: Option<&'a Shared<DB>>,
+    entity: &'static str,
+) -> std::result::Result<Conn<'a, DB>, ConnError> {
+    match tx {
+        Some(shared) => tokio::sync::MutexGuard::try_map(shared.lock().await, Option::as_mut)
+            .map(Conn::Tx)
+            .map_err(|_| ConnError::Ended(entity)),
+        None => pool
+            .acquire()
+            .await
+            .map(Conn::Pooled)
+            .map_err(ConnError::Pool),
+    }
+}
+
+/// Why no connection could be had.
+pub(crate) enum ConnError {
+    /// The bound transaction ended.
+    Ended(&'static str),
+    /// The pool's error.
+    Pool(sqlx::Error),
+}
+
+/// The handle of an SQL transaction (SQLite, PostgreSQL).
+pub(crate) struct SqlTransaction<DB: Database> {
+    pub(crate) store: Store,
+    pub(crate) shared: Shared<DB>,
+    pub(crate) backend: Arc<dyn Backend>,
+}
+
+impl<DB: Database> std::fmt::Debug for SqlTransaction<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlTransaction")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Database> SqlTransaction<DB> {
+    async fn end(&self, commit: bool) -> Result<()> {
+        let Some(tx) = self.shared.lock().await.take() else {
+            return Err(transaction_ended("transaction"));
+        };
+        let done = if commit {
+            tx.commit().await
+        } else {
+            tx.rollback().await
+        };
+        done.map_err(|e| {
+            crate::sqlx_errors::map_sqlx_error(
+                self.store,
+                &crate::sqlx_errors::TRANSACTION_SCHEMA,
+                Operation::Transaction,
+                e,
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl<DB: Database> Transaction for SqlTransaction<DB> {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.end(true).await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.end(false).await
+    }
+}
+
+/// Dropped without commit or rollback (an error, a panic, a cancelled
+/// task): the transaction is taken from the backends bound to it and
+/// dropped, which rolls it back (sqlx ends it when the connection goes
+/// back to the pool), even while repositories opened on it live on.
+impl<DB: Database> Drop for SqlTransaction<DB> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.shared.try_lock() {
+            drop(open.take());
+        }
+    }
+}
 
 /// `stored_version` for an SQL backend's inherent impl.
 macro_rules! sqlx_stored_version {
@@ -21,7 +159,7 @@ macro_rules! sqlx_stored_version {
                 return Ok(found.then_some(None));
             };
             let row = bind(sqlx::query(AssertSqlSafe(sql)), schema.key_field().ty, key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn(schema, op).await?)
                 .await
                 .map_err(|e| self.err(schema, op, e))?;
             match row {
@@ -44,6 +182,52 @@ macro_rules! sqlx_backend {
 
         impl $ty {
         $($own)*
+
+        /// The connection for one operation: the bound transaction's, or
+        /// one from the pool.
+        async fn conn(
+            &self,
+            schema: &'static EntitySchema,
+            op: Operation,
+        ) -> Result<super::sql_common::Conn<'_, <$ty as super::sql_common::SqlStore>::Db>> {
+            super::sql_common::conn(&self.pool, self.tx.as_ref(), schema.name)
+                .await
+                .map_err(|e| match e {
+                    super::sql_common::ConnError::Ended(entity) => {
+                        crate::backend::transaction_ended(entity)
+                    }
+                    super::sql_common::ConnError::Pool(e) => self.err(schema, op, e),
+                })
+        }
+
+        /// Begins a transaction: a backend bound to one connection of the
+        /// pool, in a database transaction, sharing this one's statements.
+        async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
+            if self.tx.is_some() {
+                return Err(crate::backend::nested_transaction($store));
+            }
+            let tx = self
+                .pool
+                .begin_with(<$ty as super::sql_common::SqlStore>::BEGIN)
+                .await
+                .map_err(|e| {
+                    crate::sqlx_errors::map_sqlx_error(
+                        $store,
+                        &crate::sqlx_errors::TRANSACTION_SCHEMA,
+                        Operation::Transaction,
+                        e,
+                    )
+                })?;
+            let shared: super::sql_common::Shared<_> =
+                Arc::new(tokio::sync::Mutex::new(Some(tx)));
+            let mut bound = self.clone();
+            bound.tx = Some(Arc::clone(&shared));
+            Ok(Box::new(super::sql_common::SqlTransaction {
+                store: $store,
+                shared,
+                backend: Arc::new(bound),
+            }))
+        }
 
         pub(crate) fn store(&self) -> Store {
             $store
@@ -83,7 +267,7 @@ macro_rules! sqlx_backend {
         for (f, v) in schema.fields.iter().zip(&record.0) {
             q = bind(q, f.ty, v);
         }
-        q.execute(&self.pool)
+        q.execute(&mut *self.conn(schema, Operation::Insert).await?)
             .await
             .map_err(|e| self.err(schema, Operation::Insert, e))?;
         Ok(())
@@ -96,7 +280,7 @@ macro_rules! sqlx_backend {
             schema.key_field().ty,
             key,
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn(schema, Operation::Get).await?)
         .await
         .map_err(|e| self.err(schema, Operation::Get, e))?;
         row.map(|r| decode_row(schema, &r))
@@ -125,7 +309,7 @@ macro_rules! sqlx_backend {
             q = q.bind(expected);
         }
         let row = q
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn(schema, op).await?)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         if let Some(r) = row {
@@ -169,7 +353,7 @@ macro_rules! sqlx_backend {
             q = q.bind(expected_version.unwrap_or_default());
         }
         let row = q
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn(schema, op).await?)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         if let Some(r) = row {
@@ -196,7 +380,7 @@ macro_rules! sqlx_backend {
             q = bind(q, f.ty, v);
         }
         let row = q
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn(schema, Operation::Upsert).await?)
             .await
             .map_err(|e| self.err(schema, Operation::Upsert, e))?;
         decode_row(schema, &row).map_err(|e| self.err(schema, Operation::Upsert, e))
@@ -209,7 +393,7 @@ macro_rules! sqlx_backend {
             schema.key_field().ty,
             key,
         )
-        .execute(&self.pool)
+        .execute(&mut *self.conn(schema, Operation::Delete).await?)
         .await
         .map_err(|e| self.err(schema, Operation::Delete, e))?;
         Ok(done.rows_affected() > 0)
@@ -227,7 +411,7 @@ macro_rules! sqlx_backend {
         w.limit(request.limit);
         let q = bind_all(sqlx::query(AssertSqlSafe(w.sql)), schema, &w.binds);
         let rows = q
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(schema, Operation::List).await?)
             .await
             .map_err(|e| self.err(schema, Operation::List, e))?;
         rows.iter()
@@ -241,7 +425,7 @@ macro_rules! sqlx_backend {
         let mut w = SqlWriter::new($dialect, format!("{} WHERE ", st.count));
         w.cond(schema, cond);
         let row = bind_all(sqlx::query(AssertSqlSafe(w.sql)), schema, &w.binds)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn(schema, Operation::Count).await?)
             .await
             .map_err(|e| self.err(schema, Operation::Count, e))?;
         let n: i64 = row
@@ -257,7 +441,7 @@ macro_rules! sqlx_backend {
             schema.key_field().ty,
             key,
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn(schema, Operation::Exists).await?)
         .await
         .map_err(|e| self.err(schema, Operation::Exists, e))?;
         Ok(row.is_some())
@@ -268,3 +452,11 @@ macro_rules! sqlx_backend {
 }
 
 pub(crate) use {sqlx_backend, sqlx_stored_version};
+
+/// What the shared code needs to know of an SQL store's driver.
+pub(crate) trait SqlStore {
+    /// The sqlx database.
+    type Db: Database;
+    /// How a transaction begins.
+    const BEGIN: &'static str;
+}

@@ -26,10 +26,25 @@ const MAX_VARIABLES: usize = 30_000;
 type Q<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
 
 /// The SQLite backend over a sqlx pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteBackend {
     pool: SqlitePool,
     statements: Arc<RwLock<HashMap<SchemaId, Arc<Statements>>>>,
+    /// The transaction this backend is bound to (see `Backend::begin`).
+    tx: Option<super::sql_common::Shared<Sqlite>>,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("in_transaction", &self.tx.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl super::sql_common::SqlStore for SqliteBackend {
+    type Db = Sqlite;
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
 }
 
 impl SqliteBackend {
@@ -39,6 +54,7 @@ impl SqliteBackend {
         SqliteBackend {
             pool,
             statements: Arc::default(),
+            tx: None,
         }
     }
 
@@ -46,6 +62,13 @@ impl SqliteBackend {
     #[must_use]
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    fn has_statements(&self, schema: &'static EntitySchema) -> bool {
+        self.statements
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&SchemaId::of(schema))
     }
 
     fn statements(&self, schema: &'static EntitySchema) -> Arc<Statements> {
@@ -215,10 +238,15 @@ super::sql_common::sqlx_backend!(SqliteBackend, Store::Sqlite, Dialect::Sqlite, 
 
     async fn prepare(&self, schema: &'static EntitySchema) -> Result<()> {
         let op = Operation::Prepare;
+        // Inside a transaction, an entity the store already checked (its
+        // statements are shared) is not checked again.
+        if self.tx.is_some() && self.has_statements(schema) {
+            return Ok(());
+        }
         let table = ident(schema.name);
         let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
             .bind(schema.name)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(schema, op).await?)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         check_columns(Store::Sqlite, schema, &table, &columns)?;
@@ -229,7 +257,7 @@ super::sql_common::sqlx_backend!(SqliteBackend, Store::Sqlite, Dialect::Sqlite, 
              AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1",
         )
         .bind(schema.name)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(schema, op).await?)
         .await
         .map_err(|e| self.err(schema, op, e))?;
         check_unique_indexes(Store::Sqlite, schema, &unique)?;
@@ -243,9 +271,10 @@ super::sql_common::sqlx_backend!(SqliteBackend, Store::Sqlite, Dialect::Sqlite, 
         let cols = columns(schema);
         let row_marks = format!("({})", vec!["?"; schema.fields.len()].join(", "));
         let per_chunk = (MAX_VARIABLES / schema.fields.len()).clamp(1, 500);
-        let mut tx = self
-            .pool
-            .begin()
+        // A transaction of its own, or a savepoint inside the bound one:
+        // all or nothing either way.
+        let mut conn = self.conn(schema, op).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
             .map_err(|e| self.err(schema, op, e))?;
         for chunk in records.chunks(per_chunk) {
@@ -271,7 +300,7 @@ super::sql_common::sqlx_backend!(SqliteBackend, Store::Sqlite, Dialect::Sqlite, 
         let st = self.statements(schema);
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&st.get_many)))
             .bind(json_list(keys))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(schema, Operation::GetMany).await?)
             .await
             .map_err(|e| self.err(schema, Operation::GetMany, e))?;
         rows.iter()
