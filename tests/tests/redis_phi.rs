@@ -180,6 +180,20 @@ impl Drop for Monitor {
     }
 }
 
+/// The answer to a write that takes another patient's mrn.
+fn assert_mrn_taken(e: &Error) {
+    assert!(
+        matches!(
+            e,
+            Error::Conflict {
+                kind: ConflictKind::Unique { field: Some("mrn") },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phi_never_reaches_redis_key_names() {
     let spaces = RedisNamespaces::new("phikeys").await;
@@ -262,46 +276,19 @@ async fn phi_never_reaches_redis_key_names() {
     let (mut dup, _) = patient("f");
     dup.mrn = p3.mrn.clone();
     let e = repo.insert(&dup).await.expect_err("a taken mrn");
-    assert!(
-        matches!(
-            &e,
-            Error::Conflict {
-                kind: ConflictKind::Unique { field: Some("mrn") },
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_mrn_taken(&e);
     // A unique conflict by patch and by insert_many: a claim owner's
     // record is checked (and declared first).
     let e = repo
         .update(&p1.id, &Patch::new().set("mrn", p3.mrn.as_str()))
         .await
         .expect_err("a taken mrn by patch");
-    assert!(
-        matches!(
-            &e,
-            Error::Conflict {
-                kind: ConflictKind::Unique { field: Some("mrn") },
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_mrn_taken(&e);
     let e = repo
         .insert_many(&[dup.clone()])
         .await
         .expect_err("a taken mrn by insert_many");
-    assert!(
-        matches!(
-            &e,
-            Error::Conflict {
-                kind: ConflictKind::Unique { field: Some("mrn") },
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_mrn_taken(&e);
     // An indexed PHI field moved by patch to a free value.
     let (free, _) = patient("g");
     canaries.push(free.mrn.clone());
