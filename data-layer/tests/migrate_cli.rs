@@ -36,7 +36,7 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stdout.contains("sqlite: version none; 0 applied, 1 pending"),
+        stdout.contains("sqlite: version none; 0 applied, 2 pending"),
         "{stdout}"
     );
 
@@ -51,7 +51,11 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("sqlite: version 1; 1 applied, 0 pending, 0 failed"),
+        stdout.contains("sqlite   apply        2_change_feed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sqlite: version 2; 2 applied, 0 pending, 0 failed"),
         "{stdout}"
     );
 
@@ -85,7 +89,11 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
         stdout.contains("sqlite   revert       1_clinical_schema"),
         "{stdout}"
     );
-    assert!(stdout.contains("0 applied, 1 pending"), "{stdout}");
+    assert!(
+        stdout.contains("sqlite   revert       2_change_feed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 applied, 2 pending"), "{stdout}");
 }
 
 #[test]

@@ -67,6 +67,31 @@ pub use schema::{
 pub use time_text::{TimeText, date_text, parse_date, parse_timestamp, timestamp_text};
 pub use value::{Record, Value};
 
+#[doc(hidden)]
+pub use inventory;
+
+/// An entity type compiled into this program, registered by
+/// `#[derive(Entity)]` (so settings that name entities, such as
+/// `cdc.entities`, can be checked against the entities that exist).
+#[derive(Debug, Clone, Copy)]
+pub struct Registered {
+    /// The entity's schema.
+    pub schema: fn() -> &'static EntitySchema,
+}
+
+inventory::collect!(Registered);
+
+/// Every entity schema compiled into this program (from
+/// `#[derive(Entity)]`), in no particular order; a store name may appear
+/// more than once (two entity types on one table).
+#[must_use]
+pub fn registered_schemas() -> Vec<&'static EntitySchema> {
+    inventory::iter::<Registered>
+        .into_iter()
+        .map(|r| (r.schema)())
+        .collect()
+}
+
 /// Stands in for a PHI field's value in `Debug` output.
 #[derive(Clone, Copy)]
 pub struct Redacted;

@@ -220,6 +220,39 @@ impl EntitySchema {
     pub fn has_phi(&self) -> bool {
         self.fields.iter().any(|f| f.sensitivity.is_phi())
     }
+
+    /// The version of this entity's shape: 16 hex digits of a stable hash
+    /// (FNV-1a) of its store name and, per field in order, the name, type,
+    /// nullability and sensitivity. Change events carry it, so a consumer
+    /// can tell records of different shapes apart. The same in every build
+    /// and process; it changes when a field is added, removed, renamed,
+    /// retyped or reclassified.
+    #[must_use]
+    pub fn shape_version(&self) -> String {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let mut h = OFFSET;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(PRIME);
+            }
+            // A separator, so ("ab", "c") and ("a", "bc") differ.
+            h ^= 0xff;
+            h = h.wrapping_mul(PRIME);
+        };
+        eat(self.name.as_bytes());
+        for f in self.fields {
+            eat(f.name.as_bytes());
+            eat(f.ty.name().as_bytes());
+            eat(&[u8::from(f.nullable)]);
+            eat(match f.sensitivity {
+                Sensitivity::Public => b"public",
+                Sensitivity::Phi(r) => r.name().as_bytes(),
+            });
+        }
+        format!("{h:016x}")
+    }
 }
 
 /// Whether `name` is a valid store name or field name: `[a-z_][a-z0-9_]*`,

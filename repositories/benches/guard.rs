@@ -132,6 +132,11 @@ impl Backend for Failing {
     async fn begin(&self) -> dl_repositories::Result<Box<dyn dl_repositories::Transaction>> {
         Err(down(dl_repositories::Operation::Transaction))
     }
+    async fn change_feed(
+        &self,
+    ) -> dl_repositories::Result<std::sync::Arc<dyn dl_repositories::ChangeFeed>> {
+        Err(down(dl_repositories::Operation::Feed))
+    }
 }
 
 #[async_trait::async_trait]

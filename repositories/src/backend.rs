@@ -299,6 +299,14 @@ pub trait Backend: Probe + Send + Sync + fmt::Debug {
     /// (operation `transaction`), and so does a backend that is itself a
     /// transaction's: nesting is refused, not served as savepoints.
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
+
+    /// This store's change feed (see [`crate::feed`]): the events its
+    /// captured writes made, and its consumers' checkpoints. A store
+    /// without one answers the precise `Unsupported` (operation `feed`).
+    ///
+    /// # Errors
+    /// `Unsupported`.
+    async fn change_feed(&self) -> Result<Arc<dyn crate::feed::ChangeFeed>>;
 }
 
 /// One open transaction on one store. Its [`backend`](Transaction::backend)
@@ -658,6 +666,12 @@ macro_rules! seam {
                 // a name the trait does not have, so a store without one
                 // does not compile, rather than calling this again).
                 <$ty>::begin_transaction(self).await
+            }
+
+            async fn change_feed(
+                &self,
+            ) -> $crate::error::Result<std::sync::Arc<dyn $crate::feed::ChangeFeed>> {
+                <$ty>::feed_of_store(self)
             }
         }
 

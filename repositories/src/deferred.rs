@@ -91,6 +91,9 @@ impl Backend for Deferred {
     async fn begin(&self) -> Result<Box<dyn crate::backend::Transaction>> {
         self.inner(Operation::Transaction).await?.begin().await
     }
+    async fn change_feed(&self) -> Result<std::sync::Arc<dyn crate::feed::ChangeFeed>> {
+        self.inner(Operation::Feed).await?.change_feed().await
+    }
 }
 
 #[async_trait]

@@ -207,6 +207,8 @@ pub enum Operation {
     Exists,
     /// Beginning, committing or rolling back a transaction.
     Transaction,
+    /// Reading, acknowledging or pruning the change feed.
+    Feed,
 }
 
 impl Operation {
@@ -228,6 +230,7 @@ impl Operation {
             Operation::Count => "count",
             Operation::Exists => "exists",
             Operation::Transaction => "transaction",
+            Operation::Feed => "feed",
         }
     }
 

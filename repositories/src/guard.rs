@@ -507,6 +507,70 @@ impl Backend for Guarded {
             deadline: self.deadline,
         }))
     }
+
+    /// The store's feed, each of its calls under the deadline (a feed read
+    /// is not retried here: the consumer reads again from its checkpoint).
+    async fn change_feed(&self) -> Result<Arc<dyn crate::feed::ChangeFeed>> {
+        let inner = self.inner.change_feed().await?;
+        Ok(Arc::new(GuardedFeed {
+            inner,
+            deadline: self.deadline,
+        }))
+    }
+}
+
+/// A feed reached through the guard: every call under the deadline.
+#[derive(Debug)]
+struct GuardedFeed {
+    inner: Arc<dyn crate::feed::ChangeFeed>,
+    deadline: Duration,
+}
+
+impl GuardedFeed {
+    async fn within<T, F: Future<Output = Result<T>> + Send>(&self, f: F) -> Result<T> {
+        match tokio::time::timeout(self.deadline, f).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                store: self.inner.store(),
+                operation: Operation::Feed,
+                after: self.deadline,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::feed::ChangeFeed for GuardedFeed {
+    fn store(&self) -> Store {
+        self.inner.store()
+    }
+    async fn register(&self, consumer: &str, from_start: bool) -> Result<u64> {
+        self.within(self.inner.register(consumer, from_start)).await
+    }
+    async fn unregister(&self, consumer: &str) -> Result<bool> {
+        self.within(self.inner.unregister(consumer)).await
+    }
+    async fn read(&self, consumer: &str, limit: usize) -> Result<Vec<crate::feed::ChangeEvent>> {
+        self.within(self.inner.read(consumer, limit)).await
+    }
+    async fn ack(&self, consumer: &str, position: u64) -> Result<()> {
+        self.within(self.inner.ack(consumer, position)).await
+    }
+    async fn events_after(
+        &self,
+        position: u64,
+        entity: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::feed::ChangeEvent>> {
+        self.within(self.inner.events_after(position, entity, limit))
+            .await
+    }
+    async fn status(&self) -> Result<crate::feed::FeedStatus> {
+        self.within(self.inner.status()).await
+    }
+    async fn prune(&self, retention: Duration) -> Result<u64> {
+        self.within(self.inner.prune(retention)).await
+    }
 }
 
 /// A transaction begun through the guard: its calls guarded (no retries),
@@ -693,6 +757,9 @@ mod tests {
         async fn begin(&self) -> Result<Box<dyn Transaction>> {
             self.act(Operation::Transaction).await?;
             self.inner.begin_transaction().await
+        }
+        async fn change_feed(&self) -> Result<Arc<dyn crate::feed::ChangeFeed>> {
+            Backend::change_feed(&self.inner).await
         }
     }
 

@@ -50,6 +50,7 @@ pub mod backend;
 pub mod backends;
 pub mod deferred;
 pub mod error;
+pub mod feed;
 pub mod guard;
 mod json_record;
 pub mod keys;
@@ -57,6 +58,8 @@ pub mod query;
 mod repo;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_capture;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sqlx_errors;
 mod versions;
@@ -68,6 +71,7 @@ pub use backend::{
 pub use error::{
     BatchFailure, BoxError, ConflictKind, DriverError, Error, Operation, Result, Store,
 };
+pub use feed::{Capture, ChangeEvent, ChangeFeed, ChangeOp, Consumer, EventKey, FeedStatus};
 pub use query::{
     CmpOp, Cond, Cursor, Direction, Filter, ListRequest, Page, Patch, Query, ValidPatch,
 };

@@ -210,3 +210,12 @@ pub(crate) static PING_SCHEMA: dl_models::EntitySchema = dl_models::EntitySchema
     key: 0,
     version: None,
 };
+
+/// A schema stand-in for errors of change-feed calls (read, ack, prune).
+pub(crate) static FEED_SCHEMA: dl_models::EntitySchema = dl_models::EntitySchema {
+    name: "feed",
+    rust_name: "feed",
+    fields: &[],
+    key: 0,
+    version: None,
+};

@@ -503,6 +503,11 @@ impl Backend for Restricted {
     async fn begin(&self) -> dl_repositories::Result<Box<dyn dl_repositories::Transaction>> {
         self.inner.begin().await
     }
+    async fn change_feed(
+        &self,
+    ) -> dl_repositories::Result<std::sync::Arc<dyn dl_repositories::ChangeFeed>> {
+        self.inner.change_feed().await
+    }
 }
 
 #[async_trait::async_trait]

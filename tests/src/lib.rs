@@ -17,6 +17,7 @@
 pub mod canary;
 pub mod cases;
 pub mod entities;
+pub mod feed;
 pub mod harness;
 pub mod live;
 pub mod migrate;

@@ -113,6 +113,13 @@ impl PgNamespaces {
         })
     }
 
+    /// A namespace name of this maker (`<prefix>_<tag>`), for a test that
+    /// migrates and opens it itself; dropped by [`PgNamespaces::drop_all`].
+    #[must_use]
+    pub fn name(&self, tag: &str) -> String {
+        format!("{}_{tag}", self.prefix)
+    }
+
     /// Drops every namespace this maker created.
     pub async fn drop_all(&self) {
         drop_postgres_namespaces(&self.prefix).await;

@@ -278,6 +278,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                 ::core::clone::Clone::clone(&self.#key_ident)
             }
         }
+        ::dl_models::inventory::submit! {
+            ::dl_models::Registered {
+                schema: <#ident as ::dl_models::Entity>::schema,
+            }
+        }
         #debug_impl
     })
 }

@@ -130,6 +130,14 @@ impl MemoryBackend {
     }
 
     #[allow(clippy::unused_async)]
+    #[allow(clippy::unused_self)]
+    pub(crate) fn feed_of_store(&self) -> Result<std::sync::Arc<dyn crate::feed::ChangeFeed>> {
+        Err(crate::feed::no_feed(
+            Store::Memory,
+            "the in-memory model keeps no change feed",
+        ))
+    }
+
     pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn Transaction>> {
         if self.tx.is_some() {
             return Err(nested_transaction(Store::Memory));

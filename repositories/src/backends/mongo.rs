@@ -446,6 +446,14 @@ impl MongoBackend {
 
     /// No transactions on this store: the precise `Unsupported`.
     #[allow(clippy::unused_async)]
+    #[allow(clippy::unused_self)]
+    pub(crate) fn feed_of_store(&self) -> Result<std::sync::Arc<dyn crate::feed::ChangeFeed>> {
+        Err(crate::feed::no_feed(
+            Store::Mongo,
+            "not served by this backend yet",
+        ))
+    }
+
     pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
         Err(crate::backend::no_transactions(
             Store::Mongo,

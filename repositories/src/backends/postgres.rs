@@ -33,6 +33,10 @@ pub struct PostgresBackend {
     statements: Arc<RwLock<HashMap<SchemaId, Arc<Statements>>>>,
     /// The transaction this backend is bound to (see `Backend::begin`).
     tx: Option<super::sql_common::Shared<Postgres>>,
+    /// Set when a write in the bound transaction wrote a change event.
+    tx_captured: Arc<std::sync::atomic::AtomicBool>,
+    /// The entities whose writes become change events (none: no feed).
+    capture: Option<Arc<super::sql_common::CaptureState>>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for PostgresBackend {
         f.debug_struct("PostgresBackend")
             .field("namespace", &self.namespace)
             .field("in_transaction", &self.tx.is_some())
+            .field("capture", &self.capture.as_ref().map(|c| &c.capture))
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +74,91 @@ impl PostgresBackend {
             namespace: namespace.to_owned(),
             statements: Arc::default(),
             tx: None,
+            tx_captured: Arc::default(),
+            capture: None,
         })
+    }
+
+    /// Writes of the entities `capture` names become change events, each
+    /// in the same statement as its write (see [`crate::feed`]); the
+    /// feed's tables come from the migration `2_change_feed.sql`, in this
+    /// backend's namespace.
+    #[must_use]
+    pub fn with_capture(mut self, capture: Arc<crate::feed::Capture>) -> Self {
+        self.capture = Some(Arc::new(super::sql_common::CaptureState::new(
+            capture,
+            Some(&self.namespace),
+        )));
+        self
+    }
+
+    /// A captured statement takes no parameter before the write's own.
+    #[allow(clippy::unused_self)]
+    fn capture_prefix(
+        &self,
+        q: Q<'static>,
+        _: &'static EntitySchema,
+        _: crate::sql_capture::Write,
+        _: &Value,
+    ) -> Q<'static> {
+        q
+    }
+
+    /// The parameter a captured statement adds after the write's own: the
+    /// key's id.
+    fn capture_binds(
+        &self,
+        q: Q<'static>,
+        schema: &'static EntitySchema,
+        _: crate::sql_capture::Write,
+        key: &Value,
+    ) -> Q<'static> {
+        let id = self
+            .capture
+            .as_ref()
+            .map(|c| c.capture.key_id(schema, key))
+            .unwrap_or_default();
+        q.bind(id)
+    }
+
+    /// Runs a captured write: one statement, atomic by itself (in the
+    /// bound transaction, its events are stamped at commit).
+    async fn run_captured(
+        &self,
+        schema: &'static EntitySchema,
+        op: Operation,
+        q: Q<'static>,
+    ) -> Result<Vec<PgRow>> {
+        let rows = q
+            .fetch_all(&mut *self.conn(schema, op).await?)
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        if self.tx.is_some() {
+            self.tx_captured
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(rows)
+    }
+
+    /// What a transaction that wrote events runs before `COMMIT`.
+    fn stamp_sql(&self) -> Option<Arc<str>> {
+        self.capture
+            .as_ref()
+            .map(|c| crate::sql_capture::pg_stamp(&c.tables).into())
+    }
+
+    /// The feed of this namespace, when capture is on.
+    fn feed_of_store(&self) -> Result<Arc<dyn crate::feed::ChangeFeed>> {
+        match &self.capture {
+            Some(c) => Ok(Arc::new(PostgresFeed {
+                pool: self.pool.clone(),
+                tables: c.tables.clone(),
+            })),
+            None => Err(crate::feed::no_feed(
+                Store::Postgres,
+                "no entity is captured: name entities in cdc.entities",
+            )),
+        }
     }
 
     /// The pool.
@@ -325,6 +414,24 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
         .await
         .map_err(|e| self.err(schema, op, e))?;
         check_unique_indexes(Store::Postgres, schema, &unique)?;
+        if crate::feed::captured(self.capture.as_ref().map(|c| &c.capture), schema) {
+            for t in [
+                "dl_feed",
+                "dl_feed_keys",
+                "dl_feed_clock",
+                "dl_feed_consumers",
+            ] {
+                let name = format!("{}.{}", ident(&self.namespace), ident(t));
+                let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+                    .bind(&name)
+                    .fetch_one(&mut *self.conn(schema, op).await?)
+                    .await
+                    .map_err(|e| self.err(schema, op, e))?;
+                if found.is_none() {
+                    return Err(crate::feed::feed_not_ready(Store::Postgres, schema, t));
+                }
+            }
+        }
         self.statements(schema);
         Ok(())
     }
@@ -343,15 +450,35 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
                 }
             })
             .collect();
-        let sql = format!(
+        let mut sql = format!(
             "INSERT INTO {} ({}) SELECT * FROM UNNEST({})",
             self.table(schema),
             columns(schema),
             arrays.join(", ")
         );
+        let capture = self.capture.as_ref().filter(|c| c.capture.captures(schema));
+        if let Some(c) = capture {
+            sql = crate::sql_capture::pg_capture_many(
+                &c.tables,
+                schema,
+                &sql,
+                schema.fields.len(),
+                array_type(schema.key_field().ty),
+                self.tx.is_some(),
+            );
+        }
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (i, f) in schema.fields.iter().enumerate() {
             q = bind_array(q, f.ty, records.iter().map(|r| r.get(i)));
+        }
+        if let Some(c) = capture {
+            let ids: Vec<String> = records
+                .iter()
+                .map(|r| c.capture.key_id(schema, r.get(schema.key)))
+                .collect();
+            self.run_captured(schema, Operation::InsertMany, q.bind(ids))
+                .await?;
+            return Ok(());
         }
         q.execute(&mut *self.conn(schema, Operation::InsertMany).await?)
             .await
@@ -375,3 +502,227 @@ super::sql_common::sqlx_backend!(PostgresBackend, Store::Postgres, Dialect::Post
             .map_err(|e| self.err(schema, Operation::GetMany, e))
     }
 });
+
+/// The change feed of a PostgreSQL namespace (see [`crate::feed`]).
+#[derive(Debug)]
+struct PostgresFeed {
+    pool: PgPool,
+    tables: crate::sql_capture::FeedTables,
+}
+
+impl PostgresFeed {
+    fn err(&self, e: sqlx::Error) -> Error {
+        map_sqlx_error(
+            Store::Postgres,
+            &crate::sqlx_errors::FEED_SCHEMA,
+            Operation::Feed,
+            e,
+        )
+    }
+
+    /// The last position given out (the clock).
+    fn last_sql(&self) -> String {
+        format!(
+            "(SELECT \"position\" FROM {} WHERE \"id\" = 1)",
+            self.tables.clock
+        )
+    }
+
+    fn events(rows: &[PgRow]) -> Result<Vec<crate::feed::ChangeEvent>> {
+        rows.iter()
+            .map(|r| {
+                let get = |e: sqlx::Error| {
+                    let _ = e;
+                    crate::feed::feed_defect(
+                        Store::Postgres,
+                        "a row that does not read as an event",
+                    )
+                };
+                crate::feed::ChangeEvent::from_row(
+                    Store::Postgres,
+                    r.try_get(0).map_err(get)?,
+                    r.try_get(1).map_err(get)?,
+                    &r.try_get::<String, _>(2).map_err(get)?,
+                    r.try_get(3).map_err(get)?,
+                    r.try_get(4).map_err(get)?,
+                    r.try_get(5).map_err(get)?,
+                    r.try_get(6).map_err(get)?,
+                    r.try_get(7).map_err(get)?,
+                )
+            })
+            .collect()
+    }
+
+    async fn consumer_position(&self, consumer: &str) -> Result<u64> {
+        crate::feed::check_consumer_name(consumer)?;
+        let pos: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT \"position\" FROM {} WHERE \"name\" = $1",
+            self.tables.consumers
+        )))
+        .bind(consumer)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        pos.map(|p| u64::try_from(p).unwrap_or(0))
+            .ok_or_else(crate::feed::not_registered)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::feed::ChangeFeed for PostgresFeed {
+    fn store(&self) -> Store {
+        Store::Postgres
+    }
+
+    async fn register(&self, consumer: &str, from_start: bool) -> Result<u64> {
+        crate::feed::check_consumer_name(consumer)?;
+        let start = if from_start {
+            "0".to_owned()
+        } else {
+            self.last_sql()
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (\"name\", \"position\", \"registered_at\") VALUES ($1, {start}, now()) \
+             ON CONFLICT (\"name\") DO NOTHING",
+            self.tables.consumers
+        )))
+        .bind(consumer)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        self.consumer_position(consumer).await
+    }
+
+    async fn unregister(&self, consumer: &str) -> Result<bool> {
+        crate::feed::check_consumer_name(consumer)?;
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE \"name\" = $1",
+            self.tables.consumers
+        )))
+        .bind(consumer)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn read(&self, consumer: &str, limit: usize) -> Result<Vec<crate::feed::ChangeEvent>> {
+        crate::feed::check_limit(limit)?;
+        let after = self.consumer_position(consumer).await?;
+        self.events_after(after, None, limit).await
+    }
+
+    async fn ack(&self, consumer: &str, position: u64) -> Result<()> {
+        crate::feed::check_consumer_name(consumer)?;
+        let pos = i64::try_from(position).unwrap_or(i64::MAX);
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET \"position\" = GREATEST(\"position\", $2), \"acked_at\" = now() \
+             WHERE \"name\" = $1 AND $2 <= {}",
+            self.tables.consumers,
+            self.last_sql()
+        )))
+        .bind(consumer)
+        .bind(pos)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        if done.rows_affected() > 0 {
+            return Ok(());
+        }
+        self.consumer_position(consumer).await?;
+        let last: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT {}", self.last_sql())))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Err(crate::feed::past_the_end(
+            position,
+            u64::try_from(last).unwrap_or(0),
+        ))
+    }
+
+    async fn events_after(
+        &self,
+        position: u64,
+        entity: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::feed::ChangeEvent>> {
+        crate::feed::check_limit(limit)?;
+        crate::feed::check_entity_name(entity)?;
+        let sql = format!(
+            "SELECT \"position\", \"entity\", \"op\", \"key_id\", \"seq\", \"committed_at\", \
+             \"schema_version\", \"after_image\"::text FROM {} \
+             WHERE \"position\" > $1 AND ($2::text IS NULL OR \"entity\" = $2) \
+             ORDER BY \"position\" LIMIT $3",
+            self.tables.feed
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .bind(entity)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Self::events(&rows)
+    }
+
+    async fn status(&self) -> Result<crate::feed::FeedStatus> {
+        let t = &self.tables;
+        let (events, last): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT (SELECT count(*) FROM {} WHERE \"position\" IS NOT NULL), {}",
+            t.feed,
+            self.last_sql()
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, i64, Option<DateTime<Utc>>)> =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT \"name\", \"position\", \"acked_at\" FROM {} ORDER BY \"name\"",
+                t.consumers
+            )))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT min(f.\"committed_at\") FROM {} AS f \
+             WHERE f.\"position\" > (SELECT min(\"position\") FROM {})",
+            t.feed, t.consumers
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let now = Utc::now();
+        Ok(crate::feed::FeedStatus {
+            store: Store::Postgres,
+            events: u64::try_from(events).unwrap_or(0),
+            last_position: u64::try_from(last).unwrap_or(0),
+            oldest_unacked_age: oldest.map(|t| (now - t).to_std().unwrap_or_default()),
+            consumers: rows
+                .into_iter()
+                .map(|(name, pos, acked_at)| crate::feed::ConsumerStatus {
+                    name,
+                    position: u64::try_from(pos).unwrap_or(0),
+                    lag: u64::try_from(last.saturating_sub(pos)).unwrap_or(0),
+                    acked_at,
+                })
+                .collect(),
+        })
+    }
+
+    async fn prune(&self, retention: std::time::Duration) -> Result<u64> {
+        let t = &self.tables;
+        let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE \"position\" <= COALESCE((SELECT min(\"position\") FROM {}), {}) \
+             AND \"committed_at\" < now() - make_interval(secs => $1::double precision / 1000.0)",
+            t.feed,
+            t.consumers,
+            self.last_sql()
+        )))
+        .bind(keep_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+}

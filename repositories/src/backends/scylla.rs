@@ -768,6 +768,14 @@ impl ScyllaBackend {
 
     /// No transactions on this store: the precise `Unsupported`.
     #[allow(clippy::unused_async)]
+    #[allow(clippy::unused_self)]
+    pub(crate) fn feed_of_store(&self) -> Result<std::sync::Arc<dyn crate::feed::ChangeFeed>> {
+        Err(crate::feed::no_feed(
+            Store::Scylla,
+            "the CQL test server has no CDC log tables; see the README (Change feed) for how ScyllaDB CDC would serve it",
+        ))
+    }
+
     pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
         Err(crate::backend::no_transactions(
             Store::Scylla,

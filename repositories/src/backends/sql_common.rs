@@ -86,6 +86,11 @@ pub(crate) struct SqlTransaction<DB: Database> {
     pub(crate) store: Store,
     pub(crate) shared: Shared<DB>,
     pub(crate) backend: Arc<dyn Backend>,
+    /// Set when a write in the transaction wrote a change event.
+    pub(crate) captured: Arc<std::sync::atomic::AtomicBool>,
+    /// Run before `COMMIT` when `captured` (PostgreSQL: gives the events
+    /// their positions).
+    pub(crate) stamp: Option<Arc<str>>,
 }
 
 impl<DB: Database> std::fmt::Debug for SqlTransaction<DB> {
@@ -96,15 +101,29 @@ impl<DB: Database> std::fmt::Debug for SqlTransaction<DB> {
     }
 }
 
-impl<DB: Database> SqlTransaction<DB> {
+impl<DB: Database> SqlTransaction<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
     async fn end(&self, commit: bool) -> Result<()> {
         let Some(tx) = self.shared.lock().await.take() else {
             return Err(transaction_ended("transaction"));
         };
-        let done = if commit {
-            tx.commit().await
-        } else {
-            tx.rollback().await
+        let captured = self.captured.load(std::sync::atomic::Ordering::Acquire);
+        let done = match (commit, &self.stamp) {
+            (true, Some(stamp)) if captured => {
+                let mut tx = tx;
+                // Dropped on failure: the transaction rolls back.
+                match sqlx::raw_sql(sqlx::AssertSqlSafe(Arc::clone(stamp)))
+                    .execute(&mut *tx)
+                    .await
+                {
+                    Ok(_) => tx.commit().await,
+                    Err(e) => Err(e),
+                }
+            }
+            (true, _) => tx.commit().await,
+            (false, _) => tx.rollback().await,
         };
         done.map_err(|e| {
             crate::sqlx_errors::map_sqlx_error(
@@ -118,7 +137,10 @@ impl<DB: Database> SqlTransaction<DB> {
 }
 
 #[async_trait]
-impl<DB: Database> Transaction for SqlTransaction<DB> {
+impl<DB: Database> Transaction for SqlTransaction<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
     fn backend(&self) -> Arc<dyn Backend> {
         Arc::clone(&self.backend)
     }
@@ -220,12 +242,16 @@ macro_rules! sqlx_backend {
                 })?;
             let shared: super::sql_common::Shared<_> =
                 Arc::new(tokio::sync::Mutex::new(Some(tx)));
+            let captured = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut bound = self.clone();
             bound.tx = Some(Arc::clone(&shared));
+            bound.tx_captured = Arc::clone(&captured);
             Ok(Box::new(super::sql_common::SqlTransaction {
                 store: $store,
                 shared,
                 backend: Arc::new(bound),
+                captured,
+                stamp: self.stamp_sql(),
             }))
         }
 
@@ -261,15 +287,39 @@ macro_rules! sqlx_backend {
                 max: self.pool.options().get_max_connections(),
             })
         }
+    /// The captured form of `base` when `schema` is captured.
+    fn captured(
+        &self,
+        schema: &'static EntitySchema,
+        write: crate::sql_capture::Write,
+        base: &Arc<str>,
+        params: usize,
+    ) -> Option<Arc<str>> {
+        let c = self.capture.as_ref().filter(|c| c.capture.captures(schema))?;
+        Some(c.render($dialect, &self.table(schema), schema, write, base, params, self.tx.is_some()))
+    }
+
     async fn insert(&self, schema: &'static EntitySchema, record: &Record) -> Result<()> {
+        let op = Operation::Insert;
         let st = self.statements(schema);
-        let mut q = sqlx::query(AssertSqlSafe(Arc::clone(&st.insert_one)));
+        let captured = self.captured(schema, crate::sql_capture::Write::Insert, &st.insert_one, schema.fields.len());
+        let mut q = sqlx::query(AssertSqlSafe(captured.clone().unwrap_or_else(|| Arc::clone(&st.insert_one))));
+        let key = record.get(schema.key);
+        let write = crate::sql_capture::Write::Insert;
+        if captured.is_some() {
+            q = self.capture_prefix(q, schema, write, key);
+        }
         for (f, v) in schema.fields.iter().zip(&record.0) {
             q = bind(q, f.ty, v);
         }
-        q.execute(&mut *self.conn(schema, Operation::Insert).await?)
+        if captured.is_some() {
+            let q = self.capture_binds(q, schema, write, key);
+            self.run_captured(schema, op, q).await?;
+            return Ok(());
+        }
+        q.execute(&mut *self.conn(schema, op).await?)
             .await
-            .map_err(|e| self.err(schema, Operation::Insert, e))?;
+            .map_err(|e| self.err(schema, op, e))?;
         Ok(())
     }
 
@@ -300,7 +350,13 @@ macro_rules! sqlx_backend {
         let sql = self
             .statements(schema)
             .update(schema, &patched, check.is_some());
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let params = patched.len() + 1 + usize::from(check.is_some());
+        let captured = self.captured(schema, crate::sql_capture::Write::Update, &sql, params);
+        let mut q = sqlx::query(AssertSqlSafe(captured.clone().unwrap_or(sql)));
+        let write = crate::sql_capture::Write::Update;
+        if captured.is_some() {
+            q = self.capture_prefix(q, schema, write, key);
+        }
         for (i, v) in &patch.sets {
             q = bind(q, schema.fields[*i].ty, v);
         }
@@ -308,10 +364,14 @@ macro_rules! sqlx_backend {
         if let Some((_, expected)) = check {
             q = q.bind(expected);
         }
-        let row = q
-            .fetch_optional(&mut *self.conn(schema, op).await?)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+        let row = if captured.is_some() {
+            let q = self.capture_binds(q, schema, write, key);
+            self.run_captured(schema, op, q).await?.into_iter().next()
+        } else {
+            q.fetch_optional(&mut *self.conn(schema, op).await?)
+                .await
+                .map_err(|e| self.err(schema, op, e))?
+        };
         if let Some(r) = row {
             return decode_row(schema, &r)
                 .map(Some)
@@ -341,21 +401,31 @@ macro_rules! sqlx_backend {
     ) -> Result<Record> {
         let op = Operation::Replace;
         let st = self.statements(schema);
-        let mut q = sqlx::query(AssertSqlSafe(Arc::clone(&st.replace)));
+        let params = schema.fields.len() + usize::from(schema.version.is_some());
+        let captured = self.captured(schema, crate::sql_capture::Write::Replace, &st.replace, params);
+        let mut q = sqlx::query(AssertSqlSafe(captured.clone().unwrap_or_else(|| Arc::clone(&st.replace))));
+        let key = record.get(schema.key);
+        let write = crate::sql_capture::Write::Replace;
+        if captured.is_some() {
+            q = self.capture_prefix(q, schema, write, key);
+        }
         for (i, (f, v)) in schema.fields.iter().zip(&record.0).enumerate() {
             if i != schema.key {
                 q = bind(q, f.ty, v);
             }
         }
-        let key = record.get(schema.key);
         q = bind(q, schema.key_field().ty, key);
         if schema.version.is_some() {
             q = q.bind(expected_version.unwrap_or_default());
         }
-        let row = q
-            .fetch_optional(&mut *self.conn(schema, op).await?)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+        let row = if captured.is_some() {
+            let q = self.capture_binds(q, schema, write, key);
+            self.run_captured(schema, op, q).await?.into_iter().next()
+        } else {
+            q.fetch_optional(&mut *self.conn(schema, op).await?)
+                .await
+                .map_err(|e| self.err(schema, op, e))?
+        };
         if let Some(r) = row {
             return decode_row(schema, &r).map_err(|e| self.err(schema, op, e));
         }
@@ -374,28 +444,57 @@ macro_rules! sqlx_backend {
     }
 
     async fn upsert(&self, schema: &'static EntitySchema, record: &Record) -> Result<Record> {
+        let op = Operation::Upsert;
         let st = self.statements(schema);
-        let mut q = sqlx::query(AssertSqlSafe(Arc::clone(&st.upsert)));
+        let captured = self.captured(schema, crate::sql_capture::Write::Upsert, &st.upsert, schema.fields.len());
+        let mut q = sqlx::query(AssertSqlSafe(captured.clone().unwrap_or_else(|| Arc::clone(&st.upsert))));
+        let key = record.get(schema.key);
+        let write = crate::sql_capture::Write::Upsert;
+        if captured.is_some() {
+            q = self.capture_prefix(q, schema, write, key);
+        }
         for (f, v) in schema.fields.iter().zip(&record.0) {
             q = bind(q, f.ty, v);
         }
-        let row = q
-            .fetch_one(&mut *self.conn(schema, Operation::Upsert).await?)
-            .await
-            .map_err(|e| self.err(schema, Operation::Upsert, e))?;
-        decode_row(schema, &row).map_err(|e| self.err(schema, Operation::Upsert, e))
+        let row = if captured.is_some() {
+            let q = self.capture_binds(q, schema, write, key);
+            self.run_captured(schema, op, q)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Backend {
+                    store: $store,
+                    operation: op,
+                    message: "the upsert answered no row".into(),
+                    retryable: false,
+                    source: None,
+                })?
+        } else {
+            q.fetch_one(&mut *self.conn(schema, op).await?)
+                .await
+                .map_err(|e| self.err(schema, op, e))?
+        };
+        decode_row(schema, &row).map_err(|e| self.err(schema, op, e))
     }
 
     async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        let op = Operation::Delete;
         let st = self.statements(schema);
+        if let Some(sql) = self.captured(schema, crate::sql_capture::Write::Delete, &st.delete, 1) {
+            let write = crate::sql_capture::Write::Delete;
+            let q = self.capture_prefix(sqlx::query(AssertSqlSafe(sql)), schema, write, key);
+            let q = bind(q, schema.key_field().ty, key);
+            let q = self.capture_binds(q, schema, write, key);
+            return Ok(!self.run_captured(schema, op, q).await?.is_empty());
+        }
         let done = bind(
             sqlx::query(AssertSqlSafe(Arc::clone(&st.delete))),
             schema.key_field().ty,
             key,
         )
-        .execute(&mut *self.conn(schema, Operation::Delete).await?)
+        .execute(&mut *self.conn(schema, op).await?)
         .await
-        .map_err(|e| self.err(schema, Operation::Delete, e))?;
+        .map_err(|e| self.err(schema, op, e))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -452,6 +551,75 @@ macro_rules! sqlx_backend {
 }
 
 pub(crate) use {sqlx_backend, sqlx_stored_version};
+
+/// A backend's capture: which entities, the feed's tables, and the
+/// captured statements rendered so far.
+#[derive(Debug)]
+pub(crate) struct CaptureState {
+    pub capture: Arc<crate::feed::Capture>,
+    pub tables: crate::sql_capture::FeedTables,
+    rendered: std::sync::RwLock<Rendered>,
+}
+
+/// Captured statements by their write's text and whether in a transaction.
+type Rendered = std::collections::HashMap<(Arc<str>, bool), Arc<str>>;
+
+/// How many captured statements one backend keeps rendered (past it, a
+/// statement is rendered per call instead of growing the cache).
+const CAPTURE_CACHE: usize = 256;
+
+impl CaptureState {
+    pub(crate) fn new(capture: Arc<crate::feed::Capture>, namespace: Option<&str>) -> Self {
+        CaptureState {
+            capture,
+            tables: crate::sql_capture::FeedTables::new(namespace),
+            rendered: std::sync::RwLock::default(),
+        }
+    }
+
+    /// The captured form of the write `base` (see
+    /// [`crate::sql_capture::capture_one`]), rendered once and reused.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn render(
+        &self,
+        d: crate::sql::Dialect,
+        table: &str,
+        schema: &dl_models::EntitySchema,
+        write: crate::sql_capture::Write,
+        base: &Arc<str>,
+        params: usize,
+        in_tx: bool,
+    ) -> Arc<str> {
+        let key = (Arc::clone(base), in_tx);
+        if let Some(sql) = self
+            .rendered
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Arc::clone(sql);
+        }
+        let sql: Arc<str> = crate::sql_capture::capture_one(
+            d,
+            &self.tables,
+            table,
+            schema,
+            write,
+            base,
+            params,
+            in_tx,
+        )
+        .into();
+        let mut rendered = self
+            .rendered
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rendered.len() < CAPTURE_CACHE {
+            rendered.insert(key, Arc::clone(&sql));
+        }
+        sql
+    }
+}
 
 /// What the shared code needs to know of an SQL store's driver.
 pub(crate) trait SqlStore {

@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS "dl_feed_consumers";
+DROP TABLE IF EXISTS "dl_feed_keys";
+DROP TABLE IF EXISTS "dl_feed";

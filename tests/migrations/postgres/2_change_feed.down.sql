@@ -1,0 +1,1 @@
+../../../migrations/postgres/2_change_feed.down.sql

@@ -1,0 +1,1 @@
+../../../migrations/sqlite/2_change_feed.down.sql

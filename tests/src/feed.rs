@@ -1,0 +1,315 @@
+//! Change-feed scenarios, run on every store that keeps a feed: every
+//! acknowledged write of a captured entity is exactly one event, in commit
+//! order, with its record after the write; failed, rolled-back and
+//! uncaptured writes are none; consumers read from durable checkpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dl_repositories::feed::{ChangeEvent, ChangeFeed, ChangeOp, EventKey};
+use dl_repositories::{Backend, Error, Patch, Repo, Repository};
+
+use crate::entities::{Note, Specimen};
+
+/// Every event of the feed, in order (at most 10,000).
+///
+/// # Panics
+/// When the feed cannot be read.
+pub async fn all_events(feed: &dyn ChangeFeed) -> Vec<ChangeEvent> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    for _ in 0..100 {
+        let batch = feed
+            .events_after(after, None, 1000)
+            .await
+            .expect("read the feed");
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        out.extend(batch);
+    }
+    out
+}
+
+/// What a scenario expects of one event.
+type Expect = (ChangeOp, &'static str, u64);
+
+fn key_of(e: &ChangeEvent) -> String {
+    match e.key() {
+        EventKey::Plain(serde_json::Value::String(s)) => s,
+        EventKey::Plain(other) => other.to_string(),
+        EventKey::Token(t) => t,
+    }
+}
+
+/// Every write operation, once each, on `Specimen` (captured) and `Note`
+/// (not), with failing writes and a rolled-back transaction between them:
+/// the feed holds exactly the events of the acknowledged writes, in order,
+/// each with the record as written.
+///
+/// # Panics
+/// On any difference.
+pub async fn every_write_is_one_event(backend: Arc<dyn Backend>) {
+    let repo = Repo::<Specimen>::open(Arc::clone(&backend))
+        .await
+        .expect("open specimens");
+    let notes = Repo::<Note>::open(Arc::clone(&backend))
+        .await
+        .expect("open notes");
+    let feed = backend.change_feed().await.expect("the store's feed");
+    let mut expect: Vec<Expect> = Vec::new();
+
+    let a = Specimen::new("a", 1);
+    repo.insert(&a).await.expect("insert a");
+    expect.push((ChangeOp::Created, "a", 1));
+    repo.insert_many(&[Specimen::new("b", 2), Specimen::new("c", 3)])
+        .await
+        .expect("insert_many");
+    expect.push((ChangeOp::Created, "b", 1));
+    expect.push((ChangeOp::Created, "c", 1));
+    // Failing writes: a duplicate key, a stale version, a missing key.
+    assert!(matches!(repo.insert(&a).await, Err(Error::Conflict { .. })));
+    assert!(matches!(
+        repo.insert_many(&[Specimen::new("z", 9), Specimen::new("b", 2)])
+            .await,
+        Err(Error::Conflict { .. } | Error::Batch { .. })
+    ));
+    let updated = repo
+        .update(&"a".to_owned(), &Patch::new().set("label", "patched"))
+        .await
+        .expect("update a")
+        .expect("a exists");
+    expect.push((ChangeOp::Updated, "a", 2));
+    assert!(
+        repo.update(&"nope".to_owned(), &Patch::new().set("label", "x"))
+            .await
+            .expect("update of a missing key")
+            .is_none()
+    );
+    let mut stale = updated.clone();
+    stale.version = 1;
+    assert!(matches!(
+        repo.replace(&stale).await,
+        Err(Error::Conflict { .. })
+    ));
+    let mut b = Specimen::new("b", 2);
+    b.body = Some("replaced".into());
+    repo.replace(&b).await.expect("replace b");
+    expect.push((ChangeOp::Updated, "b", 2));
+    repo.upsert(&Specimen::new("d", 4))
+        .await
+        .expect("upsert new d");
+    expect.push((ChangeOp::Created, "d", 1));
+    repo.upsert(&Specimen::new("a", 5)).await.expect("upsert a");
+    expect.push((ChangeOp::Updated, "a", 3));
+    assert!(repo.delete(&"c".to_owned()).await.expect("delete c"));
+    expect.push((ChangeOp::Deleted, "c", 2));
+    assert!(!repo.delete(&"c".to_owned()).await.expect("delete c again"));
+    // Not captured.
+    notes
+        .insert(&Note {
+            id: 1,
+            body: "not captured".into(),
+        })
+        .await
+        .expect("insert a note");
+    // A transaction that commits, and one that rolls back.
+    let tx = backend.begin().await.expect("begin");
+    let in_tx = Repo::<Specimen>::open(tx.backend())
+        .await
+        .expect("open in tx");
+    in_tx
+        .insert(&Specimen::new("e", 6))
+        .await
+        .expect("insert e");
+    in_tx
+        .update(&"e".to_owned(), &Patch::new().set("rank", 60_i64))
+        .await
+        .expect("update e");
+    tx.commit().await.expect("commit");
+    expect.push((ChangeOp::Created, "e", 1));
+    expect.push((ChangeOp::Updated, "e", 2));
+    let tx = backend.begin().await.expect("begin");
+    let in_tx = Repo::<Specimen>::open(tx.backend())
+        .await
+        .expect("open in tx");
+    in_tx
+        .insert(&Specimen::new("f", 7))
+        .await
+        .expect("insert f");
+    in_tx.delete(&"a".to_owned()).await.expect("delete a");
+    tx.rollback().await.expect("rollback");
+    // Re-inserting a deleted key continues its sequence.
+    repo.insert(&Specimen::new("c", 8))
+        .await
+        .expect("insert c again");
+    expect.push((ChangeOp::Created, "c", 3));
+
+    let events = all_events(&*feed).await;
+    let got: Vec<(ChangeOp, String, u64)> =
+        events.iter().map(|e| (e.op, key_of(e), e.seq)).collect();
+    let want: Vec<(ChangeOp, String, u64)> = expect
+        .iter()
+        .map(|(op, k, s)| (*op, (*k).to_owned(), *s))
+        .collect();
+    assert_eq!(got, want, "the feed's events");
+    for pair in events.windows(2) {
+        assert_eq!(
+            pair[1].position,
+            pair[0].position + 1,
+            "positions increase without gaps"
+        );
+    }
+    for e in &events {
+        assert_eq!(e.entity, "specimens");
+        assert_eq!(
+            e.schema_version,
+            <Specimen as dl_models::Entity>::schema().shape_version()
+        );
+        assert_eq!(e.id(), format!("specimens/{}/{}", e.key_token(), e.seq));
+        let after: Option<Specimen> = e.after().expect("the record reads as a Specimen");
+        match e.op {
+            ChangeOp::Deleted => assert!(after.is_none(), "a delete has no record"),
+            _ => assert_eq!(
+                after.expect("a record").id,
+                key_of(e),
+                "the record is the key's"
+            ),
+        }
+    }
+    // The last event of each live key holds the record as stored now.
+    let mut last: BTreeMap<String, &ChangeEvent> = BTreeMap::new();
+    for e in &events {
+        last.insert(key_of(e), e);
+    }
+    for (k, e) in last {
+        let stored = repo.get(&k).await.expect("get");
+        let after: Option<Specimen> = e.after().expect("decode");
+        assert!(
+            after == stored,
+            "the last event of {k} holds the stored record"
+        );
+    }
+}
+
+/// A consumer reads from its checkpoint, again until it acknowledges, and
+/// resumes after a new handle; bad names, unknown consumers and positions
+/// past the end are refused and change nothing; pruning keeps what a
+/// consumer has not acknowledged.
+///
+/// # Panics
+/// On any difference.
+pub async fn consumers_read_from_checkpoints(backend: Arc<dyn Backend>) {
+    let repo = Repo::<Specimen>::open(Arc::clone(&backend))
+        .await
+        .expect("open specimens");
+    let feed = backend.change_feed().await.expect("the store's feed");
+    for i in 0..5 {
+        repo.insert(&Specimen::new(&format!("k{i}"), i))
+            .await
+            .expect("insert");
+    }
+    // A consumer from the start, one from now.
+    assert_eq!(feed.register("analytics", true).await.expect("register"), 0);
+    assert_eq!(feed.register("cache", false).await.expect("register"), 5);
+    assert_eq!(
+        feed.register("analytics", false).await.expect("again"),
+        0,
+        "registering again keeps the checkpoint"
+    );
+    let first = feed.read("analytics", 2).await.expect("read");
+    assert_eq!(first.len(), 2);
+    let again = feed.read("analytics", 2).await.expect("read again");
+    assert_eq!(
+        again.iter().map(|e| e.position).collect::<Vec<_>>(),
+        first.iter().map(|e| e.position).collect::<Vec<_>>(),
+        "unacknowledged events come again"
+    );
+    feed.ack("analytics", first[1].position).await.expect("ack");
+    let next = feed.read("analytics", 10).await.expect("read on");
+    assert_eq!(next.len(), 3);
+    assert_eq!(next[0].position, first[1].position + 1);
+    assert!(feed.read("cache", 10).await.expect("read").is_empty());
+
+    // Bad input: nothing written.
+    let before = feed.status().await.expect("status");
+    let past = feed.ack("analytics", 1_000).await.unwrap_err();
+    assert!(
+        matches!(past, Error::Invalid { .. }) && past.to_string().contains("past the feed's last"),
+        "{past}"
+    );
+    assert!(matches!(
+        feed.read("nobody", 10).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        feed.ack("nobody", 1).await,
+        Err(Error::NotFound { .. })
+    ));
+    let long = "n".repeat(65);
+    for bad in [
+        "",
+        "Analytics",
+        "a b",
+        "x'; DROP TABLE dl_feed; --",
+        "a:b",
+        "{tag}",
+        long.as_str(),
+    ] {
+        for err in [
+            feed.register(bad, true).await.map(|_| ()).unwrap_err(),
+            feed.read(bad, 1).await.map(|_| ()).unwrap_err(),
+            feed.ack(bad, 1).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::Invalid { .. }), "{bad:?}: {err}");
+        }
+    }
+    assert!(matches!(
+        feed.read("analytics", 0).await,
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        feed.events_after(0, Some("x'; --"), 1).await,
+        Err(Error::Invalid { .. })
+    ));
+    let after = feed.status().await.expect("status");
+    let still = |mut s: dl_repositories::feed::FeedStatus| {
+        s.oldest_unacked_age = None;
+        s
+    };
+    assert_eq!(
+        still(before),
+        still(after.clone()),
+        "refused calls changed nothing"
+    );
+    assert_eq!(after.consumers.len(), 2);
+    let analytics = &after.consumers[0];
+    assert_eq!(analytics.name, "analytics");
+    assert_eq!(analytics.lag, 3);
+    assert!(after.oldest_unacked_age.is_some());
+
+    // Pruning: only what every consumer acknowledged (and older than the
+    // retention: none with a day's).
+    assert_eq!(
+        feed.prune(Duration::from_secs(86_400))
+            .await
+            .expect("prune"),
+        0
+    );
+    assert_eq!(
+        feed.prune(Duration::ZERO).await.expect("prune"),
+        2,
+        "the two events analytics acknowledged (cache started after them)"
+    );
+    let left = all_events(&*feed).await;
+    assert_eq!(left.len(), 3);
+    assert_eq!(feed.read("analytics", 10).await.expect("read").len(), 3);
+    // A consumer removed no longer holds events back.
+    assert!(feed.unregister("analytics").await.expect("unregister"));
+    assert_eq!(feed.prune(Duration::ZERO).await.expect("prune"), 3);
+    let status = feed.status().await.expect("status");
+    assert_eq!(status.events, 0);
+    assert_eq!(status.last_position, 5, "positions are not reused");
+    assert_eq!(status.consumers[0].lag, 0);
+    assert!(status.oldest_unacked_age.is_none());
+}
