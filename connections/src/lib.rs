@@ -42,6 +42,6 @@ pub mod sqlite;
 
 pub use secret::SecretUrl;
 pub use settings::{
-    DatabaseUrl, KEYS, KeySpec, Kind, Origin, PoolSettings, PrivacyKeys, ScyllaSettings, Settings,
-    SettingsError, Sources, parse_duration,
+    CdcSettings, DatabaseUrl, KEYS, KeySpec, Kind, Origin, PoolSettings, PrivacyKeys,
+    ScyllaSettings, Settings, SettingsError, Sources, parse_duration,
 };

@@ -43,6 +43,9 @@ pub enum Kind {
     /// Earlier secret keys, kept to open what they sealed:
     /// comma-separated `id:base64`; never printed.
     Secrets,
+    /// Comma-separated names (or a TOML array of them), each a [`Kind::Name`],
+    /// none twice; empty for none.
+    Names,
 }
 
 impl Kind {
@@ -67,6 +70,10 @@ impl Kind {
             }
             Kind::Secrets => {
                 "comma-separated id:key pairs (id: 1-16 of A-Z a-z 0-9 _ -; key: base64 of at least 32 bytes)"
+                    .into()
+            }
+            Kind::Names => {
+                "comma-separated names (or a TOML array of them), each of lower-case letters, digits and _ (at most 48), none twice"
                     .into()
             }
         }
@@ -109,7 +116,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 15] = [
+const BASE_KEYS: [KeySpec; 17] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -214,6 +221,20 @@ const BASE_KEYS: [KeySpec; 15] = [
         kind: Kind::Duration,
         default: Some("15s"),
         doc: "Time between the background health checker's pings of every store.",
+    },
+    KeySpec {
+        key: "cdc.entities",
+        env: "DL_CDC__ENTITIES",
+        kind: Kind::Names,
+        default: Some(""),
+        doc: "Entities (store names) whose every committed write becomes a change-feed event, in the same transaction; empty: none (an entity not named pays nothing).",
+    },
+    KeySpec {
+        key: "cdc.retention",
+        env: "DL_CDC__RETENTION",
+        kind: Kind::Duration,
+        default: Some("168h"),
+        doc: "How long change-feed events are kept after every registered consumer acknowledged them.",
     },
 ];
 
@@ -441,6 +462,17 @@ pub struct ScyllaSettings {
     pub create_keyspace: bool,
 }
 
+/// The change feed's settings (`cdc.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdcSettings {
+    /// Entities whose writes are captured (store names, checked for form
+    /// here and against the entities compiled into the program by the data
+    /// layer).
+    pub entities: Vec<String>,
+    /// How long acknowledged events are kept.
+    pub retention: Duration,
+}
+
 /// The privacy keys from settings (`privacy.key`, `privacy.key_id`,
 /// `privacy.previous_keys`). `Debug` shows the ids only.
 #[derive(Clone, Default)]
@@ -522,6 +554,8 @@ pub struct Settings {
     pub scylla: Option<ScyllaSettings>,
     /// Time between the background health checker's rounds.
     pub health_interval: Duration,
+    /// The change feed.
+    pub cdc: CdcSettings,
     /// SQLite pool.
     pub sqlite: PoolSettings,
     /// PostgreSQL pool.
@@ -739,6 +773,14 @@ fn flatten(
             out.push((prefix.to_owned(), b.to_string()));
             Ok(())
         }
+        toml::Value::Array(items)
+            if spec(prefix).is_some_and(|s| matches!(s.kind, Kind::Names))
+                && items.iter().all(toml::Value::is_str) =>
+        {
+            let names: Vec<&str> = items.iter().filter_map(toml::Value::as_str).collect();
+            out.push((prefix.to_owned(), names.join(",")));
+            Ok(())
+        }
         toml::Value::Float(_) | toml::Value::Datetime(_) | toml::Value::Array(_) => {
             match spec(prefix) {
                 Some(s) => Err(SettingsError::BadValue {
@@ -852,6 +894,22 @@ impl Parsed<'_> {
             return Err(self.bad(s));
         }
         Ok(Some(url))
+    }
+
+    fn names(&self, key: &str) -> Result<Vec<String>, SettingsError> {
+        let (s, v) = self.get(key).expect("declared with a default");
+        let mut out: Vec<String> = Vec::new();
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let ok = name.len() <= 48
+                && name.bytes().enumerate().all(|(i, c)| {
+                    c == b'_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit())
+                });
+            if !ok || out.iter().any(|n| n == name) {
+                return Err(self.bad(s));
+            }
+            out.push(name.to_owned());
+        }
+        Ok(out)
     }
 
     fn name(&self, key: &str) -> Result<String, SettingsError> {
@@ -1015,6 +1073,10 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
         redis_key_prefix: p.name("redis.key_prefix")?,
         scylla,
         health_interval: p.duration("health.interval")?,
+        cdc: CdcSettings {
+            entities: p.names("cdc.entities")?,
+            retention: p.duration("cdc.retention")?,
+        },
         sqlite: p.pool("sqlite")?,
         postgres: p.pool("postgres")?,
         mongo: p.pool("mongo")?,

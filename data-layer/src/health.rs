@@ -33,6 +33,27 @@ pub struct StoreHealth {
     /// `ok`, `warning` (in use above 80% of the maximum) or `critical`
     /// (above 90%).
     pub pool_level: &'static str,
+    /// The store's change feed, when it captures entities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<FeedHealth>,
+}
+
+/// A change feed's state in a health report (counts and ages, no values).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeedHealth {
+    /// Events kept.
+    pub events: u64,
+    /// The last position written.
+    pub last_position: u64,
+    /// Registered consumers.
+    pub consumers: usize,
+    /// The largest lag of a consumer, in events.
+    pub max_lag: u64,
+    /// How long the oldest event some consumer has not acknowledged has
+    /// waited, in seconds (none: all caught up).
+    pub oldest_unacked_age_s: Option<f64>,
+    /// Why the feed could not be read, if it could not.
+    pub error: Option<String>,
 }
 
 /// The health of every store of a data layer.
@@ -50,7 +71,9 @@ impl DataLayer {
     /// reports, and records the result as metrics: `dl_store_up`,
     /// `dl_store_ping_seconds`, and per pool `dl_pool_connections` (by
     /// `state`: open, idle, in_use, max), `dl_pool_utilization` (in use /
-    /// max) and `dl_pool_level` (0 ok, 1 warning, 2 critical).
+    /// max) and `dl_pool_level` (0 ok, 1 warning, 2 critical); for a store
+    /// with a change feed, `dl_feed_events`, `dl_feed_max_lag` and
+    /// `dl_feed_oldest_unacked_seconds` (0 when every consumer is caught up).
     pub async fn health(&self) -> HealthReport {
         let backends: Vec<&Arc<dyn Backend>> = std::iter::once(&self.relational)
             .chain(&self.others)
@@ -73,8 +96,13 @@ impl DataLayer {
                 Some(u) if u > 0.8 => "warning",
                 _ => "ok",
             };
+            let feed = match (&result, b.change_feed().await) {
+                (Ok(()), Ok(f)) => Some(feed_health(store, &*f).await),
+                _ => None,
+            };
             let health = StoreHealth {
                 store: store.name(),
+                feed,
                 status: if result.is_ok() { "up" } else { "down" },
                 required,
                 latency_ms: took.as_secs_f64() * 1000.0,
@@ -118,6 +146,9 @@ impl DataLayer {
             loop {
                 ticks.tick().await;
                 let report = dl.health().await;
+                if let Err(e) = dl.prune_feeds().await {
+                    tracing::warn!(error = %e, "pruning the change feed failed");
+                }
                 for s in &report.stores {
                     log_transition(&mut last, s);
                 }
@@ -136,6 +167,40 @@ impl DataLayer {
             Store::Scylla => &self.settings.scylla_pool,
             _ => &self.settings.sqlite,
         }
+    }
+}
+
+/// A feed's state, recorded as metrics.
+async fn feed_health(store: Store, feed: &dyn dl_repositories::ChangeFeed) -> FeedHealth {
+    let name = store.name();
+    match feed.status().await {
+        Ok(s) => {
+            let max_lag = s.consumers.iter().map(|c| c.lag).max().unwrap_or(0);
+            let age = s.oldest_unacked_age.map(|d| d.as_secs_f64());
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+            {
+                metrics::gauge!("dl_feed_events", "store" => name).set(s.events as f64);
+                metrics::gauge!("dl_feed_max_lag", "store" => name).set(max_lag as f64);
+            }
+            metrics::gauge!("dl_feed_oldest_unacked_seconds", "store" => name)
+                .set(age.unwrap_or(0.0));
+            FeedHealth {
+                events: s.events,
+                last_position: s.last_position,
+                consumers: s.consumers.len(),
+                max_lag,
+                oldest_unacked_age_s: age,
+                error: None,
+            }
+        }
+        Err(e) => FeedHealth {
+            events: 0,
+            last_position: 0,
+            consumers: 0,
+            max_lag: 0,
+            oldest_unacked_age_s: None,
+            error: Some(e.to_string()),
+        },
     }
 }
 

@@ -71,12 +71,13 @@ pub use dl_repositories::{
     Capabilities, Cursor, Error, Filter, Page, Patch, Query, Repo, Repository, Store,
 };
 
+pub mod feed;
 mod health;
 pub mod migrate;
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
 mod transaction;
-pub use health::{HealthChecker, HealthReport, StoreHealth};
+pub use health::{FeedHealth, HealthChecker, HealthReport, StoreHealth};
 pub use transaction::Tx;
 
 use dl_connections::DatabaseUrl;
@@ -105,6 +106,12 @@ pub enum SetupError {
     /// The settings are invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// `cdc.entities` names an entity that cannot be captured.
+    #[error("cdc.entities: {reason}")]
+    Capture {
+        /// Why (names entities, never values).
+        reason: String,
+    },
     /// A store could not be opened.
     #[error("{store}: cannot open the store: {reason}")]
     Connect {
@@ -152,6 +159,11 @@ impl DataLayer {
     /// bad driver options in a URL, or an invalid schema, key prefix or
     /// keyspace name.
     pub async fn from_settings(settings: Settings) -> Result<Self, SetupError> {
+        // One set of keys: cursors, and Redis's PHI index tokens when a key
+        // is configured (a random key would lose every index entry at the
+        // next start, so Redis gets none then, and refuses PHI indexes).
+        let configured = settings.privacy.privacy().map(Arc::new);
+        let capture = feed::capture_of(&settings, configured.as_ref())?;
         let relational: Arc<dyn Backend> = match &settings.database_url {
             #[cfg(not(feature = "sqlite"))]
             DatabaseUrl::Sqlite(_) => return Err(not_built(Store::Sqlite, "sqlite")),
@@ -166,7 +178,11 @@ impl DataLayer {
                         reason: format!("cannot open SQLite database {path}"),
                         source: Some(Box::new(e)),
                     })?;
-                Arc::new(SqliteBackend::new(pool))
+                let backend = SqliteBackend::new(pool);
+                Arc::new(match &capture {
+                    Some(c) => backend.with_capture(Arc::clone(c)),
+                    None => backend,
+                })
             }
             #[cfg(feature = "postgres")]
             DatabaseUrl::Postgres(url) => {
@@ -184,14 +200,13 @@ impl DataLayer {
                             source: None,
                         }
                     })?;
-                Arc::new(backend)
+                Arc::new(match &capture {
+                    Some(c) => backend.with_capture(Arc::clone(c)),
+                    None => backend,
+                })
             }
         };
         let relational = guarded(relational, &settings);
-        // One set of keys: cursors, and Redis's PHI index tokens when a key
-        // is configured (a random key would lose every index entry at the
-        // next start, so Redis gets none then, and refuses PHI indexes).
-        let configured = settings.privacy.privacy().map(Arc::new);
         let others = connect_others(&settings, configured.as_ref())
             .await?
             .into_iter()

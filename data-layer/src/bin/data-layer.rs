@@ -80,11 +80,43 @@ enum Command {
         #[arg(long, global = true, default_value = "migrations", value_name = "PATH")]
         dir: PathBuf,
     },
+    /// The change feed of each store: `status` (consumers, their lag, the
+    /// feed's size) or `tail` (the last events: entity, operation, key
+    /// token, sequence and time; never a field's value).
+    Feed {
+        #[command(subcommand)]
+        action: FeedAction,
+        /// sqlite, postgres, ... (default: the relational store).
+        #[arg(long, global = true)]
+        store: Option<String>,
+    },
     /// Print the effective settings (secrets redacted) and where each came from.
     Config {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FeedAction {
+    /// The feed's size and each consumer's checkpoint and lag.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last events (without their records).
+    Tail {
+        /// Only this entity's events.
+        #[arg(long)]
+        entity: Option<String>,
+        /// How many of the last events to print first (at most 10000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Keep printing new events as they are written (until interrupted).
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -181,6 +213,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             .map(|e| format!("  ({e})"))
                             .unwrap_or_default()
                     );
+                    if let Some(f) = &s.feed {
+                        out!(
+                            "  {:<8} feed: {} events, {} consumers, max lag {}, oldest unacknowledged {}{}",
+                            "",
+                            f.events,
+                            f.consumers,
+                            f.max_lag,
+                            f.oldest_unacked_age_s
+                                .map_or_else(|| "none".to_owned(), |a| format!("{a:.1} s")),
+                            f.error
+                                .as_ref()
+                                .map(|e| format!("  ({e})"))
+                                .unwrap_or_default()
+                        );
+                    }
                 }
             }
             if report.status == "down" {
@@ -280,6 +327,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Feed { action, store } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(feed(settings, store.as_deref(), action))
+        }
         Command::Demo => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -288,6 +342,140 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(demo(settings))
         }
     }
+}
+
+/// `data-layer feed status | tail`.
+async fn feed(settings: Settings, store: Option<&str>, action: FeedAction) -> anyhow::Result<()> {
+    let dl = DataLayer::from_settings(settings).await?;
+    let store = match store {
+        None => dl.relational().store(),
+        Some(name) => dl
+            .stores()
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--store: no configured store is named `{}` (configured: {})",
+                    data_layer::models::truncate_name(name),
+                    dl.stores()
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+    };
+    let feed = dl.feed(store).await?;
+    match action {
+        FeedAction::Status { json } => {
+            let status = feed.status().await?;
+            if json {
+                out!("{}", serde_json::to_string(&status)?);
+                return Ok(());
+            }
+            out!(
+                "{store} change feed: {} events kept, last position {}, oldest unacknowledged {}",
+                status.events,
+                status.last_position,
+                status.oldest_unacked_age.map_or_else(
+                    || "none".to_owned(),
+                    |d| format!("{:.1} s ago", d.as_secs_f64())
+                )
+            );
+            if status.consumers.is_empty() {
+                out!("  no consumers registered");
+            }
+            for c in &status.consumers {
+                out!(
+                    "  {:<24} at {:>10}  lag {:>8}  acknowledged {}",
+                    c.name,
+                    c.position,
+                    c.lag,
+                    c.acked_at.map_or_else(
+                        || "never".to_owned(),
+                        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+                    )
+                );
+            }
+            Ok(())
+        }
+        FeedAction::Tail {
+            entity,
+            limit,
+            follow,
+        } => {
+            anyhow::ensure!(
+                (1..=10_000).contains(&limit),
+                "--limit takes 1 to 10000 events"
+            );
+            let last = feed.status().await?.last_position;
+            let mut after = tail_start(&*feed, last, entity.as_deref(), limit).await?;
+            loop {
+                let events = feed.events_after(after, entity.as_deref(), limit).await?;
+                for e in &events {
+                    out!(
+                        "{:>10}  {}  {:<16} {:<7} {}  seq {}",
+                        e.position,
+                        e.committed_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                        e.entity,
+                        e.op,
+                        e.key_token(),
+                        e.seq
+                    );
+                }
+                // Past the last event read (or, filtered, past what was
+                // looked at: the feed's end when nothing matched).
+                after = match events.last() {
+                    Some(e) => e.position,
+                    None if entity.is_some() => feed.status().await?.last_position.max(after),
+                    None => after,
+                };
+                if !follow {
+                    return Ok(());
+                }
+                if events.len() < limit {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Where `feed tail` starts so that it prints the last `limit` events (of
+/// `entity`, if given): windows back from the end, doubling, until one
+/// holds enough (at most 40 windows).
+async fn tail_start(
+    feed: &dyn data_layer::feed::ChangeFeed,
+    last: u64,
+    entity: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<u64> {
+    let want = limit as u64;
+    let mut window = want;
+    for _ in 0..40 {
+        let from = last.saturating_sub(window);
+        // The positions of the matching events in the window, in pages.
+        let mut found: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+        let mut after = from;
+        for _ in 0..1000 {
+            let page = feed.events_after(after, entity, 10_000).await?;
+            let Some(end) = page.last().map(|e| e.position) else {
+                break;
+            };
+            for e in &page {
+                found.push_back(e.position);
+                if found.len() > limit {
+                    found.pop_front();
+                }
+            }
+            after = end;
+        }
+        if found.len() >= limit || from == 0 {
+            return Ok(found.front().map_or(from, |p| p.saturating_sub(1)));
+        }
+        window = window.saturating_mul(2);
+    }
+    Ok(0)
 }
 
 fn print_config(settings: &Settings, json: bool) {
@@ -359,9 +547,14 @@ fn print_migrations(runs: &[data_layer::migrate::StoreRun]) {
 const GIVEN: [&str; 6] = ["Alex", "Sam", "Robin", "Kim", "Jo", "Lee"];
 const FAMILY: [&str; 4] = ["Testperson", "Example", "Sample", "Fakename"];
 
-async fn demo(settings: Settings) -> anyhow::Result<()> {
+async fn demo(mut settings: Settings) -> anyhow::Result<()> {
     let started = Instant::now();
     let where_ = settings.database_url.to_string();
+    // The demo captures its two entities into the change feed unless the
+    // settings name others (cdc.entities).
+    if settings.cdc.entities.is_empty() {
+        settings.cdc.entities = vec!["patients".into(), "appointments".into()];
+    }
     // The built-in clinical schema, as `data-layer migrate up` would apply
     // it from migrations/ (repositories never create tables themselves).
     let runs =
@@ -369,7 +562,21 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
     let dl = DataLayer::from_settings(settings).await?;
     let patients = dl.repository::<Patient>().await?;
     let appointments = dl.repository::<Appointment>().await?;
-    out!("data-layer demo on {} ({where_})", patients.store());
+    let store = patients.store();
+    out!("data-layer demo on {store} ({where_})");
+    // Where the feed stands before this run writes, and a consumer of this
+    // run registered now: it starts after the events already there.
+    let run = Uuid::new_v4().simple().to_string()[..8].to_uppercase();
+    let (feed_start, reader) = match dl.feed(store).await {
+        Ok(feed) => {
+            let start = feed.status().await?.last_position;
+            let reader = dl
+                .consumer(store, &format!("demo-{}", run.to_lowercase()), false)
+                .await?;
+            (Some(start), Some(reader))
+        }
+        Err(_) => (None, None),
+    };
     for run in &runs {
         let applied = run.steps.len();
         let current = run.status.iter().filter(|s| s.state == "applied").count();
@@ -379,8 +586,8 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         );
     }
 
-    // A run tag keeps this run's rows apart from earlier runs' in the same file.
-    let run = Uuid::new_v4().simple().to_string()[..8].to_uppercase();
+    // The run tag (above) keeps this run's rows apart from earlier runs' in
+    // the same file.
     let now = Utc::now();
     let people: Vec<Patient> = (0..12usize)
         .map(|i| Patient {
@@ -561,6 +768,111 @@ async fn demo(settings: Settings) -> anyhow::Result<()> {
         }
         Ok(_) => anyhow::bail!("a stale write went through"),
         Err(e) => return Err(e.into()),
+    }
+
+    // A transaction that fails half-way rolls back whole: its insert is
+    // undone, and neither write becomes a change event.
+    let visit = Appointment {
+        id: Uuid::new_v4(),
+        patient_id: target,
+        starts_at: now + Duration::days(30),
+        duration_minutes: 15,
+        kind: "follow_up".into(),
+        status: "scheduled".into(),
+        notes: None,
+        version: 1,
+    };
+    let events_before = match &feed_start {
+        Some(_) => Some(dl.feed(store).await?.status().await?.last_position),
+        None => None,
+    };
+    let failed: Result<(), Error> = dl
+        .transaction(store, |tx| {
+            let visit = visit.clone();
+            async move {
+                tx.repository::<Appointment>().await?.insert(&visit).await?;
+                // Stale: writer A moved the patient past this version.
+                tx.repository::<Patient>()
+                    .await?
+                    .update(
+                        &target,
+                        &Patch::new()
+                            .set("status", "active")
+                            .expect_version(read_by_both),
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+        .await;
+    match failed {
+        Err(e) => out!(
+            "  a transaction inserted an appointment, then its update was refused ({e}): rolled back, the appointment {} ({} new events)",
+            if appointments.get(&visit.id).await?.is_none() {
+                "is not there"
+            } else {
+                anyhow::bail!("a rolled-back insert is visible")
+            },
+            match events_before {
+                Some(before) =>
+                    (dl.feed(store).await?.status().await?.last_position - before).to_string(),
+                None => "no feed:".to_owned(),
+            }
+        ),
+        Ok(()) => anyhow::bail!("a transaction with a stale update committed"),
+    }
+
+    // The change feed: every committed write above is one event, in commit
+    // order. A consumer reads from its checkpoint; the tail shows no values.
+    if let Some(start) = feed_start {
+        let feed = dl.feed(store).await?;
+        let events = feed.events_after(start, None, 10_000).await?;
+        let count = |op| events.iter().filter(|e| e.op == op).count();
+        out!(
+            "  change feed: this run wrote {} events ({} created, {} updated, {} deleted), positions {}..{}",
+            events.len(),
+            count(data_layer::feed::ChangeOp::Created),
+            count(data_layer::feed::ChangeOp::Updated),
+            count(data_layer::feed::ChangeOp::Deleted),
+            events.first().map_or(0, |e| e.position),
+            events.last().map_or(0, |e| e.position),
+        );
+        out!("  feed tail (entity, operation, key token, sequence; never a value):");
+        for e in events.iter().rev().take(4).rev() {
+            out!(
+                "    {:>6}  {:<12} {:<7} {}  seq {}",
+                e.position,
+                e.entity,
+                e.op,
+                e.key_token(),
+                e.seq
+            );
+        }
+    }
+    if let Some(reader) = reader {
+        // Batches of 16, each acknowledged once handled: after a crash the
+        // consumer would resume after the last batch it acknowledged.
+        let (mut batches, mut read) = (0, 0);
+        for _ in 0..1000 {
+            let batch = reader.next_batch(16).await?;
+            let Some(last) = batch.last() else { break };
+            reader.ack(last).await?;
+            batches += 1;
+            read += batch.len();
+        }
+        let feed = reader.feed();
+        let lag = feed
+            .status()
+            .await?
+            .consumers
+            .iter()
+            .find(|c| c.name == reader.name())
+            .map_or(0, |c| c.lag);
+        out!(
+            "  consumer `{}` read {read} events in {batches} acknowledged batches; lag now {lag} (removed, so it holds back no pruning)",
+            reader.name()
+        );
+        feed.unregister(reader.name()).await?;
     }
 
     let total = patients
