@@ -313,3 +313,220 @@ pub async fn consumers_read_from_checkpoints(backend: Arc<dyn Backend>) {
     assert_eq!(status.consumers[0].lag, 0);
     assert!(status.oldest_unacked_age.is_none());
 }
+
+/// What the writer processes said about each label, over every round.
+#[derive(Debug, Default)]
+pub struct WriterLog {
+    /// Labels tried, in order.
+    pub tried: Vec<String>,
+    /// Outcome per label: `ack`, `fail` or `err`; none: in flight when
+    /// the writer was killed.
+    pub outcome: BTreeMap<String, &'static str>,
+    /// Writer processes killed with SIGKILL.
+    pub kills: usize,
+}
+
+/// Runs the `feed-writer` binary `rounds` times with `env` (plus
+/// `FEED_WRITER_RUN`), killing each with SIGKILL after a random number of
+/// acknowledged writes (3 to 60; or 60 s), and collects what it said.
+/// `between` runs while a writer writes (say, resetting a proxy's
+/// connections) until the writer is killed.
+///
+/// # Panics
+/// When a writer cannot start, or says nothing within 60 s.
+pub fn kill_writer_rounds(
+    binary: &str,
+    env: &[(String, String)],
+    rounds: usize,
+    between: &(dyn Fn() + Sync),
+) -> WriterLog {
+    use std::io::BufRead as _;
+    let mut log = WriterLog::default();
+    let cwd = tempfile::tempdir().expect("a working folder");
+    for round in 0..rounds {
+        let run = format!("r{round}x{}", fastrand::u32(..));
+        let mut child = std::process::Command::new(binary)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("FEED_WRITER_RUN", &run)
+            .current_dir(cwd.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let kill_after = fastrand::usize(3..=60);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut acks = 0;
+        let mut ready = false;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    between();
+                }
+            });
+            while acks < kill_after && std::time::Instant::now() < deadline {
+                let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
+                ready |= line == "ready";
+                acks += usize::from(record_line(&mut log, &line));
+            }
+            // SIGKILL: no destructor, no flush, no rollback in the process.
+            child.kill().expect("kill the writer");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let _ = child.wait();
+        log.kills += 1;
+        // What it printed before it died.
+        let _ = reader.join();
+        for line in rx.try_iter() {
+            record_line(&mut log, &line);
+        }
+        assert!(ready, "round {round}: the writer never became ready");
+        assert!(
+            acks > 0,
+            "round {round}: the writer acknowledged nothing in 60 s"
+        );
+    }
+    log
+}
+
+/// Notes one line of a writer; whether it was an acknowledgement.
+fn record_line(log: &mut WriterLog, line: &str) -> bool {
+    let Some((word, label)) = line.split_once(' ') else {
+        return false;
+    };
+    let word = match word {
+        "try" => {
+            log.tried.push(label.to_owned());
+            return false;
+        }
+        "ack" => "ack",
+        "fail" => "fail",
+        "err" => "err",
+        _ => return false,
+    };
+    log.outcome.insert(label.to_owned(), word);
+    word == "ack"
+}
+
+/// The counts of a kill test's check.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KillCounts {
+    /// Writer processes killed.
+    pub kills: usize,
+    /// Acknowledged writes (each with exactly one event).
+    pub acknowledged: usize,
+    /// Refused or rolled-back writes (each with none).
+    pub refused: usize,
+    /// Writes whose outcome was unknown or in flight at a kill (at most
+    /// one event each), and how many of them had one.
+    pub unknown: usize,
+    /// Of the unknown, those that turned out committed.
+    pub unknown_committed: usize,
+    /// Events checked.
+    pub events: usize,
+}
+
+/// Checks the feed against the writers' log: every acknowledged write has
+/// exactly one event, every refused one none, every unknown one at most
+/// one; no event without a write that was tried; positions without gaps;
+/// each key's sequence 1, 2, 3, … in position order; each key's last event
+/// is the record as stored now (or a delete, and the record is gone).
+///
+/// # Panics
+/// On any difference, naming it.
+pub async fn check_feed_against(backend: Arc<dyn Backend>, log: &WriterLog) -> KillCounts {
+    let feed = backend.change_feed().await.expect("the store's feed");
+    let repo = Repo::<Specimen>::open(Arc::clone(&backend))
+        .await
+        .expect("open specimens");
+    let mut events = Vec::new();
+    let mut after = 0;
+    for _ in 0..10_000 {
+        let batch = feed
+            .events_after(after, None, 1000)
+            .await
+            .expect("read the feed");
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        events.extend(batch);
+    }
+    let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_key: BTreeMap<String, Vec<&ChangeEvent>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.position,
+            events[0].position + i as u64,
+            "positions have no gaps"
+        );
+        let key = key_of(e);
+        let label = match e.op {
+            ChangeOp::Deleted => format!("D:{key}"),
+            _ => {
+                e.after::<Specimen>()
+                    .expect("decode")
+                    .expect("a record")
+                    .label
+            }
+        };
+        *per_label.entry(label).or_default() += 1;
+        per_key.entry(key).or_default().push(e);
+    }
+    let tried: std::collections::BTreeSet<&String> = log.tried.iter().collect();
+    for label in per_label.keys() {
+        assert!(
+            tried.contains(label),
+            "an event for {label}, which no writer tried"
+        );
+    }
+    let mut counts = KillCounts {
+        kills: log.kills,
+        events: events.len(),
+        ..KillCounts::default()
+    };
+    for label in &log.tried {
+        let n = per_label.get(label).copied().unwrap_or(0);
+        match log.outcome.get(label).copied() {
+            Some("ack") => {
+                assert_eq!(n, 1, "acknowledged {label}: {n} events");
+                counts.acknowledged += 1;
+            }
+            Some("fail") => {
+                assert_eq!(n, 0, "refused {label}: {n} events");
+                counts.refused += 1;
+            }
+            _ => {
+                assert!(n <= 1, "unknown {label}: {n} events");
+                counts.unknown += 1;
+                counts.unknown_committed += n;
+            }
+        }
+    }
+    for (key, evs) in &per_key {
+        for (i, e) in evs.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1, "{key}: sequence in position order");
+        }
+        let last = evs.last().expect("one event at least");
+        let stored = repo.get(key).await.expect("get");
+        match last.op {
+            ChangeOp::Deleted => assert!(stored.is_none(), "{key}: deleted last, yet stored"),
+            _ => assert!(
+                last.after::<Specimen>().expect("decode") == stored,
+                "{key}: the last event is not the stored record"
+            ),
+        }
+    }
+    counts
+}

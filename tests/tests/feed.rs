@@ -39,6 +39,62 @@ async fn sqlite_consumers_read_from_checkpoints() {
     consumers_read_from_checkpoints(sqlite().await).await;
 }
 
+/// The writer's settings: the store, capture of `specimens`, the tests'
+/// privacy key.
+fn writer_env(database_url: &str) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), database_url.into()),
+        ("DL_CDC__ENTITIES".into(), "specimens".into()),
+        // The tests' key (test_privacy): 32 bytes of 0x5a.
+        (
+            "DL_PRIVACY__KEY".into(),
+            "WlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlo=".into(),
+        ),
+        ("DL_PRIVACY__KEY_ID".into(), "test1".into()),
+        ("FEED_WRITER_TASKS".into(), "3".into()),
+    ]
+}
+
+/// Writers killed with SIGKILL 20 times at random points: afterwards
+/// every acknowledged write has exactly one event and every refused one
+/// none, sequences without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writers_killed_at_random_keep_one_event_per_write() {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let path = dir.join("kill.db");
+    let backend = {
+        let settings = dl_connections::Settings::load(&dl_connections::Sources::isolated())
+            .expect("default settings");
+        let pool = dl_connections::sqlite::connect(path.to_str().expect("utf-8"), &settings.sqlite)
+            .await
+            .expect("open sqlite");
+        dl_tests::schema::sqlite(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(SqliteBackend::new(pool).with_capture(capture())) as Arc<dyn Backend>
+    };
+    let env = writer_env(&format!("sqlite://{}", path.display()));
+    let log = tokio::task::spawn_blocking(move || {
+        dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        })
+    })
+    .await
+    .expect("the kill rounds");
+    let counts = dl_tests::feed::check_feed_against(backend, &log).await;
+    say(&format!("feed kill test, sqlite: {counts:?}"));
+    assert_eq!(counts.kills, 20);
+    assert!(
+        counts.acknowledged >= 60 && counts.refused > 0,
+        "{counts:?}"
+    );
+}
+
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 #[tokio::test]
 async fn a_store_without_capture_has_no_feed() {
     let pool = dl_connections::sqlite::connect(
@@ -94,6 +150,52 @@ mod postgres {
     async fn postgres_every_write_is_one_event() {
         let ns = PgNamespaces::new("feed").await;
         every_write_is_one_event(backend(&ns, "writes").await).await;
+        ns.drop_all().await;
+    }
+
+    /// Writers through a proxy that cuts every connection every 300 ms,
+    /// killed with SIGKILL 20 times: exactly one event per acknowledged
+    /// write, none per refused one, at most one per write whose answer
+    /// was lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_writers_killed_through_resets_keep_one_event_per_write() {
+        let ns = PgNamespaces::new("feedkill").await;
+        let backend = backend(&ns, "kill").await;
+        let url = postgres_url();
+        let upstream = {
+            let u = url::Url::parse(url.expose()).expect("url");
+            let host = match u.host_str() {
+                Some("localhost") | None => "127.0.0.1".to_owned(),
+                Some(h) => h.to_owned(),
+            };
+            format!("{host}:{}", u.port().unwrap_or(5432))
+                .parse()
+                .expect("a socket address")
+        };
+        let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
+        let mut through = url::Url::parse(url.expose()).expect("url");
+        through.set_host(Some("127.0.0.1")).expect("host");
+        through.set_port(Some(proxy.addr().port())).expect("port");
+        let mut env = writer_env(through.as_str());
+        env.push(("DL_POSTGRES__SCHEMA".into(), ns.name("kill")));
+        env.push(("DL_POSTGRES__MAX_CONNECTIONS".into(), "4".into()));
+        env.push(("DL_POSTGRES__REQUEST_TIMEOUT".into(), "5s".into()));
+        let cutter = Arc::clone(&proxy);
+        let log = tokio::task::spawn_blocking(move || {
+            dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                cutter.reset();
+            })
+        })
+        .await
+        .expect("the kill rounds");
+        let counts = dl_tests::feed::check_feed_against(backend, &log).await;
+        say(&format!("feed kill test, postgres: {counts:?}"));
+        assert_eq!(counts.kills, 20);
+        assert!(
+            counts.acknowledged >= 60 && counts.refused > 0,
+            "{counts:?}"
+        );
         ns.drop_all().await;
     }
 
