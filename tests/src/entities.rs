@@ -84,6 +84,22 @@ pub struct Note {
     pub body: String,
 }
 
+/// An entity whose key is PHI (a medical record number), for the change
+/// feed's canary test: its events must name the key by a keyed token.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Entity)]
+#[entity(name = "enrollments")]
+pub struct Enrollment {
+    /// The MRN: PHI, and the key.
+    #[key]
+    #[phi(hash)]
+    pub mrn: String,
+    /// PHI.
+    #[phi(mask)]
+    pub name: String,
+    /// Not PHI.
+    pub status: String,
+}
+
 /// [`Specimen`] with `code` unique: for the cases and the model test that
 /// need a store-enforced unique value (stores that cannot enforce one refuse
 /// to open it, with a precise `Unsupported`).

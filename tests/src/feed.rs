@@ -530,3 +530,229 @@ pub async fn check_feed_against(backend: Arc<dyn Backend>, log: &WriterLog) -> K
     }
     counts
 }
+
+/// The PHI canary of the feed: unique canaries in every PHI field (and a
+/// PHI key), written by every write operation, refused ones too; then
+/// everything the feed shows is scanned: each event's `Debug`, id, key
+/// and key token, the feed's status (`Debug` and JSON), the errors of
+/// refused writes and of bad feed calls. The record after the write is
+/// the one place a canary may be (it is the primary store's record).
+/// Returns the canaries, for the caller to scan the feed's own tables.
+///
+/// # Panics
+/// On a leak.
+pub async fn feed_shows_no_phi(backend: Arc<dyn Backend>) -> Vec<String> {
+    use crate::canary::{assert_error_clean, assert_no_canary, canary};
+    use crate::entities::Enrollment;
+    let specimens = Repo::<Specimen>::open(Arc::clone(&backend))
+        .await
+        .expect("open specimens");
+    let enrollments = Repo::<Enrollment>::open(Arc::clone(&backend))
+        .await
+        .expect("open enrollments");
+    let feed = backend.change_feed().await.expect("the store's feed");
+    let owner = canary("owner");
+    let owner2 = canary("owner2");
+    let mrn = canary("mrn");
+    let mrn2 = canary("mrn2");
+    let name = canary("name");
+    let name2 = canary("name2");
+    let all = [&owner, &owner2, &mrn, &mrn2, &name, &name2];
+    let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+
+    let mut s = Specimen::new("phi-1", 1);
+    s.owner = Some(owner.clone());
+    specimens.insert(&s).await.expect("insert");
+    specimens
+        .update(
+            &"phi-1".to_owned(),
+            &Patch::new().set("owner", owner2.as_str()),
+        )
+        .await
+        .expect("update")
+        .expect("exists");
+    let mut many = Specimen::new("phi-2", 2);
+    many.owner = Some(owner.clone());
+    specimens.insert_many(&[many]).await.expect("insert_many");
+    let e = Enrollment {
+        mrn: mrn.clone(),
+        name: name.clone(),
+        status: "active".into(),
+    };
+    enrollments.insert(&e).await.expect("insert enrollment");
+    let dup = enrollments.insert(&e).await.unwrap_err();
+    assert_error_clean("a duplicate PHI key", &dup, &refs);
+    enrollments
+        .update(&mrn, &Patch::new().set("name", name2.as_str()))
+        .await
+        .expect("update enrollment");
+    enrollments
+        .upsert(&Enrollment {
+            mrn: mrn2.clone(),
+            name: name.clone(),
+            status: "new".into(),
+        })
+        .await
+        .expect("upsert");
+    let mut replaced = e.clone();
+    replaced.name = name2.clone();
+    enrollments.replace(&replaced).await.expect("replace");
+    assert!(enrollments.delete(&mrn).await.expect("delete"));
+    specimens.delete(&"phi-2".to_owned()).await.expect("delete");
+
+    let events = all_events(&*feed).await;
+    assert_eq!(events.len(), 9, "one event per write");
+    let mut shown = String::new();
+    for e in &events {
+        use std::fmt::Write as _;
+        let _ = writeln!(shown, "{e:?} {} {} {:?}", e.id(), e.key_token(), e.key());
+        if e.entity == "enrollments" {
+            assert!(
+                matches!(e.key(), EventKey::Token(_)),
+                "a PHI key is named by its token"
+            );
+        }
+    }
+    // The records after the writes hold the canaries (the primary store's
+    // record): the one place they may be.
+    let after: String = events
+        .iter()
+        .filter_map(ChangeEvent::after_json)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(after.contains(&name2) && after.contains(&owner2));
+    let status = feed.status().await.expect("status");
+    shown.push_str(&format!(
+        "{status:?}\n{}\n",
+        serde_json::to_string(&status).expect("json")
+    ));
+    for err in [
+        feed.ack("nobody", 1).await.unwrap_err(),
+        feed.read("nobody", 1).await.unwrap_err(),
+        feed.events_after(0, Some("Bad Entity"), 1)
+            .await
+            .unwrap_err(),
+    ] {
+        shown.push_str(&crate::canary::every_rendering(&err));
+    }
+    assert_no_canary("the feed's events and status", &shown, &refs);
+    all.iter().map(|s| (*s).clone()).collect()
+}
+
+/// What a killed consumer saw over all its lives.
+#[derive(Debug, Default)]
+pub struct ConsumerLog {
+    /// Positions seen (with repeats: at least once).
+    pub seen: std::collections::BTreeSet<u64>,
+    /// Deliveries in all (repeats included).
+    pub deliveries: usize,
+    /// Consumer processes killed with SIGKILL.
+    pub kills: usize,
+}
+
+/// Runs the consumer mode of `feed-writer` `rounds` times, killing each
+/// after a random number of deliveries (1 to 200), while `write` adds
+/// events between rounds; then once more until it is caught up. Checks
+/// that each life's deliveries are in position order with each key's
+/// sequence increasing, and that a life resumes from its checkpoint: after
+/// what it acknowledged, no later than just after what it had seen.
+///
+/// # Panics
+/// On a difference, or a consumer that says nothing in 60 s.
+pub fn kill_consumer_rounds(
+    binary: &str,
+    env: &[(String, String)],
+    rounds: usize,
+    write: &(dyn Fn() + Sync),
+) -> ConsumerLog {
+    use std::io::BufRead as _;
+    let mut log = ConsumerLog::default();
+    let cwd = tempfile::tempdir().expect("a working folder");
+    let mut acked = 0u64;
+    let mut max_seen = 0u64;
+    for round in 0..=rounds {
+        write();
+        let last_round = round == rounds;
+        let mut child = std::process::Command::new(binary)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("FEED_WRITER_MODE", "consume")
+            .current_dir(cwd.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let kill_after = fastrand::usize(1..=200);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut lines = Vec::new();
+        let mut deliveries = 0;
+        let mut caught_up = false;
+        while std::time::Instant::now() < deadline {
+            let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            deliveries += usize::from(line.starts_with("saw "));
+            caught_up |= line == "caught-up";
+            lines.push(line);
+            if (!last_round && deliveries >= kill_after) || caught_up {
+                break;
+            }
+        }
+        child.kill().expect("kill the consumer");
+        let _ = child.wait();
+        let _ = reader.join();
+        lines.extend(rx.try_iter());
+        if !last_round {
+            log.kills += 1;
+        } else {
+            assert!(caught_up, "the last consumer never caught up in 60 s");
+        }
+        // This life: in order, each key's sequence increasing, starting
+        // right after the last acknowledged position.
+        let mut last_seq: BTreeMap<String, u64> = BTreeMap::new();
+        let mut previous: Option<u64> = None;
+        for line in &lines {
+            let mut parts = line.split(' ');
+            match parts.next() {
+                Some("saw") => {
+                    let pos: u64 = parts.next().and_then(|p| p.parse().ok()).expect("position");
+                    let key = parts.next().expect("key").to_owned();
+                    let seq: u64 = parts.next().and_then(|p| p.parse().ok()).expect("seq");
+                    match previous {
+                        // A new life starts after what it acknowledged and
+                        // no later than just after what it had seen (an
+                        // ack may have landed unreported before the kill).
+                        None => assert!(
+                            pos > acked && pos <= max_seen + 1,
+                            "round {round}: resumed at {pos} (acknowledged {acked}, seen {max_seen})"
+                        ),
+                        Some(p) => assert!(pos > p, "round {round}: {pos} after {p}"),
+                    }
+                    if let Some(s) = last_seq.get(&key) {
+                        assert!(seq > *s, "round {round}: {key} seq {seq} after {s}");
+                    }
+                    last_seq.insert(key, seq);
+                    previous = Some(pos);
+                    max_seen = max_seen.max(pos);
+                    log.seen.insert(pos);
+                    log.deliveries += 1;
+                }
+                Some("acked") => {
+                    acked = parts.next().and_then(|p| p.parse().ok()).expect("acked");
+                }
+                _ => {}
+            }
+        }
+    }
+    log
+}

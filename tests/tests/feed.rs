@@ -10,10 +10,14 @@ use dl_tests::feed::{consumers_read_from_checkpoints, every_write_is_one_event};
 use dl_tests::live::test_privacy;
 
 fn capture() -> Arc<Capture> {
-    Arc::new(Capture::new(["specimens"], test_privacy()).expect("capture"))
+    Arc::new(Capture::new(["specimens", "enrollments"], test_privacy()).expect("capture"))
 }
 
 async fn sqlite() -> Arc<dyn Backend> {
+    sqlite_with_pool().await.0
+}
+
+async fn sqlite_with_pool() -> (Arc<dyn Backend>, sqlx::SqlitePool) {
     let dir = tempfile::tempdir().expect("temp dir").keep();
     let settings = dl_connections::Settings::load(&dl_connections::Sources::isolated())
         .expect("default settings");
@@ -26,7 +30,10 @@ async fn sqlite() -> Arc<dyn Backend> {
     dl_tests::schema::sqlite(&pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    Arc::new(SqliteBackend::new(pool).with_capture(capture()))
+    (
+        Arc::new(SqliteBackend::new(pool.clone()).with_capture(capture())),
+        pool,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,9 +97,90 @@ async fn sqlite_writers_killed_at_random_keep_one_event_per_write() {
     );
 }
 
+/// A consumer process killed with SIGKILL 20 times while it reads (and
+/// prunes, with a retention of 1 ms), while more events are written: it
+/// resumes from its checkpoint each time and sees every event at least
+/// once, in per-key order; pruning never took an event it had not
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_consumer_killed_at_random_sees_every_event() {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let path = dir.join("consumer.db");
+    let settings =
+        dl_connections::Settings::load(&dl_connections::Sources::isolated()).expect("defaults");
+    let pool = dl_connections::sqlite::connect(path.to_str().expect("utf-8"), &settings.sqlite)
+        .await
+        .expect("open sqlite");
+    dl_tests::schema::sqlite(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let backend: Arc<dyn Backend> = Arc::new(SqliteBackend::new(pool).with_capture(capture()));
+    let repo = Arc::new(
+        dl_repositories::Repo::<dl_tests::entities::Specimen>::open(Arc::clone(&backend))
+            .await
+            .expect("open"),
+    );
+    let mut env = writer_env(&format!("sqlite://{}", path.display()));
+    env.push(("DL_CDC__RETENTION".into(), "1ms".into()));
+    env.push(("FEED_CONSUMER".into(), "resumer".into()));
+    let rt = tokio::runtime::Handle::current();
+    let writer = Arc::clone(&repo);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let log = tokio::task::spawn_blocking(move || {
+        dl_tests::feed::kill_consumer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
+            // 60 events a round: inserts, then updates of the same keys.
+            let base = next.fetch_add(30, std::sync::atomic::Ordering::Relaxed);
+            rt.block_on(async {
+                use dl_repositories::Repository as _;
+                for i in base..base + 30 {
+                    let s = dl_tests::entities::Specimen::new(&format!("c{i}"), 0);
+                    writer.insert(&s).await.expect("insert");
+                    writer
+                        .update(
+                            &format!("c{i}"),
+                            &dl_repositories::Patch::new().set("rank", 1_i64),
+                        )
+                        .await
+                        .expect("update");
+                }
+            });
+        })
+    })
+    .await
+    .expect("the consumer rounds");
+    let feed = backend.change_feed().await.expect("feed");
+    let status = feed.status().await.expect("status");
+    say(&format!(
+        "feed consumer kill test, sqlite: {} kills, {} deliveries of {} events, {} kept after pruning",
+        log.kills, log.deliveries, status.last_position, status.events
+    ));
+    assert_eq!(log.kills, 20);
+    let all: std::collections::BTreeSet<u64> = (1..=status.last_position).collect();
+    assert_eq!(log.seen, all, "every event seen at least once");
+    assert_eq!(status.consumers[0].position, status.last_position);
+    assert!(status.events < status.last_position, "pruning ran");
+}
+
 fn say(line: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_feed_shows_no_phi() {
+    let (backend, pool) = sqlite_with_pool().await;
+    let canaries = dl_tests::feed::feed_shows_no_phi(backend).await;
+    // The feed's own columns (everything but the record after the write).
+    let own: Vec<String> = sqlx::query_scalar(
+        "SELECT entity || ' ' || op || ' ' || key_id || ' ' || seq || ' ' || schema_version FROM dl_feed \
+         UNION ALL SELECT entity || ' ' || key_id || ' ' || seq FROM dl_feed_keys \
+         UNION ALL SELECT name || ' ' || position FROM dl_feed_consumers",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("dump");
+    let refs: Vec<&str> = canaries.iter().map(String::as_str).collect();
+    dl_tests::canary::assert_no_canary("the feed's own SQLite columns", &own.join("\n"), &refs);
 }
 
 #[tokio::test]
@@ -196,6 +284,31 @@ mod postgres {
             counts.acknowledged >= 60 && counts.refused > 0,
             "{counts:?}"
         );
+        ns.drop_all().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_feed_shows_no_phi() {
+        let ns = PgNamespaces::new("feedphi").await;
+        let canaries = dl_tests::feed::feed_shows_no_phi(backend(&ns, "phi").await).await;
+        let pool = dl_connections::postgres::connect_lazy(&postgres_url(), &test_pool(1))
+            .expect("postgres options");
+        let name = ns.name("phi");
+        let own: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT concat_ws(' ', entity, op, key_id, seq, schema_version, \"position\") FROM \"{name}\".dl_feed \
+             UNION ALL SELECT concat_ws(' ', entity, key_id, seq) FROM \"{name}\".dl_feed_keys \
+             UNION ALL SELECT concat_ws(' ', name, \"position\") FROM \"{name}\".dl_feed_consumers"
+        )))
+        .fetch_all(&pool)
+        .await
+        .expect("dump");
+        let refs: Vec<&str> = canaries.iter().map(String::as_str).collect();
+        dl_tests::canary::assert_no_canary(
+            "the feed's own PostgreSQL columns",
+            &own.join("\n"),
+            &refs,
+        );
+        pool.close().await;
         ns.drop_all().await;
     }
 

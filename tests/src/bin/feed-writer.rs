@@ -244,6 +244,51 @@ async fn task(
     }
 }
 
+/// `FEED_WRITER_MODE=consume`: a consumer (`FEED_CONSUMER`, from the
+/// start) reads batches of 1 to 50 events, says `saw <position> <key
+/// token> <seq>` for each, acknowledges the batch (`acked <position>`),
+/// prunes the feed now and then (with `cdc.retention` as set) and says
+/// `caught-up` when a read comes back empty.
+async fn consume(dl: DataLayer, out: Arc<Mutex<std::io::Stdout>>) {
+    let name = std::env::var("FEED_CONSUMER").unwrap_or_else(|_| "killed".into());
+    let store = dl.relational().store();
+    let mut consumer = None;
+    for _ in 0..100 {
+        match dl.consumer(store, &name, true).await {
+            Ok(c) => {
+                consumer = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let consumer = consumer.expect("a consumer within 100 attempts");
+    say(&out, "ready");
+    for round in 0..1_000_000usize {
+        let Ok(batch) = consumer.next_batch(fastrand::usize(1..=50)).await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let Some(last) = batch.last() else {
+            say(&out, "caught-up");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        for e in &batch {
+            say(
+                &out,
+                &format!("saw {} {} {}", e.position, e.key_token(), e.seq),
+            );
+        }
+        if consumer.ack(last).await.is_ok() {
+            say(&out, &format!("acked {}", last.position));
+        }
+        if round % 3 == 0 {
+            let _ = dl.prune_feeds().await;
+        }
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -263,6 +308,10 @@ fn main() {
         let dl = DataLayer::from_settings(settings)
             .await
             .expect("data layer");
+        if std::env::var("FEED_WRITER_MODE").is_ok_and(|m| m == "consume") {
+            consume(dl, Arc::new(Mutex::new(std::io::stdout()))).await;
+            return;
+        }
         // The connection may be cut while the repository opens (the test
         // resets it): try again, a bounded number of times.
         let mut repo = None;
