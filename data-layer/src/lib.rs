@@ -207,7 +207,7 @@ impl DataLayer {
             }
         };
         let relational = guarded(relational, &settings);
-        let others = connect_others(&settings, configured.as_ref())
+        let others = connect_others(&settings, configured.as_ref(), capture.as_ref())
             .await?
             .into_iter()
             .map(|b| guarded(b, &settings))
@@ -351,6 +351,8 @@ fn not_configured(store: Store) -> Error {
 async fn connect_others(
     settings: &Settings,
     privacy: Option<&Arc<dl_privacy::Privacy>>,
+    #[allow(unused_variables)] // with Redis compiled out
+    capture: Option<&Arc<dl_repositories::feed::Capture>>,
 ) -> Result<Vec<Arc<dyn Backend>>, SetupError> {
     #[cfg(feature = "mongodb")]
     use dl_repositories::backends::mongo::MongoBackend;
@@ -417,6 +419,10 @@ async fn connect_others(
         .map_err(|e| connect_err(Store::Redis, e.to_string(), None))?;
         let backend = match privacy {
             Some(p) => backend.with_privacy(Arc::clone(p)),
+            None => backend,
+        };
+        let backend = match capture {
+            Some(c) => backend.with_capture(Arc::clone(c)),
             None => backend,
         };
         out.push(Arc::new(backend));

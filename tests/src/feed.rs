@@ -113,32 +113,43 @@ pub async fn every_write_is_one_event(backend: Arc<dyn Backend>) {
         })
         .await
         .expect("insert a note");
-    // A transaction that commits, and one that rolls back.
-    let tx = backend.begin().await.expect("begin");
-    let in_tx = Repo::<Specimen>::open(tx.backend())
-        .await
-        .expect("open in tx");
-    in_tx
-        .insert(&Specimen::new("e", 6))
-        .await
-        .expect("insert e");
-    in_tx
-        .update(&"e".to_owned(), &Patch::new().set("rank", 60_i64))
-        .await
-        .expect("update e");
-    tx.commit().await.expect("commit");
-    expect.push((ChangeOp::Created, "e", 1));
-    expect.push((ChangeOp::Updated, "e", 2));
-    let tx = backend.begin().await.expect("begin");
-    let in_tx = Repo::<Specimen>::open(tx.backend())
-        .await
-        .expect("open in tx");
-    in_tx
-        .insert(&Specimen::new("f", 7))
-        .await
-        .expect("insert f");
-    in_tx.delete(&"a".to_owned()).await.expect("delete a");
-    tx.rollback().await.expect("rollback");
+    // A transaction that commits, and one that rolls back (where the store
+    // has transactions; elsewhere the precise answer).
+    if backend.capabilities().transactions {
+        let tx = backend.begin().await.expect("begin");
+        let in_tx = Repo::<Specimen>::open(tx.backend())
+            .await
+            .expect("open in tx");
+        in_tx
+            .insert(&Specimen::new("e", 6))
+            .await
+            .expect("insert e");
+        in_tx
+            .update(&"e".to_owned(), &Patch::new().set("rank", 60_i64))
+            .await
+            .expect("update e");
+        tx.commit().await.expect("commit");
+        expect.push((ChangeOp::Created, "e", 1));
+        expect.push((ChangeOp::Updated, "e", 2));
+        let tx = backend.begin().await.expect("begin");
+        let in_tx = Repo::<Specimen>::open(tx.backend())
+            .await
+            .expect("open in tx");
+        in_tx
+            .insert(&Specimen::new("f", 7))
+            .await
+            .expect("insert f");
+        in_tx.delete(&"a".to_owned()).await.expect("delete a");
+        tx.rollback().await.expect("rollback");
+    } else {
+        match backend.begin().await {
+            Err(Error::Unsupported { operation, .. }) => {
+                assert_eq!(operation, dl_repositories::Operation::Transaction);
+            }
+            Err(other) => panic!("begin on a store without transactions: {other}"),
+            Ok(_) => panic!("begin on a store without transactions succeeded"),
+        }
+    }
     // Re-inserting a deleted key continues its sequence.
     repo.insert(&Specimen::new("c", 8))
         .await
@@ -547,9 +558,16 @@ pub async fn feed_shows_no_phi(backend: Arc<dyn Backend>) -> Vec<String> {
     let specimens = Repo::<Specimen>::open(Arc::clone(&backend))
         .await
         .expect("open specimens");
-    let enrollments = Repo::<Enrollment>::open(Arc::clone(&backend))
-        .await
-        .expect("open enrollments");
+    // A PHI key: Redis refuses it (a key is a key name there), precisely.
+    let enrollments = match Repo::<Enrollment>::open(Arc::clone(&backend)).await {
+        Ok(r) => Some(r),
+        Err(Error::Unsupported {
+            store: dl_repositories::Store::Redis,
+            operation: dl_repositories::Operation::Prepare,
+            ..
+        }) => None,
+        Err(e) => panic!("open enrollments: {e}"),
+    };
     let feed = backend.change_feed().await.expect("the store's feed");
     let owner = canary("owner");
     let owner2 = canary("owner2");
@@ -574,34 +592,37 @@ pub async fn feed_shows_no_phi(backend: Arc<dyn Backend>) -> Vec<String> {
     let mut many = Specimen::new("phi-2", 2);
     many.owner = Some(owner.clone());
     specimens.insert_many(&[many]).await.expect("insert_many");
-    let e = Enrollment {
-        mrn: mrn.clone(),
-        name: name.clone(),
-        status: "active".into(),
-    };
-    enrollments.insert(&e).await.expect("insert enrollment");
-    let dup = enrollments.insert(&e).await.unwrap_err();
-    assert_error_clean("a duplicate PHI key", &dup, &refs);
-    enrollments
-        .update(&mrn, &Patch::new().set("name", name2.as_str()))
-        .await
-        .expect("update enrollment");
-    enrollments
-        .upsert(&Enrollment {
-            mrn: mrn2.clone(),
+    if let Some(enrollments) = &enrollments {
+        let e = Enrollment {
+            mrn: mrn.clone(),
             name: name.clone(),
-            status: "new".into(),
-        })
-        .await
-        .expect("upsert");
-    let mut replaced = e.clone();
-    replaced.name = name2.clone();
-    enrollments.replace(&replaced).await.expect("replace");
-    assert!(enrollments.delete(&mrn).await.expect("delete"));
+            status: "active".into(),
+        };
+        enrollments.insert(&e).await.expect("insert enrollment");
+        let dup = enrollments.insert(&e).await.unwrap_err();
+        assert_error_clean("a duplicate PHI key", &dup, &refs);
+        enrollments
+            .update(&mrn, &Patch::new().set("name", name2.as_str()))
+            .await
+            .expect("update enrollment");
+        enrollments
+            .upsert(&Enrollment {
+                mrn: mrn2.clone(),
+                name: name.clone(),
+                status: "new".into(),
+            })
+            .await
+            .expect("upsert");
+        let mut replaced = e.clone();
+        replaced.name = name2.clone();
+        enrollments.replace(&replaced).await.expect("replace");
+        assert!(enrollments.delete(&mrn).await.expect("delete"));
+    }
     specimens.delete(&"phi-2".to_owned()).await.expect("delete");
 
     let events = all_events(&*feed).await;
-    assert_eq!(events.len(), 9, "one event per write");
+    let expected = if enrollments.is_some() { 9 } else { 4 };
+    assert_eq!(events.len(), expected, "one event per write");
     let mut shown = String::new();
     for e in &events {
         use std::fmt::Write as _;
@@ -620,7 +641,8 @@ pub async fn feed_shows_no_phi(backend: Arc<dyn Backend>) -> Vec<String> {
         .filter_map(ChangeEvent::after_json)
         .collect::<Vec<_>>()
         .join("\n");
-    assert!(after.contains(&name2) && after.contains(&owner2));
+    assert!(after.contains(&owner2));
+    assert!(enrollments.is_none() || after.contains(&name2));
     let status = feed.status().await.expect("status");
     shown.push_str(&format!(
         "{status:?}\n{}\n",

@@ -319,3 +319,204 @@ mod postgres {
         ns.drop_all().await;
     }
 }
+
+#[cfg(feature = "integration")]
+mod redis_store {
+    use super::*;
+    use dl_repositories::backends::redis::RedisBackend;
+    use dl_tests::live::{RedisNamespaces, redis_url, test_pool};
+
+    fn backend_at(url: &str, prefix: &str) -> Arc<dyn Backend> {
+        let pool = test_pool(2);
+        let url = dl_connections::SecretUrl::parse(url).expect("a Redis URL");
+        let conn = dl_connections::redis::connect_lazy(&url, &pool).expect("redis options");
+        Arc::new(
+            RedisBackend::new(conn, prefix, pool.request_timeout)
+                .expect("prefix")
+                .with_privacy(test_privacy())
+                .with_capture(capture()),
+        )
+    }
+
+    fn backend(prefix: &str) -> Arc<dyn Backend> {
+        backend_at(redis_url().expose(), prefix)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_every_write_is_one_event() {
+        let ns = RedisNamespaces::new("feed").await;
+        every_write_is_one_event(backend(&ns.namespace())).await;
+        ns.drop_all().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_consumers_read_from_checkpoints() {
+        let ns = RedisNamespaces::new("feedc").await;
+        consumers_read_from_checkpoints(backend(&ns.namespace())).await;
+        ns.drop_all().await;
+    }
+
+    /// An entity not captured writes no feed key at all; capture on writes
+    /// only the feed's keys beside the entity's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_uncaptured_writes_touch_no_feed_key() {
+        use dl_repositories::{Repo, Repository as _};
+        let ns = RedisNamespaces::new("feedkeys").await;
+        let prefix = ns.namespace();
+        let b = backend(&prefix);
+        let notes = Repo::<dl_tests::entities::Note>::open(Arc::clone(&b))
+            .await
+            .expect("open notes");
+        notes
+            .insert(&dl_tests::entities::Note {
+                id: 1,
+                body: "plain".into(),
+            })
+            .await
+            .expect("insert");
+        let keys = redis_keys(&prefix).await;
+        assert!(
+            keys.iter().all(|k| !k.contains("~feed")),
+            "an uncaptured write made feed keys: {keys:?}"
+        );
+        let specimens = Repo::<dl_tests::entities::Specimen>::open(Arc::clone(&b))
+            .await
+            .expect("open specimens");
+        specimens
+            .insert(&dl_tests::entities::Specimen::new("a", 1))
+            .await
+            .expect("insert");
+        let mut feed_keys: Vec<String> = redis_keys(&prefix)
+            .await
+            .into_iter()
+            .filter(|k| k.contains("~feed"))
+            .collect();
+        feed_keys.sort();
+        assert_eq!(
+            feed_keys,
+            [
+                format!("{prefix}:~feed"),
+                format!("{prefix}:~feed:clock"),
+                format!("{prefix}:~feed:seq:specimens"),
+            ]
+        );
+        ns.drop_all().await;
+    }
+
+    async fn redis_keys(prefix: &str) -> Vec<String> {
+        let mut conn = dl_connections::redis::connect_lazy(&redis_url(), &test_pool(1))
+            .expect("redis options");
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        for _ in 0..10_000 {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .expect("scan");
+            out.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out
+    }
+
+    /// Writers through a proxy that cuts every connection every 300 ms,
+    /// killed with SIGKILL 20 times: exactly one event per acknowledged
+    /// write, none per refused one, at most one per write whose answer
+    /// was lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_writers_killed_through_resets_keep_one_event_per_write() {
+        let ns = RedisNamespaces::new("feedkill").await;
+        let prefix = ns.namespace();
+        let url = redis_url();
+        let upstream = {
+            let u = url::Url::parse(url.expose()).expect("url");
+            let host = match u.host_str() {
+                Some("localhost") | None => "127.0.0.1".to_owned(),
+                Some(h) => h.to_owned(),
+            };
+            format!("{host}:{}", u.port().unwrap_or(6379))
+                .parse()
+                .expect("a socket address")
+        };
+        let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
+        let mut through = url::Url::parse(url.expose()).expect("url");
+        through.set_host(Some("127.0.0.1")).expect("host");
+        through.set_port(Some(proxy.addr().port())).expect("port");
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let mut env = writer_env(&format!("sqlite://{}", dir.join("rel.db").display()));
+        env.push(("REDIS_URL".into(), through.to_string()));
+        env.push(("DL_REDIS__KEY_PREFIX".into(), prefix.clone()));
+        env.push(("DL_REDIS__REQUEST_TIMEOUT".into(), "5s".into()));
+        env.push(("FEED_WRITER_STORE".into(), "redis".into()));
+        let cutter = Arc::clone(&proxy);
+        let log = tokio::task::spawn_blocking(move || {
+            dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                cutter.reset();
+            })
+        })
+        .await
+        .expect("the kill rounds");
+        let counts = dl_tests::feed::check_feed_against(backend(&prefix), &log).await;
+        say(&format!("feed kill test, redis: {counts:?}"));
+        assert_eq!(counts.kills, 20);
+        assert!(
+            counts.acknowledged >= 60 && counts.refused > 0,
+            "{counts:?}"
+        );
+        ns.drop_all().await;
+    }
+
+    /// The canary, and every feed key's content but the records after the
+    /// writes (the stream's `a` fields): no PHI in readable form.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_feed_shows_no_phi() {
+        let ns = RedisNamespaces::new("feedphi").await;
+        let prefix = ns.namespace();
+        let canaries = dl_tests::feed::feed_shows_no_phi(backend(&prefix)).await;
+        let mut conn = dl_connections::redis::connect_lazy(&redis_url(), &test_pool(1))
+            .expect("redis options");
+        let mut own = String::new();
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("{prefix}:~feed"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("xrange");
+        assert!(!entries.is_empty());
+        for (id, fields) in entries {
+            own.push_str(&id);
+            for pair in fields.chunks(2) {
+                if pair[0] != "a" {
+                    own.push_str(&format!(" {}={}", pair[0], pair[1]));
+                }
+            }
+            own.push('\n');
+        }
+        for key in redis_keys(&prefix).await {
+            own.push_str(&key);
+            own.push('\n');
+            if key.contains("~feed:") && !key.ends_with(":clock") {
+                let all: Vec<String> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("hgetall");
+                own.push_str(&all.join(" "));
+                own.push('\n');
+            }
+        }
+        let refs: Vec<&str> = canaries.iter().map(String::as_str).collect();
+        dl_tests::canary::assert_no_canary("the feed's own Redis keys", &own, &refs);
+        ns.drop_all().await;
+    }
+}

@@ -40,6 +40,8 @@
 //! (`data-layer migrate up --store redis`); until then the backend answers
 //! `SchemaNotReady`.
 
+mod feed;
+
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -50,6 +52,8 @@ use crate::backend::{Capabilities, FilterSupport, Read};
 use crate::error::{ConflictKind, Error, Operation, Result, Store};
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
 use crate::versions::{bumped, check_expected, patched, version_of};
+
+use feed::{FeedKeys, RedisFeed};
 
 /// How many times a compare-and-set write re-reads after a concurrent write.
 const CAS_ATTEMPTS: usize = 64;
@@ -126,6 +130,63 @@ end
     };
 }
 
+/// The change feed's part of a write script, for an entity that is not
+/// captured: nothing (`dl_feed` does nothing, `dl_on` is false).
+macro_rules! no_feed {
+    () => {
+        r#"
+local dl_on = false
+local function dl_feed() end
+local function dl_ids() return {} end
+"#
+    };
+}
+
+/// The change feed's part of a write script, for a captured entity: the
+/// event is appended to the feed's stream by the same script as the write
+/// (so it is there exactly when the write is), before the script writes
+/// anything else. The last six ARGV: the stream, the clock (the last
+/// position given), the entity's sequence hash (key token → the key's last
+/// sequence), the entity, its shape version and the key's id (for
+/// `insert_many`, a JSON array of the items' ids); the three keys are in
+/// `KEYS` too. Positions come from the clock, so they are gap-free and in
+/// commit order (Redis runs one script at a time); the stream id is
+/// `<position>-0`. `dl_feed(op, member, key id or nil, value, stored)`:
+/// `value` is the stored value (its third line is the record) when
+/// `stored`, else the record itself; nil for a delete.
+macro_rules! feed {
+    () => {
+        r#"
+local dl_on = true
+local dl_f = #ARGV - 6
+local dl_ms
+local function dl_feed(op, member, key_id, value, stored)
+  if not dl_ms then
+    local t = redis.call('TIME')
+    dl_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  end
+  local pos = redis.call('INCR', ARGV[dl_f + 2])
+  local seq = redis.call('HINCRBY', ARGV[dl_f + 3], member, 1)
+  local id = string.format('%d-0', pos)
+  local k = key_id or ARGV[dl_f + 6]
+  if value then
+    if stored then
+      local a = string.find(value, '\n', 1, true)
+      local b = string.find(value, '\n', a + 1, true)
+      value = string.sub(value, b + 1)
+    end
+    redis.call('XADD', ARGV[dl_f + 1], id, 'e', ARGV[dl_f + 4], 'o', op, 'k', k,
+      's', seq, 't', dl_ms, 'v', ARGV[dl_f + 5], 'a', value)
+  else
+    redis.call('XADD', ARGV[dl_f + 1], id, 'e', ARGV[dl_f + 4], 'o', op, 'k', k,
+      's', seq, 't', dl_ms, 'v', ARGV[dl_f + 5])
+  end
+end
+local function dl_ids() return cjson.decode(ARGV[dl_f + 6]) end
+"#
+    };
+}
+
 /// A write of a whole record (replace, upsert, and updates the patch
 /// script cannot do): only if the stored value is still the one read (the
 /// record itself is the compare-and-set token: equal text, equal record,
@@ -134,9 +195,9 @@ end
 /// the stored one's from the text it expects). ARGV: expected stored
 /// value ('' when read as absent), must exist, new stored value, index
 /// keys JSON, claims JSON, member, record key prefix, TTL ms.
-const WRITE: &str = concat!(
-    declared_keys!(),
-    r#"
+macro_rules! write_body {
+    () => {
+        r#"
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[1] then return {'retry'} end
 if ARGV[2] == '1' and not cur then return {'missing'} end
@@ -169,6 +230,7 @@ if m then return m end
 for i, c in ipairs(claims) do
   if owners[i] and redis.call('EXISTS', owners[i]) == 1 then return {'unique', c[3]} end
 end
+dl_feed(cur and 'updated' or 'created', ARGV[6], nil, ARGV[3], true)
 for _, k in ipairs(old_ix) do redis.call('ZREM', k, ARGV[6]) end
 for _, c in ipairs(old_claims) do
   if redis.call('HGET', c[1], c[2]) == ARGV[6] then redis.call('HDEL', c[1], c[2]) end
@@ -180,7 +242,8 @@ if tonumber(ARGV[8]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
 redis.call('ZADD', KEYS[2], 0, ARGV[6])
 return {'ok'}
 "#
-);
+    };
+}
 
 /// A single insert. The index keys and claims hashes come in `KEYS` (and
 /// in the stored value, for later writes), so the script decodes nothing.
@@ -188,9 +251,9 @@ return {'ok'}
 /// records of claim owners, when the script asked for them). ARGV: stored
 /// value, member, record key prefix, TTL ms, number of index keys, number
 /// of claims, per claim: token, field.
-const INSERT: &str = concat!(
-    declared_keys!(),
-    r#"
+macro_rules! insert_body {
+    () => {
+        r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
 local nix = tonumber(ARGV[5])
 local nc = tonumber(ARGV[6])
@@ -208,6 +271,7 @@ if m then return m end
 for j = 0, nc - 1 do
   if owners[j] and redis.call('EXISTS', owners[j]) == 1 then return {'unique', ARGV[8 + 2 * j]} end
 end
+dl_feed('created', ARGV[2], nil, ARGV[1], true)
 for j = 3, 2 + nix do redis.call('ZADD', KEYS[j], 0, ARGV[2]) end
 for j = 0, nc - 1 do redis.call('HSET', KEYS[c0 + j], ARGV[7 + 2 * j], ARGV[2]) end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -215,7 +279,8 @@ if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
 return {'ok'}
 "#
-);
+    };
+}
 
 /// All or nothing: every check first, then the writes. Calls into Redis
 /// are what a script pays for, so keys are checked with one `EXISTS` per
@@ -226,9 +291,9 @@ return {'ok'}
 /// the script asked for them). ARGV: record key prefix, TTL ms, the items
 /// as JSON (`[member, stored value, [index key places], [[claims hash
 /// place, token, field]...]]` each).
-const INSERT_MANY: &str = concat!(
-    declared_keys!(),
-    r#"
+macro_rules! insert_many_body {
+    () => {
+        r#"
 local items = cjson.decode(ARGV[3])
 local n = #items
 for s = 1, n, 500 do
@@ -255,6 +320,10 @@ if m then return m end
 for _, o in ipairs(owners) do
   if redis.call('EXISTS', o[1]) == 1 then return {'unique', o[2]} end
 end
+if dl_on then
+  local ids = dl_ids()
+  for i, it in ipairs(items) do dl_feed('created', it[1], ids[i], it[2], true) end
+end
 local groups, order = {}, {}
 local everyone = {}
 for i, it in ipairs(items) do
@@ -280,7 +349,8 @@ for _, p in ipairs(order) do zadd(KEYS[p], groups[p]) end
 zadd(KEYS[1], everyone)
 return {'ok'}
 "#
-);
+    };
+}
 
 /// An update by patch in one script (one round trip, or two when an
 /// indexed field moves: its old index key is found in the stored value,
@@ -300,9 +370,9 @@ return {'ok'}
 /// field, expected version, number of sets; then per set: field, JSON
 /// text, index prefix, new index key (empty for null), unique claims hash,
 /// claim token.
-const PATCH: &str = concat!(
-    declared_keys!(),
-    r#"
+macro_rules! patch_body {
+    () => {
+        r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
 local find, match, byte, sub = string.find, string.match, string.byte, string.sub
@@ -383,6 +453,7 @@ if quick then
       end
       nv = table.concat(parts)
     end
+    dl_feed('updated', ARGV[1], nil, nv, true)
     redis.call('SET', KEYS[1], nv, 'KEEPTTL')
     if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
     -- (The whole stored value, as a string: the client reads the record
@@ -537,14 +608,45 @@ for s = 0, n - 1 do
 end
 for s = 0, n - 1 do
   local a = 7 + s * 6
-  local name, text, ipre, ikey, uh, tok =
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local name, text = ARGV[a], ARGV[a + 1]
   local span = spans[name]
   if span then
     edits[#edits + 1] = {span[1], span[2], text}
   else
     added[#added + 1] = '"' .. name .. '":' .. text
   end
+end
+-- In text order (an insertion sort: a patch edits a few spans, and
+-- table.sort with a comparator costs more than the splice).
+for i = 2, #edits do
+  local ed, j = edits[i], i - 1
+  while j > 0 and edits[j][1] > ed[1] do
+    edits[j + 1] = edits[j]
+    j = j - 1
+  end
+  edits[j + 1] = ed
+end
+local parts, at = {}, 1
+for _, ed in ipairs(edits) do
+  parts[#parts + 1] = sub(d, at, ed[1] - 1)
+  parts[#parts + 1] = ed[3]
+  at = ed[2] + 1
+end
+parts[#parts + 1] = sub(d, at, close - 1)
+if #added > 0 then
+  if match(d, '^%s*{%s*}') then
+    parts[#parts + 1] = table.concat(added, ',')
+  else
+    parts[#parts + 1] = ',' .. table.concat(added, ',')
+  end
+end
+parts[#parts + 1] = sub(d, close)
+local out = table.concat(parts)
+-- The event first, then the index entries and claims move.
+dl_feed('updated', ARGV[1], nil, out, false)
+for s = 0, n - 1 do
+  local a = 7 + s * 6
+  local name, ipre, ikey, uh, tok = ARGV[a], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if ipre ~= '' then
     ix = ix or cjson.decode(sub(v, 1, n1 - 1))
     local kept, had = {}, false
@@ -581,32 +683,6 @@ for s = 0, n - 1 do
     u = kept
   end
 end
--- In text order (an insertion sort: a patch edits a few spans, and
--- table.sort with a comparator costs more than the splice).
-for i = 2, #edits do
-  local ed, j = edits[i], i - 1
-  while j > 0 and edits[j][1] > ed[1] do
-    edits[j + 1] = edits[j]
-    j = j - 1
-  end
-  edits[j + 1] = ed
-end
-local parts, at = {}, 1
-for _, ed in ipairs(edits) do
-  parts[#parts + 1] = sub(d, at, ed[1] - 1)
-  parts[#parts + 1] = ed[3]
-  at = ed[2] + 1
-end
-parts[#parts + 1] = sub(d, at, close - 1)
-if #added > 0 then
-  if match(d, '^%s*{%s*}') then
-    parts[#parts + 1] = table.concat(added, ',')
-  else
-    parts[#parts + 1] = ',' .. table.concat(added, ',')
-  end
-end
-parts[#parts + 1] = sub(d, close)
-local out = table.concat(parts)
 local head
 if ix or u then
   local function list(t)
@@ -622,15 +698,16 @@ redis.call('SET', KEYS[1], head .. out, 'KEEPTTL')
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {'ok', out}
 "#
-);
+    };
+}
 
 /// KEYS: record, key order (then the index keys and claims hashes the
 /// record owns, when the script asked for them). ARGV: member. A stored
 /// value this cannot split is still deleted (its index entries, if any,
 /// are skipped on read as pointing nowhere).
-const DELETE: &str = concat!(
-    declared_keys!(),
-    r#"
+macro_rules! delete_body {
+    () => {
+        r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -638,23 +715,26 @@ if not v then
 end
 local a = string.find(v, '\n', 1, true)
 local b = a and string.find(v, '\n', a + 1, true)
+local ix, claims = {}, {}
 if b then
-  local ix = cjson.decode(string.sub(v, 1, a - 1))
-  local claims = cjson.decode(string.sub(v, a + 1, b - 1))
+  ix = cjson.decode(string.sub(v, 1, a - 1))
+  claims = cjson.decode(string.sub(v, a + 1, b - 1))
   for _, k in ipairs(ix) do want(k) end
   for _, c in ipairs(claims) do want(c[1]) end
   local m = missing()
   if m then return m end
-  for _, k in ipairs(ix) do redis.call('ZREM', k, ARGV[1]) end
-  for _, c in ipairs(claims) do
-    if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
-  end
+end
+dl_feed('deleted', ARGV[1], nil, nil, false)
+for _, k in ipairs(ix) do redis.call('ZREM', k, ARGV[1]) end
+for _, c in ipairs(claims) do
+  if redis.call('HGET', c[1], c[2]) == ARGV[1] then redis.call('HDEL', c[1], c[2]) end
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 "#
-);
+    };
+}
 
 /// Removes, from one sorted set (an index entry set or the key order),
 /// the members whose record is gone (expired), atomically with the check,
@@ -706,11 +786,12 @@ pub struct RedisBackend {
     prefix: String,
     timeout: Duration,
     ttl: HashMap<&'static str, Duration>,
-    write: redis::Script,
-    insert: redis::Script,
-    insert_many: redis::Script,
-    patch: redis::Script,
-    delete: redis::Script,
+    /// The write scripts of entities that are not captured.
+    plain: Scripts,
+    /// The same scripts with their change-feed part.
+    captured: Scripts,
+    /// Which entities' writes append to the change feed.
+    capture: Option<std::sync::Arc<crate::feed::Capture>>,
     /// Keyed tokens for the index keys and claims of `#[phi]` fields.
     privacy: Option<std::sync::Arc<dl_privacy::Privacy>>,
 }
@@ -722,6 +803,43 @@ impl std::fmt::Debug for RedisBackend {
             .field("ttl", &self.ttl)
             .field("phi_token_key", &self.privacy.as_ref().map(|p| p.key_id()))
             .finish_non_exhaustive()
+    }
+}
+
+/// The write scripts, built from one body each: with the change feed's
+/// part ([`feed!`]) or without it ([`no_feed!`]).
+#[derive(Clone)]
+struct Scripts {
+    write: redis::Script,
+    insert: redis::Script,
+    insert_many: redis::Script,
+    patch: redis::Script,
+    delete: redis::Script,
+}
+
+macro_rules! scripts {
+    ($feed:ident) => {
+        Scripts {
+            write: redis::Script::new(concat!(declared_keys!(), $feed!(), write_body!())),
+            insert: redis::Script::new(concat!(declared_keys!(), $feed!(), insert_body!())),
+            insert_many: redis::Script::new(concat!(
+                declared_keys!(),
+                $feed!(),
+                insert_many_body!()
+            )),
+            patch: redis::Script::new(concat!(declared_keys!(), $feed!(), patch_body!())),
+            delete: redis::Script::new(concat!(declared_keys!(), $feed!(), delete_body!())),
+        }
+    };
+}
+
+impl Scripts {
+    fn plain() -> Self {
+        scripts!(no_feed)
+    }
+
+    fn captured() -> Self {
+        scripts!(feed)
     }
 }
 
@@ -753,11 +871,9 @@ impl RedisBackend {
             prefix: prefix.to_owned(),
             timeout,
             ttl: HashMap::new(),
-            write: redis::Script::new(WRITE),
-            insert: redis::Script::new(INSERT),
-            insert_many: redis::Script::new(INSERT_MANY),
-            patch: redis::Script::new(PATCH),
-            delete: redis::Script::new(DELETE),
+            plain: Scripts::plain(),
+            captured: Scripts::captured(),
+            capture: None,
             privacy: None,
         })
     }
@@ -936,6 +1052,56 @@ impl RedisBackend {
         self
     }
 
+    /// Writes of the entities `capture` names append one event each to
+    /// this keyspace's change feed (a Redis Stream, `<prefix>:~feed`), in
+    /// the same script as the write (see [`crate::feed`]).
+    #[must_use]
+    pub fn with_capture(mut self, capture: std::sync::Arc<crate::feed::Capture>) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
+    /// The scripts for writes of `schema`, and whether they capture.
+    fn scripts_for(&self, schema: &EntitySchema) -> (&Scripts, bool) {
+        if crate::feed::captured(self.capture.as_ref(), schema) {
+            (&self.captured, true)
+        } else {
+            (&self.plain, false)
+        }
+    }
+
+    /// The keys of this keyspace's change feed.
+    fn feed_keys(&self) -> FeedKeys {
+        FeedKeys::new(&self.prefix)
+    }
+
+    /// The change feed's part of a captured write's call (see [`feed!`]):
+    /// its three keys, declared, and the six last arguments. `key_id` is
+    /// the key's id (for `insert_many`, the items' ids as a JSON array).
+    fn add_feed(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
+        schema: &EntitySchema,
+        key_id: &str,
+    ) {
+        let keys = self.feed_keys();
+        let seq = keys.seq(schema.name);
+        call.key(&keys.stream).key(&keys.clock).key(&seq);
+        call.arg(&keys.stream)
+            .arg(&keys.clock)
+            .arg(seq)
+            .arg(schema.name)
+            .arg(schema.shape_version())
+            .arg(key_id);
+    }
+
+    /// The id of `key` in events (its JSON text: a Redis key is never PHI).
+    fn key_id(&self, schema: &EntitySchema, key: &Value) -> String {
+        self.capture
+            .as_ref()
+            .map_or_else(String::new, |c| c.key_id(schema, key))
+    }
+
     /// Runs a script, declaring again, with what it asked for, as long as
     /// it answers that it needs keys it found in stored data (it wrote
     /// nothing then). The answer is the script's first other reply.
@@ -1027,12 +1193,18 @@ impl RedisBackend {
         expected: &str,
         must_exist: bool,
         record: &Record,
+        capture: bool,
     ) -> Result<Written> {
         let member = key_token(record.get(schema.key));
         let (ix, claims) = self.entries(schema, record);
         let ix_json = serde_json::to_string(&ix).unwrap_or_default();
         let claims_json = serde_json::to_string(&claims).unwrap_or_default();
-        let mut call = self.write.prepare_invoke();
+        let (scripts, captured) = if capture {
+            self.scripts_for(schema)
+        } else {
+            (&self.plain, false)
+        };
+        let mut call = scripts.write.prepare_invoke();
         call.key(self.record_key(schema, &member))
             .key(self.keys_key(schema));
         for k in ix.iter().chain(claims.iter().map(|(hash, _, _)| hash)) {
@@ -1053,6 +1225,13 @@ impl RedisBackend {
             .arg(&member)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema));
+        if captured {
+            self.add_feed(
+                &mut call,
+                schema,
+                &self.key_id(schema, record.get(schema.key)),
+            );
+        }
         let reply: Vec<String> =
             self.script_reply(op, self.invoke_declaring(schema, op, &mut call).await?)?;
         Ok(match reply.first().map(String::as_str) {
@@ -1162,7 +1341,10 @@ impl RedisBackend {
                 return Ok(None);
             };
             let read = current.as_ref().map_or("", |(_, text)| text.as_str());
-            match self.run_write(schema, op, read, must_exist, &next).await? {
+            match self
+                .run_write(schema, op, read, must_exist, &next, true)
+                .await?
+            {
                 Written::Ok => return Ok(Some(next)),
                 Written::Retry => {}
                 Written::Missing => return Ok(None),
@@ -1190,7 +1372,8 @@ impl RedisBackend {
     ) -> Result<Option<Option<Read>>> {
         let op = Operation::Update;
         let member = key_token(key);
-        let mut call = self.patch.prepare_invoke();
+        let (scripts, captured) = self.scripts_for(schema);
+        let mut call = scripts.patch.prepare_invoke();
         call.key(self.record_key(schema, &member))
             .arg(&member)
             .arg(self.record_prefix(schema))
@@ -1225,6 +1408,9 @@ impl RedisBackend {
             } else {
                 call.arg("").arg("");
             }
+        }
+        if captured {
+            self.add_feed(&mut call, schema, &self.key_id(schema, key));
         }
         let reply = self.invoke_declaring(schema, op, &mut call).await?;
         // The quick path answers the new stored value itself; every other
@@ -1521,14 +1707,19 @@ impl RedisBackend {
         Store::Redis
     }
 
-    /// No transactions on this store: the precise `Unsupported`.
-    #[allow(clippy::unused_async)]
-    #[allow(clippy::unused_self)]
+    /// The change feed of this keyspace, when capture is on.
     pub(crate) fn feed_of_store(&self) -> Result<std::sync::Arc<dyn crate::feed::ChangeFeed>> {
-        Err(crate::feed::no_feed(
-            Store::Redis,
-            "not served by this backend yet",
-        ))
+        match &self.capture {
+            Some(_) => Ok(std::sync::Arc::new(RedisFeed {
+                conn: self.conn.clone(),
+                keys: self.feed_keys(),
+                timeout: self.timeout,
+            })),
+            None => Err(crate::feed::no_feed(
+                Store::Redis,
+                "no entity is captured: name entities in cdc.entities",
+            )),
+        }
     }
 
     pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
@@ -1547,7 +1738,7 @@ impl RedisBackend {
             atomic_batch: true,
             native_batch: true,
             ttl: true,
-            change_feed: false,
+            change_feed: self.capture.is_some(),
             unique: true,
             ordered: true,
             native_cursor: false,
@@ -1711,7 +1902,10 @@ impl RedisBackend {
                     let Some(text) = text else { break };
                     let at = record_start(op, &text)?;
                     let record = decode_record(schema, op, &text[at..])?;
-                    match self.run_write(schema, op, &text, true, &record).await? {
+                    match self
+                        .run_write(schema, op, &text, true, &record, false)
+                        .await?
+                    {
                         Written::Ok => {
                             rewritten += 1;
                             break;
@@ -1755,7 +1949,8 @@ impl RedisBackend {
         let op = Operation::Insert;
         let member = key_token(record.get(schema.key));
         let (ix, claims) = self.entries(schema, record);
-        let mut call = self.insert.prepare_invoke();
+        let (scripts, captured) = self.scripts_for(schema);
+        let mut call = scripts.insert.prepare_invoke();
         let stored = stored_value(
             &serde_json::to_string(&ix).unwrap_or_default(),
             &serde_json::to_string(&claims).unwrap_or_default(),
@@ -1773,6 +1968,13 @@ impl RedisBackend {
         for (hash, token, field) in &claims {
             call.key(hash);
             call.arg(token).arg(*field);
+        }
+        if captured {
+            self.add_feed(
+                &mut call,
+                schema,
+                &self.key_id(schema, record.get(schema.key)),
+            );
         }
         let reply = self.invoke_declaring(schema, op, &mut call).await?;
         Self::inserted(schema, op, &self.script_reply(op, reply)?)
@@ -1815,11 +2017,23 @@ impl RedisBackend {
                 .collect();
             items.push((member, stored, ix_places, claim_places));
         }
-        let mut call = self.insert_many.prepare_invoke();
+        let (scripts, captured) = self.scripts_for(schema);
+        let mut call = scripts.insert_many.prepare_invoke();
         call.key(keys)
             .arg(self.record_prefix(schema))
             .arg(self.ttl_ms(schema))
             .arg(serde_json::to_string(&items).unwrap_or_default());
+        if captured {
+            let ids: Vec<String> = records
+                .iter()
+                .map(|r| self.key_id(schema, r.get(schema.key)))
+                .collect();
+            self.add_feed(
+                &mut call,
+                schema,
+                &serde_json::to_string(&ids).unwrap_or_default(),
+            );
+        }
         let reply = self.invoke_declaring(schema, op, &mut call).await?;
         Self::inserted(schema, op, &self.script_reply(op, reply)?)
     }
@@ -1942,10 +2156,14 @@ impl RedisBackend {
     pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let op = Operation::Delete;
         let member = key_token(key);
-        let mut call = self.delete.prepare_invoke();
+        let (scripts, captured) = self.scripts_for(schema);
+        let mut call = scripts.delete.prepare_invoke();
         call.key(self.record_key(schema, &member))
             .key(self.keys_key(schema))
             .arg(&member);
+        if captured {
+            self.add_feed(&mut call, schema, &self.key_id(schema, key));
+        }
         let reply = self.invoke_declaring(schema, op, &mut call).await?;
         let n: i64 = redis::FromRedisValue::from_redis_value(reply)
             .map_err(|_| protocol(op, "unexpected reply from the delete script"))?;

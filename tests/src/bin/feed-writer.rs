@@ -14,14 +14,16 @@
 //!
 //! The test kills it (`kill -9`) at random points and checks the feed
 //! against these lines. Settings come from the environment (`DATABASE_URL`
-//! and the rest, as a service's); `FEED_WRITER_RUN` tags its keys, and
-//! `FEED_WRITER_TASKS` sets the concurrency (default 3). Runs until killed,
+//! and the rest, as a service's); `FEED_WRITER_RUN` tags its keys,
+//! `FEED_WRITER_STORE` names the store (`redis`; default the relational
+//! one) and `FEED_WRITER_TASKS` sets the concurrency (default 3). On a
+//! store without transactions the transaction steps are left out. Runs until killed,
 //! or for `FEED_WRITER_MAX_STEPS` steps per task (default 100,000).
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 
-use data_layer::{DataLayer, Error, Patch, Repository, Settings, Sources};
+use data_layer::{DataLayer, Error, Patch, Repository, Settings, Sources, Store};
 use dl_tests::entities::Specimen;
 
 /// One line to stdout, flushed (the test reads it as it comes).
@@ -78,6 +80,7 @@ async fn task(
     max: usize,
 ) {
     let store = repo.store();
+    let transactions = !matches!(store, Store::Redis | Store::Scylla);
     // This task's live keys and their versions.
     let mut live: Vec<(String, i64)> = Vec::new();
     let mut next_key = 0usize;
@@ -191,7 +194,7 @@ async fn task(
                 }
             }
             // A transaction that commits two writes.
-            8 => {
+            8 if transactions => {
                 let Some((old, _)) = live.last().cloned() else {
                     continue;
                 };
@@ -220,19 +223,30 @@ async fn task(
                     }
                 }
             }
+            // No transactions here: a duplicate insert.
+            8 => {
+                if let Some((key, _)) = live.first().cloned() {
+                    let dup = format!("{label}.dup");
+                    say(&out, &format!("try {dup}"));
+                    let r = repo.insert(&record(&key, &dup, rank)).await;
+                    outcome(&out, &[dup], &r).await;
+                }
+            }
             // A transaction that rolls back, and a duplicate insert.
             _ => {
-                let key = new_key(&mut next_key);
-                let rolled = format!("{label}.rolled");
-                say(&out, &format!("try {rolled}"));
-                let r0 = record(&key, &rolled, rank);
-                let r: Result<(), Error> = dl
-                    .transaction(store, |tx| async move {
-                        tx.repository::<Specimen>().await?.insert(&r0).await?;
-                        Err(Error::invalid("specimens", None, "rolled back on purpose"))
-                    })
-                    .await;
-                outcome(&out, &[rolled], &r).await;
+                if transactions {
+                    let key = new_key(&mut next_key);
+                    let rolled = format!("{label}.rolled");
+                    say(&out, &format!("try {rolled}"));
+                    let r0 = record(&key, &rolled, rank);
+                    let r: Result<(), Error> = dl
+                        .transaction(store, |tx| async move {
+                            tx.repository::<Specimen>().await?.insert(&r0).await?;
+                            Err(Error::invalid("specimens", None, "rolled back on purpose"))
+                        })
+                        .await;
+                    outcome(&out, &[rolled], &r).await;
+                }
                 if let Some((key, _)) = live.first().cloned() {
                     let dup = format!("{label}.dup");
                     say(&out, &format!("try {dup}"));
@@ -251,7 +265,7 @@ async fn task(
 /// `caught-up` when a read comes back empty.
 async fn consume(dl: DataLayer, out: Arc<Mutex<std::io::Stdout>>) {
     let name = std::env::var("FEED_CONSUMER").unwrap_or_else(|_| "killed".into());
-    let store = dl.relational().store();
+    let store = store_of(&dl);
     let mut consumer = None;
     for _ in 0..100 {
         match dl.consumer(store, &name, true).await {
@@ -289,6 +303,16 @@ async fn consume(dl: DataLayer, out: Arc<Mutex<std::io::Stdout>>) {
     }
 }
 
+/// The store to write: `FEED_WRITER_STORE` (`redis`), else the
+/// relational one.
+fn store_of(dl: &DataLayer) -> Store {
+    match std::env::var("FEED_WRITER_STORE").as_deref() {
+        Ok("redis") => Store::Redis,
+        Ok("mongodb") => Store::Mongo,
+        _ => dl.relational().store(),
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -316,7 +340,7 @@ fn main() {
         // resets it): try again, a bounded number of times.
         let mut repo = None;
         for _ in 0..100 {
-            match dl.repository::<Specimen>().await {
+            match dl.repository_in::<Specimen>(store_of(&dl)).await {
                 Ok(r) => {
                     repo = Some(r);
                     break;
