@@ -26,7 +26,8 @@ async fn conformance_mongo() {
     ns.drop_all().await;
     say(&report.summary());
     assert!(report.failed.is_empty(), "{}", report.summary());
-    report.assert_exactly(dl_tests::harness::TRANSACTION_CASES);
+    // Session transactions: every transaction case is served.
+    report.assert_exactly(&[]);
 }
 
 #[test]

@@ -29,7 +29,8 @@ use dl_models::{EntitySchema, FieldType, Record, Value};
 use futures::TryStreamExt as _;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::ReturnDocument;
-use mongodb::{Collection, Database};
+use mongodb::{ClientSession, Collection, Database};
+use std::sync::Arc;
 
 use crate::backend::{Capabilities, FilterSupport, check_unique_indexes};
 use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
@@ -38,11 +39,39 @@ use crate::versions::version_of;
 
 const CAS_ATTEMPTS: usize = 64;
 
+/// The session of an open transaction, shared by its backend's calls
+/// (one at a time); `None` once it committed or rolled back.
+type TxSession = Arc<tokio::sync::Mutex<Option<ClientSession>>>;
+
+/// A call's session: the transaction's, or none (outside a transaction).
+type Sess<'a> = Option<&'a mut ClientSession>;
+
+/// Runs a driver action in the call's session, if it has one.
+macro_rules! in_session {
+    ($s:expr, $action:expr) => {
+        match $s.as_deref_mut() {
+            Some(s) => $action.session(s).await,
+            None => $action.await,
+        }
+    };
+}
+
 /// The MongoDB backend over one database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MongoBackend {
     db: Database,
     timeout: Duration,
+    /// Inside a transaction: its session (every call runs in it).
+    session: Option<TxSession>,
+}
+
+impl std::fmt::Debug for MongoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoBackend")
+            .field("database", &self.db.name())
+            .field("in_transaction", &self.session.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MongoBackend {
@@ -63,6 +92,7 @@ impl MongoBackend {
         Ok(MongoBackend {
             db: client.database(database),
             timeout,
+            session: None,
         })
     }
 
@@ -77,6 +107,16 @@ impl MongoBackend {
     }
 
     fn err(&self, schema: &'static EntitySchema, op: Operation, e: mongodb::error::Error) -> Error {
+        // IllegalOperation inside a transaction: a standalone server, which
+        // has no transactions (only a replica set member or mongos does).
+        if self.session.is_some()
+            && matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(ce) if ce.code == 20)
+        {
+            return crate::backend::no_transactions(
+                Store::Mongo,
+                "this MongoDB server is standalone: transactions need a replica set member or mongos",
+            );
+        }
         map_mongo_error(schema, op, self.timeout, e)
     }
 
@@ -88,16 +128,18 @@ impl MongoBackend {
     /// version stored now.
     async fn stored_version(
         &self,
+        s: &mut Sess<'_>,
         schema: &'static EntitySchema,
         op: Operation,
         key: &Value,
     ) -> Result<Option<Option<i64>>> {
-        let found = self
-            .coll(schema)
-            .find_one(Self::by_key(key))
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+        let found = in_session!(
+            s,
+            self.coll(schema)
+                .find_one(Self::by_key(key))
+                .max_time(self.timeout)
+        )
+        .map_err(|e| self.err(schema, op, e))?;
         Ok(found.map(|d| {
             schema
                 .version
@@ -444,8 +486,7 @@ impl MongoBackend {
         Store::Mongo
     }
 
-    /// No transactions on this store: the precise `Unsupported`.
-    #[allow(clippy::unused_async)]
+    /// No change feed on this store yet: the precise `Unsupported`.
     #[allow(clippy::unused_self)]
     pub(crate) fn feed_of_store(&self) -> Result<std::sync::Arc<dyn crate::feed::ChangeFeed>> {
         Err(crate::feed::no_feed(
@@ -454,16 +495,44 @@ impl MongoBackend {
         ))
     }
 
+    /// A session transaction (snapshot reads, majority writes): every call
+    /// of the transaction's backend runs in its session. Nested ones are
+    /// refused.
     pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
-        Err(crate::backend::no_transactions(
-            Store::Mongo,
-            "MongoDB session transactions are not served by this backend yet",
-        ))
+        static TX: EntitySchema = EntitySchema {
+            name: "transaction",
+            rust_name: "transaction",
+            fields: &[],
+            key: 0,
+            version: None,
+        };
+        if self.session.is_some() {
+            return Err(crate::backend::nested_transaction(Store::Mongo));
+        }
+        let op = Operation::Transaction;
+        let mut session = self
+            .db
+            .client()
+            .start_session()
+            .await
+            .map_err(|e| self.err(&TX, op, e))?;
+        session
+            .start_transaction()
+            .await
+            .map_err(|e| self.err(&TX, op, e))?;
+        let shared: TxSession = Arc::new(tokio::sync::Mutex::new(Some(session)));
+        let mut inside = self.clone();
+        inside.session = Some(Arc::clone(&shared));
+        Ok(Box::new(MongoTransaction {
+            backend: Arc::new(inside),
+            session: shared,
+            timeout: self.timeout,
+        }))
     }
 
     pub(crate) fn capabilities(&self) -> Capabilities {
         Capabilities {
-            transactions: false,
+            transactions: self.session.is_none(),
             filter: FilterSupport::Any,
             sort: true,
             prefix: true,
@@ -537,14 +606,32 @@ impl MongoBackend {
         check_unique_indexes(Store::Mongo, schema, &unique)
     }
 
+    /// The transaction's session, held for one call (none outside a
+    /// transaction).
+    async fn lock(
+        &self,
+        entity: &'static str,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<Option<ClientSession>>>> {
+        match &self.session {
+            None => Ok(None),
+            Some(tx) => {
+                let g = Arc::clone(tx).lock_owned().await;
+                if g.is_none() {
+                    return Err(crate::backend::transaction_ended(entity));
+                }
+                Ok(Some(g))
+            }
+        }
+    }
+
     pub(crate) async fn insert(
         &self,
         schema: &'static EntitySchema,
         record: &Record,
     ) -> Result<()> {
-        self.coll(schema)
-            .insert_one(to_doc(schema, record))
-            .await
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        in_session!(s, self.coll(schema).insert_one(to_doc(schema, record)))
             .map_err(|e| self.err(schema, Operation::Insert, e))?;
         Ok(())
     }
@@ -555,12 +642,15 @@ impl MongoBackend {
         records: &[Record],
     ) -> Result<()> {
         let op = Operation::InsertMany;
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let docs: Vec<Document> = records.iter().map(|r| to_doc(schema, r)).collect();
-        let Err(e) = self.coll(schema).insert_many(docs).ordered(false).await else {
+        let Err(e) = in_session!(s, self.coll(schema).insert_many(docs).ordered(false)) else {
             return Ok(());
         };
-        // Unordered: every document that did not fail was written. Report
-        // the duplicate-key failures per document; anything else whole.
+        // Unordered: every document that did not fail was written (outside
+        // a transaction). Report the duplicate-key failures per document;
+        // anything else whole.
         if let mongodb::error::ErrorKind::InsertMany(im) = e.kind.as_ref()
             && im.write_concern_error.is_none()
             && let Some(errors) = &im.write_errors
@@ -588,14 +678,55 @@ impl MongoBackend {
         schema: &'static EntitySchema,
         key: &Value,
     ) -> Result<Option<Record>> {
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        self.get_in(&mut s, schema, key).await
+    }
+
+    async fn get_in(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Result<Option<Record>> {
         let op = Operation::Get;
-        let found = self
-            .coll(schema)
-            .find_one(Self::by_key(key))
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+        let found = in_session!(
+            s,
+            self.coll(schema)
+                .find_one(Self::by_key(key))
+                .max_time(self.timeout)
+        )
+        .map_err(|e| self.err(schema, op, e))?;
         found.map(|d| from_doc(schema, op, d)).transpose()
+    }
+
+    /// The documents a query finds, in the call's session if it has one.
+    async fn find_all(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        op: Operation,
+        find: mongodb::action::Find<'_, Document>,
+    ) -> Result<Vec<Document>> {
+        match s.as_deref_mut() {
+            Some(s) => {
+                let mut cursor = find
+                    .session(&mut *s)
+                    .await
+                    .map_err(|e| self.err(schema, op, e))?;
+                cursor
+                    .stream(s)
+                    .try_collect()
+                    .await
+                    .map_err(|e| self.err(schema, op, e))
+            }
+            None => find
+                .await
+                .map_err(|e| self.err(schema, op, e))?
+                .try_collect()
+                .await
+                .map_err(|e| self.err(schema, op, e)),
+        }
     }
 
     pub(crate) async fn get_many(
@@ -604,17 +735,14 @@ impl MongoBackend {
         keys: &[Value],
     ) -> Result<Vec<Record>> {
         let op = Operation::GetMany;
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let list: Vec<Bson> = keys.iter().map(to_bson).collect();
-        let cursor = self
-            .coll(schema)
+        let coll = self.coll(schema);
+        let find = coll
             .find(doc! { "_id": { "$in": list } })
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
-        let docs: Vec<Document> = cursor
-            .try_collect()
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+            .max_time(self.timeout);
+        let docs = self.find_all(&mut s, schema, op, find).await?;
         docs.into_iter().map(|d| from_doc(schema, op, d)).collect()
     }
 
@@ -625,6 +753,8 @@ impl MongoBackend {
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
         let op = Operation::Update;
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let mut filter = Self::by_key(key);
         let check = schema.version.zip(patch.expected_version);
         if let Some((vi, expected)) = check {
@@ -638,17 +768,18 @@ impl MongoBackend {
         if let Some(vi) = schema.version {
             change.insert("$inc", doc! { schema.fields[vi].name: 1_i64 });
         }
-        let updated = self
-            .coll(schema)
-            .find_one_and_update(filter, change)
-            .return_document(ReturnDocument::After)
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+        let updated = in_session!(
+            s,
+            self.coll(schema)
+                .find_one_and_update(filter, change)
+                .return_document(ReturnDocument::After)
+                .max_time(self.timeout)
+        )
+        .map_err(|e| self.err(schema, op, e))?;
         if let Some(d) = updated {
             return from_doc(schema, op, d).map(Some);
         }
-        match (check, self.stored_version(schema, op, key).await?) {
+        match (check, self.stored_version(&mut s, schema, op, key).await?) {
             (_, None) => Ok(None),
             (Some((_, expected)), Some(Some(actual))) => Err(Error::Conflict {
                 entity: schema.name,
@@ -668,22 +799,25 @@ impl MongoBackend {
         expected_version: Option<i64>,
     ) -> Result<Record> {
         let op = Operation::Replace;
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let key = record.get(schema.key);
         let mut filter = Self::by_key(key);
         if let (Some(vi), Some(expected)) = (schema.version, expected_version) {
             filter.insert(schema.fields[vi].name, expected);
         }
-        let replaced = self
-            .coll(schema)
-            .find_one_and_replace(filter, to_doc(schema, record))
-            .return_document(ReturnDocument::After)
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+        let replaced = in_session!(
+            s,
+            self.coll(schema)
+                .find_one_and_replace(filter, to_doc(schema, record))
+                .return_document(ReturnDocument::After)
+                .max_time(self.timeout)
+        )
+        .map_err(|e| self.err(schema, op, e))?;
         if let Some(d) = replaced {
             return from_doc(schema, op, d);
         }
-        match self.stored_version(schema, op, key).await? {
+        match self.stored_version(&mut s, schema, op, key).await? {
             None => Err(Error::NotFound {
                 entity: schema.name,
             }),
@@ -703,40 +837,48 @@ impl MongoBackend {
         record: &Record,
     ) -> Result<Record> {
         let op = Operation::Upsert;
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let key = record.get(schema.key);
         let Some(vi) = schema.version else {
-            self.coll(schema)
-                .replace_one(Self::by_key(key), to_doc(schema, record))
-                .upsert(true)
-                .await
-                .map_err(|e| self.err(schema, op, e))?;
+            in_session!(
+                s,
+                self.coll(schema)
+                    .replace_one(Self::by_key(key), to_doc(schema, record))
+                    .upsert(true)
+            )
+            .map_err(|e| self.err(schema, op, e))?;
             return Ok(record.clone());
         };
         // Version: as given when inserted, stored + 1 when overwritten; a
         // compare-and-set on the stored version, retried on a race.
         for _ in 0..CAS_ATTEMPTS {
-            match self.get(schema, key).await? {
-                None => match self.coll(schema).insert_one(to_doc(schema, record)).await {
-                    Ok(_) => return Ok(record.clone()),
-                    Err(e) => match self.err(schema, op, e) {
-                        Error::Conflict {
-                            kind: ConflictKind::DuplicateKey,
-                            ..
-                        } => {}
-                        other => return Err(other),
-                    },
-                },
+            match self.get_in(&mut s, schema, key).await? {
+                None => {
+                    match in_session!(s, self.coll(schema).insert_one(to_doc(schema, record))) {
+                        Ok(_) => return Ok(record.clone()),
+                        Err(e) => match self.err(schema, op, e) {
+                            // (Inside a transaction, a duplicate key aborts it:
+                            // the caller sees the conflict.)
+                            Error::Conflict {
+                                kind: ConflictKind::DuplicateKey,
+                                ..
+                            } if self.session.is_none() => {}
+                            other => return Err(other),
+                        },
+                    }
+                }
                 Some(current) => {
                     let stored = version_of(schema, &current).unwrap_or_default();
                     let mut next = record.clone();
                     next.0[vi] = Value::Int(stored.saturating_add(1));
                     let mut filter = Self::by_key(key);
                     filter.insert(schema.fields[vi].name, stored);
-                    let done = self
-                        .coll(schema)
-                        .replace_one(filter, to_doc(schema, &next))
-                        .await
-                        .map_err(|e| self.err(schema, op, e))?;
+                    let done = in_session!(
+                        s,
+                        self.coll(schema).replace_one(filter, to_doc(schema, &next))
+                    )
+                    .map_err(|e| self.err(schema, op, e))?;
                     if done.matched_count == 1 {
                         return Ok(next);
                     }
@@ -753,14 +895,17 @@ impl MongoBackend {
     }
 
     pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         // findAndModify, not delete: it carries a server-side deadline.
-        let done = self
-            .coll(schema)
-            .find_one_and_delete(Self::by_key(key))
-            .projection(doc! { "_id": 1 })
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, Operation::Delete, e))?;
+        let done = in_session!(
+            s,
+            self.coll(schema)
+                .find_one_and_delete(Self::by_key(key))
+                .projection(doc! { "_id": 1 })
+                .max_time(self.timeout)
+        )
+        .map_err(|e| self.err(schema, Operation::Delete, e))?;
         Ok(done.is_some())
     }
 
@@ -770,38 +915,42 @@ impl MongoBackend {
         request: &ListRequest,
     ) -> Result<Vec<Record>> {
         let op = Operation::List;
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let cursor = self
-            .coll(schema)
+        let coll = self.coll(schema);
+        let find = coll
             .find(query(schema, &request.cond))
             .sort(sort_doc(schema, &request.sort))
             .limit(limit)
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
-        let docs: Vec<Document> = cursor
-            .try_collect()
-            .await
-            .map_err(|e| self.err(schema, op, e))?;
+            .max_time(self.timeout);
+        let docs = self.find_all(&mut s, schema, op, find).await?;
         docs.into_iter().map(|d| from_doc(schema, op, d)).collect()
     }
 
     pub(crate) async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
-        self.coll(schema)
-            .count_documents(query(schema, cond))
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, Operation::Count, e))
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        in_session!(
+            s,
+            self.coll(schema)
+                .count_documents(query(schema, cond))
+                .max_time(self.timeout)
+        )
+        .map_err(|e| self.err(schema, Operation::Count, e))
     }
 
     pub(crate) async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        let n = self
-            .coll(schema)
-            .count_documents(Self::by_key(key))
-            .limit(1)
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(schema, Operation::Exists, e))?;
+        let mut g = self.lock(schema.name).await?;
+        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        let n = in_session!(
+            s,
+            self.coll(schema)
+                .count_documents(Self::by_key(key))
+                .limit(1)
+                .max_time(self.timeout)
+        )
+        .map_err(|e| self.err(schema, Operation::Exists, e))?;
         Ok(n > 0)
     }
 }
@@ -815,5 +964,71 @@ fn backend_plain(op: Operation, why: &str) -> Error {
         message: why.to_owned(),
         retryable: true,
         source: None,
+    }
+}
+
+/// An open session transaction (see [`MongoBackend`]): commit, roll back,
+/// or drop (which rolls back: the session is ended, and the server aborts
+/// its transaction).
+struct MongoTransaction {
+    backend: Arc<MongoBackend>,
+    session: TxSession,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for MongoTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoTransaction").finish_non_exhaustive()
+    }
+}
+
+impl MongoTransaction {
+    /// Takes the session out (the transaction's calls then answer that it
+    /// ended).
+    async fn take(&self) -> Result<ClientSession> {
+        self.session
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| crate::backend::transaction_ended("transaction"))
+    }
+
+    fn err(&self, e: mongodb::error::Error) -> Error {
+        static TX: EntitySchema = EntitySchema {
+            name: "transaction",
+            rust_name: "transaction",
+            fields: &[],
+            key: 0,
+            version: None,
+        };
+        map_mongo_error(&TX, Operation::Transaction, self.timeout, e)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::backend::Transaction for MongoTransaction {
+    fn backend(&self) -> Arc<dyn crate::backend::Backend> {
+        Arc::clone(&self.backend) as Arc<dyn crate::backend::Backend>
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let mut session = self.take().await?;
+        session.commit_transaction().await.map_err(|e| self.err(e))
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        let mut session = self.take().await?;
+        session.abort_transaction().await.map_err(|e| self.err(e))
+    }
+}
+
+impl Drop for MongoTransaction {
+    fn drop(&mut self) {
+        // Ended by dropping the session: the driver aborts its transaction.
+        // (A call in flight holds the lock; the session then ends with the
+        // last handle of the transaction's backend.)
+        if let Ok(mut held) = self.session.try_lock() {
+            drop(held.take());
+        }
     }
 }
