@@ -351,7 +351,7 @@ fn not_configured(store: Store) -> Error {
 async fn connect_others(
     settings: &Settings,
     privacy: Option<&Arc<dl_privacy::Privacy>>,
-    #[allow(unused_variables)] // with Redis compiled out
+    #[allow(unused_variables)] // with Redis and MongoDB compiled out
     capture: Option<&Arc<dl_repositories::feed::Capture>>,
 ) -> Result<Vec<Arc<dyn Backend>>, SetupError> {
     #[cfg(feature = "mongodb")]
@@ -400,6 +400,10 @@ async fn connect_others(
             .map_or_else(|| "data_layer".to_owned(), |d| d.name().to_owned());
         let backend = MongoBackend::new(&client, &database, settings.mongo.request_timeout)
             .map_err(|e| connect_err(Store::Mongo, e.to_string(), None))?;
+        let backend = match capture {
+            Some(c) => backend.with_capture(Arc::clone(c)),
+            None => backend,
+        };
         out.push(Arc::new(backend));
     }
     #[cfg(feature = "redis")]

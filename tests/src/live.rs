@@ -300,6 +300,23 @@ impl MongoNamespaces {
         }
     }
 
+    /// A fresh database under this maker's prefix, migrated with the
+    /// test entities' migrations (dropped by `drop_all`).
+    ///
+    /// # Panics
+    /// When the migrations fail.
+    pub async fn migrated(&self) -> String {
+        let ns = format!(
+            "{}_{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        crate::schema::mongo(&mongo_url(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        ns
+    }
+
     /// A factory: each call migrates a fresh database (the test entities'
     /// migrations) and opens a client and a backend there.
     #[must_use]

@@ -520,3 +520,147 @@ mod redis_store {
         ns.drop_all().await;
     }
 }
+
+#[cfg(feature = "integration")]
+mod mongo_store {
+    use super::*;
+    use dl_repositories::backends::mongo::MongoBackend;
+    use dl_tests::live::{MongoNamespaces, mongo_url, test_pool};
+
+    async fn backend(database: &str) -> Arc<dyn Backend> {
+        let pool = test_pool(4);
+        let client = dl_connections::mongo::connect(&mongo_url(), &pool)
+            .await
+            .expect("mongo options");
+        Arc::new(
+            MongoBackend::new(&client, database, pool.request_timeout)
+                .expect("database name")
+                .with_capture(capture()),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_every_write_is_one_event() {
+        let ns = MongoNamespaces::new("feed").await;
+        every_write_is_one_event(backend(&ns.migrated().await).await).await;
+        ns.drop_all().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_consumers_read_from_checkpoints() {
+        let ns = MongoNamespaces::new("feedc").await;
+        consumers_read_from_checkpoints(backend(&ns.migrated().await).await).await;
+        ns.drop_all().await;
+    }
+
+    /// A captured entity without the feed's collections is refused at open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_captured_entity_needs_the_feed_collections() {
+        let ns = MongoNamespaces::new("feednr").await;
+        let db = ns.migrated().await;
+        let client = dl_connections::mongo::connect(&mongo_url(), &test_pool(1))
+            .await
+            .expect("mongo options");
+        client
+            .database(&db)
+            .collection::<mongodb::bson::Document>("dl_feed_clock")
+            .drop()
+            .await
+            .expect("drop");
+        let e = dl_repositories::Repo::<dl_tests::entities::Specimen>::open(backend(&db).await)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::SchemaNotReady { .. }) && e.to_string().contains("dl_feed_clock"),
+            "{e}"
+        );
+        ns.drop_all().await;
+    }
+
+    /// Writers through a proxy that cuts every connection every 300 ms,
+    /// killed with SIGKILL 20 times: exactly one event per acknowledged
+    /// write, none per refused one, at most one per write whose answer
+    /// was lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_writers_killed_through_resets_keep_one_event_per_write() {
+        let ns = MongoNamespaces::new("feedkill").await;
+        let db = ns.migrated().await;
+        let url = mongo_url();
+        let upstream = {
+            let u = url::Url::parse(url.expose()).expect("url");
+            let host = match u.host_str() {
+                Some("localhost") | None => "127.0.0.1".to_owned(),
+                Some(h) => h.to_owned(),
+            };
+            format!("{host}:{}", u.port().unwrap_or(27017))
+                .parse()
+                .expect("a socket address")
+        };
+        let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
+        let mut through = url::Url::parse(url.expose()).expect("url");
+        through.set_host(Some("127.0.0.1")).expect("host");
+        through.set_port(Some(proxy.addr().port())).expect("port");
+        through.set_path(&format!("/{db}"));
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let mut env = writer_env(&format!("sqlite://{}", dir.join("rel.db").display()));
+        env.push(("MONGODB_URI".into(), through.to_string()));
+        env.push(("DL_MONGO__REQUEST_TIMEOUT".into(), "5s".into()));
+        env.push(("FEED_WRITER_STORE".into(), "mongodb".into()));
+        let cutter = Arc::clone(&proxy);
+        let log = tokio::task::spawn_blocking(move || {
+            dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                cutter.reset();
+            })
+        })
+        .await
+        .expect("the kill rounds");
+        let counts = dl_tests::feed::check_feed_against(backend(&db).await, &log).await;
+        say(&format!("feed kill test, mongodb: {counts:?}"));
+        assert_eq!(counts.kills, 20);
+        assert!(
+            counts.acknowledged >= 60 && counts.refused > 0,
+            "{counts:?}"
+        );
+        ns.drop_all().await;
+    }
+
+    /// The canary, and every outbox document but the records after the
+    /// writes: no PHI in readable form.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_feed_shows_no_phi() {
+        use futures::TryStreamExt as _;
+        let ns = MongoNamespaces::new("feedphi").await;
+        let db = ns.migrated().await;
+        let canaries = dl_tests::feed::feed_shows_no_phi(backend(&db).await).await;
+        let client = dl_connections::mongo::connect(&mongo_url(), &test_pool(1))
+            .await
+            .expect("mongo options");
+        let mut own = String::new();
+        for c in [
+            "dl_feed",
+            "dl_feed_keys",
+            "dl_feed_clock",
+            "dl_feed_consumers",
+        ] {
+            let docs: Vec<mongodb::bson::Document> = client
+                .database(&db)
+                .collection::<mongodb::bson::Document>(c)
+                .find(mongodb::bson::doc! {})
+                .await
+                .expect("find")
+                .try_collect()
+                .await
+                .expect("collect");
+            for mut d in docs {
+                d.remove("after_image");
+                own.push_str(&format!("{c}: {d}\n"));
+            }
+        }
+        assert!(own.contains("dl_feed: "), "{own:.200}");
+        let refs: Vec<&str> = canaries.iter().map(String::as_str).collect();
+        dl_tests::canary::assert_no_canary("the feed's own MongoDB documents", &own, &refs);
+        ns.drop_all().await;
+    }
+}

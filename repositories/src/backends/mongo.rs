@@ -22,6 +22,8 @@
 //! such option for `insert` and `update`/`replace` commands, which the
 //! guard's deadline bounds on the client.
 
+mod feed;
+
 use std::time::Duration;
 
 use chrono::NaiveDate;
@@ -34,14 +36,112 @@ use std::sync::Arc;
 
 use crate::backend::{Capabilities, FilterSupport, check_unique_indexes};
 use crate::error::{BatchFailure, ConflictKind, Error, Operation, Result, Store};
+use crate::feed::ChangeOp;
 use crate::query::{CmpOp, Cond, Direction, ListRequest, ValidPatch};
 use crate::versions::version_of;
 
 const CAS_ATTEMPTS: usize = 64;
 
-/// The session of an open transaction, shared by its backend's calls
-/// (one at a time); `None` once it committed or rolled back.
-type TxSession = Arc<tokio::sync::Mutex<Option<ClientSession>>>;
+/// The outbox collections of the change feed.
+const FEED: &str = "dl_feed";
+const FEED_KEYS: &str = "dl_feed_keys";
+const FEED_CLOCK: &str = "dl_feed_clock";
+const FEED_CONSUMERS: &str = "dl_feed_consumers";
+
+/// A driver error of the feed's own collections.
+fn map_feed_error(timeout: Duration, e: mongodb::error::Error) -> Error {
+    static FEED_SCHEMA: EntitySchema = EntitySchema {
+        name: "dl_feed",
+        rust_name: "dl_feed",
+        fields: &[],
+        key: 0,
+        version: None,
+    };
+    map_mongo_error(&FEED_SCHEMA, Operation::Feed, timeout, e)
+}
+
+/// An open transaction: its session and the change events its captured
+/// writes made (written to the outbox just before `COMMIT`, so the feed's
+/// clock is held only then).
+struct TxState {
+    session: ClientSession,
+    pending: Vec<Pending>,
+}
+
+/// The state of an open transaction, shared by its backend's calls (one
+/// at a time); `None` once it committed or rolled back.
+type TxSession = Arc<tokio::sync::Mutex<Option<TxState>>>;
+
+/// A held transaction (see [`MongoBackend::lock`]).
+type Held = tokio::sync::OwnedMutexGuard<Option<TxState>>;
+
+/// The session of a held transaction, if any.
+fn sess(g: &mut Option<Held>) -> Sess<'_> {
+    g.as_mut()
+        .and_then(|g| g.as_mut())
+        .map(|st| &mut st.session)
+}
+
+/// A change event a write made, before the outbox has it.
+struct Pending {
+    entity: &'static str,
+    op: ChangeOp,
+    key_id: String,
+    after: Option<String>,
+    version: String,
+}
+
+/// A captured write's outcome and its events.
+type Captured<T> = Result<(T, Vec<Pending>)>;
+
+/// What to do after a write in a transaction of its own.
+enum Step<T> {
+    Done(Result<T>),
+    Again,
+}
+
+/// How many times a captured write outside a transaction is tried again
+/// when its transaction meets a write conflict (on the feed's clock, most
+/// often: captured writes take positions one commit at a time).
+const CAPTURE_ATTEMPTS: u32 = 64;
+
+/// Runs a write body (`$s` its session; the body answers the value and
+/// its change events). Outside a transaction, a captured entity's write
+/// runs in a session transaction of its own with its events; inside one,
+/// the events wait in the transaction for its commit.
+macro_rules! write_op {
+    ($self:ident, $schema:ident, |$s:ident| $body:expr) => {{
+        if $self.session.is_none() && crate::feed::captured($self.capture.as_ref(), $schema) {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                let mut session = $self.start_own($schema).await?;
+                let r = {
+                    let mut $s: Sess = Some(&mut session);
+                    $body
+                };
+                match $self.end_own(&mut session, $schema, r, attempt).await {
+                    Step::Done(v) => break v,
+                    Step::Again => {}
+                }
+            }
+        } else {
+            let mut g = $self.lock($schema.name).await?;
+            match g.as_mut().and_then(|g| g.as_mut()) {
+                Some(TxState { session, pending }) => {
+                    let mut $s: Sess = Some(session);
+                    let (v, events) = $body?;
+                    pending.extend(events);
+                    Ok(v)
+                }
+                None => {
+                    let mut $s: Sess = None;
+                    $body.map(|(v, _)| v)
+                }
+            }
+        }
+    }};
+}
 
 /// A call's session: the transaction's, or none (outside a transaction).
 type Sess<'a> = Option<&'a mut ClientSession>;
@@ -63,6 +163,8 @@ pub struct MongoBackend {
     timeout: Duration,
     /// Inside a transaction: its session (every call runs in it).
     session: Option<TxSession>,
+    /// Which entities' writes go to the change feed.
+    capture: Option<Arc<crate::feed::Capture>>,
 }
 
 impl std::fmt::Debug for MongoBackend {
@@ -93,6 +195,7 @@ impl MongoBackend {
             db: client.database(database),
             timeout,
             session: None,
+            capture: None,
         })
     }
 
@@ -486,13 +589,18 @@ impl MongoBackend {
         Store::Mongo
     }
 
-    /// No change feed on this store yet: the precise `Unsupported`.
-    #[allow(clippy::unused_self)]
+    /// The change feed of this database, when capture is on.
     pub(crate) fn feed_of_store(&self) -> Result<std::sync::Arc<dyn crate::feed::ChangeFeed>> {
-        Err(crate::feed::no_feed(
-            Store::Mongo,
-            "not served by this backend yet",
-        ))
+        match &self.capture {
+            Some(_) => Ok(Arc::new(feed::MongoFeed {
+                db: self.db.clone(),
+                timeout: self.timeout,
+            })),
+            None => Err(crate::feed::no_feed(
+                Store::Mongo,
+                "no entity is captured: name entities in cdc.entities",
+            )),
+        }
     }
 
     /// A session transaction (snapshot reads, majority writes): every call
@@ -520,7 +628,10 @@ impl MongoBackend {
             .start_transaction()
             .await
             .map_err(|e| self.err(&TX, op, e))?;
-        let shared: TxSession = Arc::new(tokio::sync::Mutex::new(Some(session)));
+        let shared: TxSession = Arc::new(tokio::sync::Mutex::new(Some(TxState {
+            session,
+            pending: Vec::new(),
+        })));
         let mut inside = self.clone();
         inside.session = Some(Arc::clone(&shared));
         Ok(Box::new(MongoTransaction {
@@ -539,7 +650,7 @@ impl MongoBackend {
             atomic_batch: false,
             native_batch: true,
             ttl: false,
-            change_feed: false,
+            change_feed: self.capture.is_some(),
             unique: true,
             ordered: true,
             native_cursor: false,
@@ -569,6 +680,18 @@ impl MongoBackend {
             .filter(doc! { "name": schema.name })
             .await
             .map_err(|e| self.err(schema, op, e))?;
+        if crate::feed::captured(self.capture.as_ref(), schema) {
+            let all = self
+                .db
+                .list_collection_names()
+                .await
+                .map_err(|e| self.err(schema, op, e))?;
+            for c in [FEED, FEED_KEYS, FEED_CLOCK, FEED_CONSUMERS] {
+                if !all.iter().any(|n| n == c) {
+                    return Err(crate::feed::feed_not_ready(Store::Mongo, schema, c));
+                }
+            }
+        }
         if !names.iter().any(|n| n == schema.name) {
             return Err(Error::SchemaNotReady {
                 store: Store::Mongo,
@@ -606,12 +729,203 @@ impl MongoBackend {
         check_unique_indexes(Store::Mongo, schema, &unique)
     }
 
+    /// Writes of the entities `capture` names become change events in the
+    /// outbox collections (`dl_feed`, `dl_feed_keys`, `dl_feed_clock`; the
+    /// migration `2_change_feed.json` makes them), in the same session
+    /// transaction as the write (see [`crate::feed`]).
+    #[must_use]
+    pub fn with_capture(mut self, capture: Arc<crate::feed::Capture>) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
+    /// The event of a write of `record`, when `schema` is captured.
+    fn event(
+        &self,
+        schema: &'static EntitySchema,
+        op: ChangeOp,
+        record: &Record,
+        with_after: bool,
+    ) -> Vec<Pending> {
+        let Some(c) = self.capture.as_ref().filter(|c| c.captures(schema)) else {
+            return Vec::new();
+        };
+        vec![Pending {
+            entity: schema.name,
+            op,
+            key_id: c.key_id(schema, record.get(schema.key)),
+            after: with_after.then(|| crate::json_record::encode(schema, record)),
+            version: schema.shape_version(),
+        }]
+    }
+
+    /// The event of a delete of `key`, when `schema` is captured.
+    fn deleted_event(&self, schema: &'static EntitySchema, key: &Value) -> Vec<Pending> {
+        let Some(c) = self.capture.as_ref().filter(|c| c.captures(schema)) else {
+            return Vec::new();
+        };
+        vec![Pending {
+            entity: schema.name,
+            op: ChangeOp::Deleted,
+            key_id: c.key_id(schema, key),
+            after: None,
+            version: schema.shape_version(),
+        }]
+    }
+
+    /// A session with a transaction started, for one captured write.
+    async fn start_own(&self, schema: &'static EntitySchema) -> Result<ClientSession> {
+        let op = Operation::Transaction;
+        let mut session = self
+            .db
+            .client()
+            .start_session()
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        session
+            .start_transaction()
+            .await
+            .map_err(|e| self.err(schema, op, e))?;
+        Ok(session)
+    }
+
+    /// Ends a captured write's own transaction: its events written, then
+    /// `COMMIT`; on a write conflict (the feed's clock, say) it is aborted
+    /// and tried again, a bounded number of times.
+    async fn end_own<T: Send>(
+        &self,
+        session: &mut ClientSession,
+        schema: &'static EntitySchema,
+        r: Captured<T>,
+        attempt: u32,
+    ) -> Step<T> {
+        let again = |e: &Error| {
+            matches!(
+                e,
+                Error::Backend {
+                    retryable: true,
+                    ..
+                }
+            ) && attempt < CAPTURE_ATTEMPTS
+        };
+        let r = match r {
+            Ok((v, events)) => self.write_events(session, &events).await.map(|()| v),
+            Err(e) => Err(e),
+        };
+        let value = match r {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                if again(&e) {
+                    self.pause(attempt).await;
+                    return Step::Again;
+                }
+                return Step::Done(Err(e));
+            }
+        };
+        // A commit whose answer was lost may be sent again (the server
+        // applies it once); one refused as transient applied nothing.
+        for _ in 0..3 {
+            match session.commit_transaction().await {
+                Ok(()) => return Step::Done(Ok(value)),
+                Err(e) if e.contains_label("UnknownTransactionCommitResult") => {}
+                Err(e) => {
+                    let transient = e.contains_label("TransientTransactionError");
+                    let e = self.err(schema, Operation::Transaction, e);
+                    if transient && attempt < CAPTURE_ATTEMPTS {
+                        self.pause(attempt).await;
+                        return Step::Again;
+                    }
+                    return Step::Done(Err(e));
+                }
+            }
+        }
+        Step::Done(Err(Error::Unavailable {
+            store: Store::Mongo,
+            operation: Operation::Transaction,
+            reason: "the answer to a commit was lost three times: the write's outcome is unknown"
+                .into(),
+            sent: true,
+            source: None,
+        }))
+    }
+
+    /// A short, growing, jittered pause before a write is tried again.
+    async fn pause(&self, attempt: u32) {
+        let ms = u64::from(attempt.min(10)) * 2 + fastrand::u64(0..5);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Writes events to the outbox in `session`'s transaction: positions
+    /// from the clock (one `$inc` for all; its document stays locked to
+    /// the commit, so positions are commit order), each key's sequence,
+    /// then the events.
+    async fn write_events(&self, session: &mut ClientSession, events: &[Pending]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let fail = |e: mongodb::error::Error| map_feed_error(self.timeout, e);
+        let clock = self
+            .db
+            .collection::<Document>(FEED_CLOCK)
+            .find_one_and_update(
+                doc! { "_id": "clock" },
+                doc! { "$inc": { "position": n }, "$currentDate": { "at": true } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(&mut *session)
+            .await
+            .map_err(fail)?
+            .ok_or_else(|| crate::feed::feed_defect(Store::Mongo, "no clock"))?;
+        let last = clock
+            .get_i64("position")
+            .map_err(|_| crate::feed::feed_defect(Store::Mongo, "a clock without a position"))?;
+        let at = *clock
+            .get_datetime("at")
+            .map_err(|_| crate::feed::feed_defect(Store::Mongo, "a clock without a time"))?;
+        let keys = self.db.collection::<Document>(FEED_KEYS);
+        let mut docs = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            let id = format!("{}/{}", e.entity, e.key_id);
+            let seq = keys
+                .find_one_and_update(doc! { "_id": &id }, doc! { "$inc": { "seq": 1_i64 } })
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .session(&mut *session)
+                .await
+                .map_err(fail)?
+                .and_then(|d| d.get_i64("seq").ok())
+                .ok_or_else(|| {
+                    crate::feed::feed_defect(Store::Mongo, "a key without a sequence")
+                })?;
+            let mut d = doc! {
+                "_id": last - n + 1 + i64::try_from(i).unwrap_or(0),
+                "entity": e.entity,
+                "op": e.op.as_str(),
+                "key_id": &e.key_id,
+                "seq": seq,
+                "committed_at": at,
+                "schema_version": &e.version,
+            };
+            if let Some(a) = &e.after {
+                d.insert("after_image", a);
+            }
+            docs.push(d);
+        }
+        self.db
+            .collection::<Document>(FEED)
+            .insert_many(docs)
+            .session(&mut *session)
+            .await
+            .map_err(fail)?;
+        Ok(())
+    }
+
     /// The transaction's session, held for one call (none outside a
     /// transaction).
-    async fn lock(
-        &self,
-        entity: &'static str,
-    ) -> Result<Option<tokio::sync::OwnedMutexGuard<Option<ClientSession>>>> {
+    async fn lock(&self, entity: &'static str) -> Result<Option<Held>> {
         match &self.session {
             None => Ok(None),
             Some(tx) => {
@@ -629,11 +943,20 @@ impl MongoBackend {
         schema: &'static EntitySchema,
         record: &Record,
     ) -> Result<()> {
-        let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        write_op!(self, schema, |s| self
+            .insert_in(&mut s, schema, record)
+            .await)
+    }
+
+    async fn insert_in(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Captured<()> {
         in_session!(s, self.coll(schema).insert_one(to_doc(schema, record)))
             .map_err(|e| self.err(schema, Operation::Insert, e))?;
-        Ok(())
+        Ok(((), self.event(schema, ChangeOp::Created, record, true)))
     }
 
     pub(crate) async fn insert_many(
@@ -641,16 +964,29 @@ impl MongoBackend {
         schema: &'static EntitySchema,
         records: &[Record],
     ) -> Result<()> {
+        write_op!(self, schema, |s| self
+            .insert_many_in(&mut s, schema, records)
+            .await)
+    }
+
+    async fn insert_many_in(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        records: &[Record],
+    ) -> Captured<()> {
         let op = Operation::InsertMany;
-        let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let docs: Vec<Document> = records.iter().map(|r| to_doc(schema, r)).collect();
         let Err(e) = in_session!(s, self.coll(schema).insert_many(docs).ordered(false)) else {
-            return Ok(());
+            let events = records
+                .iter()
+                .flat_map(|r| self.event(schema, ChangeOp::Created, r, true))
+                .collect();
+            return Ok(((), events));
         };
-        // Unordered: every document that did not fail was written (outside
-        // a transaction). Report the duplicate-key failures per document;
-        // anything else whole.
+        // Unordered: outside a transaction, every document that did not
+        // fail was written (inside one, none was). Report the duplicate-key
+        // failures per document; anything else whole.
         if let mongodb::error::ErrorKind::InsertMany(im) = e.kind.as_ref()
             && im.write_concern_error.is_none()
             && let Some(errors) = &im.write_errors
@@ -679,7 +1015,7 @@ impl MongoBackend {
         key: &Value,
     ) -> Result<Option<Record>> {
         let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        let mut s = sess(&mut g);
         self.get_in(&mut s, schema, key).await
     }
 
@@ -736,7 +1072,7 @@ impl MongoBackend {
     ) -> Result<Vec<Record>> {
         let op = Operation::GetMany;
         let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        let mut s = sess(&mut g);
         let list: Vec<Bson> = keys.iter().map(to_bson).collect();
         let coll = self.coll(schema);
         let find = coll
@@ -752,9 +1088,19 @@ impl MongoBackend {
         key: &Value,
         patch: &ValidPatch,
     ) -> Result<Option<Record>> {
+        write_op!(self, schema, |s| self
+            .update_in(&mut s, schema, key, patch)
+            .await)
+    }
+
+    async fn update_in(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        key: &Value,
+        patch: &ValidPatch,
+    ) -> Captured<Option<Record>> {
         let op = Operation::Update;
-        let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let mut filter = Self::by_key(key);
         let check = schema.version.zip(patch.expected_version);
         if let Some((vi, expected)) = check {
@@ -777,10 +1123,12 @@ impl MongoBackend {
         )
         .map_err(|e| self.err(schema, op, e))?;
         if let Some(d) = updated {
-            return from_doc(schema, op, d).map(Some);
+            let r = from_doc(schema, op, d)?;
+            let events = self.event(schema, ChangeOp::Updated, &r, true);
+            return Ok((Some(r), events));
         }
-        match (check, self.stored_version(&mut s, schema, op, key).await?) {
-            (_, None) => Ok(None),
+        match (check, self.stored_version(s, schema, op, key).await?) {
+            (_, None) => Ok((None, Vec::new())),
             (Some((_, expected)), Some(Some(actual))) => Err(Error::Conflict {
                 entity: schema.name,
                 kind: ConflictKind::VersionMismatch { expected, actual },
@@ -798,9 +1146,19 @@ impl MongoBackend {
         record: &Record,
         expected_version: Option<i64>,
     ) -> Result<Record> {
+        write_op!(self, schema, |s| self
+            .replace_in(&mut s, schema, record, expected_version)
+            .await)
+    }
+
+    async fn replace_in(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        record: &Record,
+        expected_version: Option<i64>,
+    ) -> Captured<Record> {
         let op = Operation::Replace;
-        let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let key = record.get(schema.key);
         let mut filter = Self::by_key(key);
         if let (Some(vi), Some(expected)) = (schema.version, expected_version) {
@@ -815,9 +1173,11 @@ impl MongoBackend {
         )
         .map_err(|e| self.err(schema, op, e))?;
         if let Some(d) = replaced {
-            return from_doc(schema, op, d);
+            let r = from_doc(schema, op, d)?;
+            let events = self.event(schema, ChangeOp::Updated, &r, true);
+            return Ok((r, events));
         }
-        match self.stored_version(&mut s, schema, op, key).await? {
+        match self.stored_version(s, schema, op, key).await? {
             None => Err(Error::NotFound {
                 entity: schema.name,
             }),
@@ -836,34 +1196,60 @@ impl MongoBackend {
         schema: &'static EntitySchema,
         record: &Record,
     ) -> Result<Record> {
+        write_op!(self, schema, |s| self
+            .upsert_in(&mut s, schema, record)
+            .await)
+    }
+
+    async fn upsert_in(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        record: &Record,
+    ) -> Captured<Record> {
         let op = Operation::Upsert;
-        let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
         let key = record.get(schema.key);
         let Some(vi) = schema.version else {
-            in_session!(
+            let done = in_session!(
                 s,
                 self.coll(schema)
                     .replace_one(Self::by_key(key), to_doc(schema, record))
                     .upsert(true)
             )
             .map_err(|e| self.err(schema, op, e))?;
-            return Ok(record.clone());
+            let what = if done.upserted_id.is_some() {
+                ChangeOp::Created
+            } else {
+                ChangeOp::Updated
+            };
+            return Ok((record.clone(), self.event(schema, what, record, true)));
         };
         // Version: as given when inserted, stored + 1 when overwritten; a
         // compare-and-set on the stored version, retried on a race.
         for _ in 0..CAS_ATTEMPTS {
-            match self.get_in(&mut s, schema, key).await? {
+            match self.get_in(s, schema, key).await? {
                 None => {
                     match in_session!(s, self.coll(schema).insert_one(to_doc(schema, record))) {
-                        Ok(_) => return Ok(record.clone()),
+                        Ok(_) => {
+                            let events = self.event(schema, ChangeOp::Created, record, true);
+                            return Ok((record.clone(), events));
+                        }
                         Err(e) => match self.err(schema, op, e) {
-                            // (Inside a transaction, a duplicate key aborts it:
-                            // the caller sees the conflict.)
                             Error::Conflict {
                                 kind: ConflictKind::DuplicateKey,
                                 ..
-                            } if self.session.is_none() => {}
+                            } if s.is_none() => {}
+                            // In a session transaction a failed write ends it:
+                            // the whole transaction is to be tried again.
+                            Error::Conflict {
+                                kind: ConflictKind::DuplicateKey,
+                                ..
+                            } => {
+                                return Err(backend_plain(
+                                    op,
+                                    "a concurrent insert of the same key ended the transaction: try it again",
+                                ));
+                            }
                             other => return Err(other),
                         },
                     }
@@ -880,7 +1266,8 @@ impl MongoBackend {
                     )
                     .map_err(|e| self.err(schema, op, e))?;
                     if done.matched_count == 1 {
-                        return Ok(next);
+                        let events = self.event(schema, ChangeOp::Updated, &next, true);
+                        return Ok((next, events));
                     }
                 }
             }
@@ -895,8 +1282,15 @@ impl MongoBackend {
     }
 
     pub(crate) async fn delete(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
-        let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        write_op!(self, schema, |s| self.delete_in(&mut s, schema, key).await)
+    }
+
+    async fn delete_in(
+        &self,
+        s: &mut Sess<'_>,
+        schema: &'static EntitySchema,
+        key: &Value,
+    ) -> Captured<bool> {
         // findAndModify, not delete: it carries a server-side deadline.
         let done = in_session!(
             s,
@@ -906,7 +1300,10 @@ impl MongoBackend {
                 .max_time(self.timeout)
         )
         .map_err(|e| self.err(schema, Operation::Delete, e))?;
-        Ok(done.is_some())
+        if done.is_none() {
+            return Ok((false, Vec::new()));
+        }
+        Ok((true, self.deleted_event(schema, key)))
     }
 
     pub(crate) async fn list(
@@ -916,7 +1313,7 @@ impl MongoBackend {
     ) -> Result<Vec<Record>> {
         let op = Operation::List;
         let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        let mut s = sess(&mut g);
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
         let coll = self.coll(schema);
         let find = coll
@@ -930,7 +1327,7 @@ impl MongoBackend {
 
     pub(crate) async fn count(&self, schema: &'static EntitySchema, cond: &Cond) -> Result<u64> {
         let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        let mut s = sess(&mut g);
         in_session!(
             s,
             self.coll(schema)
@@ -942,7 +1339,7 @@ impl MongoBackend {
 
     pub(crate) async fn exists(&self, schema: &'static EntitySchema, key: &Value) -> Result<bool> {
         let mut g = self.lock(schema.name).await?;
-        let mut s: Sess = g.as_mut().and_then(|g| g.as_mut());
+        let mut s = sess(&mut g);
         let n = in_session!(
             s,
             self.coll(schema)
@@ -985,7 +1382,7 @@ impl std::fmt::Debug for MongoTransaction {
 impl MongoTransaction {
     /// Takes the session out (the transaction's calls then answer that it
     /// ended).
-    async fn take(&self) -> Result<ClientSession> {
+    async fn take(&self) -> Result<TxState> {
         self.session
             .lock()
             .await
@@ -1012,13 +1409,26 @@ impl crate::backend::Transaction for MongoTransaction {
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
-        let mut session = self.take().await?;
+        let TxState {
+            mut session,
+            pending,
+        } = self.take().await?;
+        // The captured writes' events, last: the feed's clock is held from
+        // here to the commit only.
+        if let Err(e) = self.backend.write_events(&mut session, &pending).await {
+            let _ = session.abort_transaction().await;
+            return Err(e);
+        }
         session.commit_transaction().await.map_err(|e| self.err(e))
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {
-        let mut session = self.take().await?;
-        session.abort_transaction().await.map_err(|e| self.err(e))
+        let mut state = self.take().await?;
+        state
+            .session
+            .abort_transaction()
+            .await
+            .map_err(|e| self.err(e))
     }
 }
 
