@@ -5,7 +5,7 @@
 //! ```sh
 //! scripts/stack.sh up && set -a && . ./.env.test && set +a
 //! cargo bench -p dl-tests --bench feed            # the interleaved ratios, then criterion
-//! DL_BENCH_STORES=sqlite cargo bench -p dl-tests --bench feed
+//! DL_BENCH_STORES=sqlite,redis cargo bench -p dl-tests --bench feed
 //! ```
 //!
 //! The ratios come from interleaved blocks: capture off and capture on
@@ -128,6 +128,40 @@ async fn postgres(ns: &str) -> Sides {
     .await
 }
 
+async fn redis(prefix: &str) -> Sides {
+    use dl_repositories::backends::redis::RedisBackend;
+    let pool = dl_tests::live::test_pool(1);
+    let conn = dl_connections::redis::connect_lazy(&dl_tests::live::redis_url(), &pool)
+        .expect("redis options");
+    let make = || {
+        RedisBackend::new(conn.clone(), prefix, pool.request_timeout)
+            .expect("prefix")
+            .with_privacy(dl_tests::live::test_privacy())
+    };
+    sides(
+        "redis",
+        Arc::new(make()),
+        Arc::new(make().with_capture(capture())),
+    )
+    .await
+}
+
+async fn mongo(ns: &dl_tests::live::MongoNamespaces) -> Sides {
+    use dl_repositories::backends::mongo::MongoBackend;
+    let db = ns.migrated().await;
+    let pool = dl_tests::live::test_pool(4);
+    let client = dl_connections::mongo::connect(&dl_tests::live::mongo_url(), &pool)
+        .await
+        .expect("mongo options");
+    let make = || MongoBackend::new(&client, &db, pool.request_timeout).expect("database");
+    sides(
+        "mongodb",
+        Arc::new(make()),
+        Arc::new(make().with_capture(capture())),
+    )
+    .await
+}
+
 /// One write of `op` on `repo`.
 async fn write(repo: &dyn Repository<Specimen>, side: &str, op: &str, i: usize) {
     match op {
@@ -233,6 +267,14 @@ fn main() {
     if wanted("postgres") {
         all.push(rt.block_on(postgres(&format!("{prefix}_pg"))));
     }
+    if wanted("redis") {
+        all.push(rt.block_on(redis(&format!("{prefix}_redis"))));
+    }
+    let mongo_ns =
+        wanted("mongodb").then(|| rt.block_on(dl_tests::live::MongoNamespaces::new("feedbench")));
+    if let Some(ns) = &mongo_ns {
+        all.push(rt.block_on(mongo(ns)));
+    }
     println!("| store | operation | capture off p50 | capture on p50 | ratio | ratio p25–p75 |");
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
     for s in &all {
@@ -246,7 +288,7 @@ fn main() {
             );
         }
     }
-    for s in all.iter().filter(|s| s.store == "postgres") {
+    for s in all.iter().filter(|s| s.store != "sqlite") {
         for batch in [100, 1000] {
             let rate = rt.block_on(read_rate(s, 20_000, batch));
             println!(
@@ -275,4 +317,8 @@ fn main() {
     }
     c.final_summary();
     rt.block_on(dl_tests::live::drop_postgres_namespaces(&prefix));
+    rt.block_on(dl_tests::live::drop_redis_namespaces(&prefix));
+    if let Some(ns) = &mongo_ns {
+        rt.block_on(ns.drop_all());
+    }
 }
