@@ -476,6 +476,36 @@ pub(crate) fn not_registered() -> Error {
     Error::NotFound { entity: "consumer" }
 }
 
+/// A feed's status from its counts and consumers (sorted by name): the
+/// oldest unacknowledged event is the first after the slowest consumer.
+///
+/// # Errors
+/// The store's fault reading that event.
+pub(crate) async fn status_from(
+    feed: &dyn ChangeFeed,
+    events: u64,
+    last: u64,
+    mut consumers: Vec<ConsumerStatus>,
+) -> Result<FeedStatus> {
+    consumers.sort_by(|a, b| a.name.cmp(&b.name));
+    let oldest = match consumers.iter().map(|c| c.position).min() {
+        Some(min) => feed
+            .events_after(min, None, 1)
+            .await?
+            .first()
+            .map(|e| e.committed_at),
+        None => None,
+    };
+    let now = Utc::now();
+    Ok(FeedStatus {
+        store: feed.store(),
+        events,
+        last_position: last,
+        oldest_unacked_age: oldest.map(|t| (now - t).to_std().unwrap_or_default()),
+        consumers,
+    })
+}
+
 /// A feed row that cannot be read: a defect or a foreign writer.
 pub(crate) fn feed_defect(store: Store, what: &str) -> Error {
     Error::Backend {

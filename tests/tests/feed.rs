@@ -183,6 +183,55 @@ async fn sqlite_feed_shows_no_phi() {
     dl_tests::canary::assert_no_canary("the feed's own SQLite columns", &own.join("\n"), &refs);
 }
 
+/// A fault proxy in front of the server at `url` (its port, or
+/// `default_port`), and `url` pointed at the proxy.
+#[cfg(feature = "integration")]
+async fn through_proxy(
+    url: &str,
+    default_port: u16,
+) -> (Arc<dl_tests::proxy::FaultProxy>, url::Url) {
+    let u = url::Url::parse(url).expect("url");
+    let host = match u.host_str() {
+        Some("localhost") | None => "127.0.0.1".to_owned(),
+        Some(h) => h.to_owned(),
+    };
+    let upstream = format!("{host}:{}", u.port().unwrap_or(default_port))
+        .parse()
+        .expect("a socket address");
+    let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
+    let mut through = u;
+    through.set_host(Some("127.0.0.1")).expect("host");
+    through.set_port(Some(proxy.addr().port())).expect("port");
+    (proxy, through)
+}
+
+/// Writers with `env`, killed with SIGKILL 20 times while `proxy` cuts
+/// every connection every 300 ms; then the feed of `backend` checked
+/// against what they said.
+#[cfg(feature = "integration")]
+async fn kill_writers_through_resets(
+    store: &str,
+    env: Vec<(String, String)>,
+    proxy: Arc<dl_tests::proxy::FaultProxy>,
+    backend: Arc<dyn Backend>,
+) {
+    let log = tokio::task::spawn_blocking(move || {
+        dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            proxy.reset();
+        })
+    })
+    .await
+    .expect("the kill rounds");
+    let counts = dl_tests::feed::check_feed_against(backend, &log).await;
+    say(&format!("feed kill test, {store}: {counts:?}"));
+    assert_eq!(counts.kills, 20);
+    assert!(
+        counts.acknowledged >= 60 && counts.refused > 0,
+        "{counts:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_store_without_capture_has_no_feed() {
     let pool = dl_connections::sqlite::connect(
@@ -249,41 +298,12 @@ mod postgres {
     async fn postgres_writers_killed_through_resets_keep_one_event_per_write() {
         let ns = PgNamespaces::new("feedkill").await;
         let backend = backend(&ns, "kill").await;
-        let url = postgres_url();
-        let upstream = {
-            let u = url::Url::parse(url.expose()).expect("url");
-            let host = match u.host_str() {
-                Some("localhost") | None => "127.0.0.1".to_owned(),
-                Some(h) => h.to_owned(),
-            };
-            format!("{host}:{}", u.port().unwrap_or(5432))
-                .parse()
-                .expect("a socket address")
-        };
-        let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
-        let mut through = url::Url::parse(url.expose()).expect("url");
-        through.set_host(Some("127.0.0.1")).expect("host");
-        through.set_port(Some(proxy.addr().port())).expect("port");
+        let (proxy, through) = through_proxy(postgres_url().expose(), 5432).await;
         let mut env = writer_env(through.as_str());
         env.push(("DL_POSTGRES__SCHEMA".into(), ns.name("kill")));
         env.push(("DL_POSTGRES__MAX_CONNECTIONS".into(), "4".into()));
         env.push(("DL_POSTGRES__REQUEST_TIMEOUT".into(), "5s".into()));
-        let cutter = Arc::clone(&proxy);
-        let log = tokio::task::spawn_blocking(move || {
-            dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
-                std::thread::sleep(std::time::Duration::from_millis(300));
-                cutter.reset();
-            })
-        })
-        .await
-        .expect("the kill rounds");
-        let counts = dl_tests::feed::check_feed_against(backend, &log).await;
-        say(&format!("feed kill test, postgres: {counts:?}"));
-        assert_eq!(counts.kills, 20);
-        assert!(
-            counts.acknowledged >= 60 && counts.refused > 0,
-            "{counts:?}"
-        );
+        kill_writers_through_resets("postgres", env, proxy, backend).await;
         ns.drop_all().await;
     }
 
@@ -326,20 +346,15 @@ mod redis_store {
     use dl_repositories::backends::redis::RedisBackend;
     use dl_tests::live::{RedisNamespaces, redis_url, test_pool};
 
-    fn backend_at(url: &str, prefix: &str) -> Arc<dyn Backend> {
+    fn backend(prefix: &str) -> Arc<dyn Backend> {
         let pool = test_pool(2);
-        let url = dl_connections::SecretUrl::parse(url).expect("a Redis URL");
-        let conn = dl_connections::redis::connect_lazy(&url, &pool).expect("redis options");
+        let conn = dl_connections::redis::connect_lazy(&redis_url(), &pool).expect("redis options");
         Arc::new(
             RedisBackend::new(conn, prefix, pool.request_timeout)
                 .expect("prefix")
                 .with_privacy(test_privacy())
                 .with_capture(capture()),
         )
-    }
-
-    fn backend(prefix: &str) -> Arc<dyn Backend> {
-        backend_at(redis_url().expose(), prefix)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,43 +450,14 @@ mod redis_store {
     async fn redis_writers_killed_through_resets_keep_one_event_per_write() {
         let ns = RedisNamespaces::new("feedkill").await;
         let prefix = ns.namespace();
-        let url = redis_url();
-        let upstream = {
-            let u = url::Url::parse(url.expose()).expect("url");
-            let host = match u.host_str() {
-                Some("localhost") | None => "127.0.0.1".to_owned(),
-                Some(h) => h.to_owned(),
-            };
-            format!("{host}:{}", u.port().unwrap_or(6379))
-                .parse()
-                .expect("a socket address")
-        };
-        let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
-        let mut through = url::Url::parse(url.expose()).expect("url");
-        through.set_host(Some("127.0.0.1")).expect("host");
-        through.set_port(Some(proxy.addr().port())).expect("port");
+        let (proxy, through) = through_proxy(redis_url().expose(), 6379).await;
         let dir = tempfile::tempdir().expect("temp dir").keep();
         let mut env = writer_env(&format!("sqlite://{}", dir.join("rel.db").display()));
         env.push(("REDIS_URL".into(), through.to_string()));
         env.push(("DL_REDIS__KEY_PREFIX".into(), prefix.clone()));
         env.push(("DL_REDIS__REQUEST_TIMEOUT".into(), "5s".into()));
         env.push(("FEED_WRITER_STORE".into(), "redis".into()));
-        let cutter = Arc::clone(&proxy);
-        let log = tokio::task::spawn_blocking(move || {
-            dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
-                std::thread::sleep(std::time::Duration::from_millis(300));
-                cutter.reset();
-            })
-        })
-        .await
-        .expect("the kill rounds");
-        let counts = dl_tests::feed::check_feed_against(backend(&prefix), &log).await;
-        say(&format!("feed kill test, redis: {counts:?}"));
-        assert_eq!(counts.kills, 20);
-        assert!(
-            counts.acknowledged >= 60 && counts.refused > 0,
-            "{counts:?}"
-        );
+        kill_writers_through_resets("redis", env, proxy, backend(&prefix)).await;
         ns.drop_all().await;
     }
 
@@ -586,43 +572,14 @@ mod mongo_store {
     async fn mongo_writers_killed_through_resets_keep_one_event_per_write() {
         let ns = MongoNamespaces::new("feedkill").await;
         let db = ns.migrated().await;
-        let url = mongo_url();
-        let upstream = {
-            let u = url::Url::parse(url.expose()).expect("url");
-            let host = match u.host_str() {
-                Some("localhost") | None => "127.0.0.1".to_owned(),
-                Some(h) => h.to_owned(),
-            };
-            format!("{host}:{}", u.port().unwrap_or(27017))
-                .parse()
-                .expect("a socket address")
-        };
-        let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
-        let mut through = url::Url::parse(url.expose()).expect("url");
-        through.set_host(Some("127.0.0.1")).expect("host");
-        through.set_port(Some(proxy.addr().port())).expect("port");
+        let (proxy, mut through) = through_proxy(mongo_url().expose(), 27017).await;
         through.set_path(&format!("/{db}"));
         let dir = tempfile::tempdir().expect("temp dir").keep();
         let mut env = writer_env(&format!("sqlite://{}", dir.join("rel.db").display()));
         env.push(("MONGODB_URI".into(), through.to_string()));
         env.push(("DL_MONGO__REQUEST_TIMEOUT".into(), "5s".into()));
         env.push(("FEED_WRITER_STORE".into(), "mongodb".into()));
-        let cutter = Arc::clone(&proxy);
-        let log = tokio::task::spawn_blocking(move || {
-            dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
-                std::thread::sleep(std::time::Duration::from_millis(300));
-                cutter.reset();
-            })
-        })
-        .await
-        .expect("the kill rounds");
-        let counts = dl_tests::feed::check_feed_against(backend(&db).await, &log).await;
-        say(&format!("feed kill test, mongodb: {counts:?}"));
-        assert_eq!(counts.kills, 20);
-        assert!(
-            counts.acknowledged >= 60 && counts.refused > 0,
-            "{counts:?}"
-        );
+        kill_writers_through_resets("mongodb", env, proxy, backend(&db).await).await;
         ns.drop_all().await;
     }
 

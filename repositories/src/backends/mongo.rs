@@ -48,15 +48,23 @@ const FEED_KEYS: &str = "dl_feed_keys";
 const FEED_CLOCK: &str = "dl_feed_clock";
 const FEED_CONSUMERS: &str = "dl_feed_consumers";
 
-/// A driver error of the feed's own collections.
-fn map_feed_error(timeout: Duration, e: mongodb::error::Error) -> Error {
-    static FEED_SCHEMA: EntitySchema = EntitySchema {
-        name: "dl_feed",
-        rust_name: "dl_feed",
+/// What errors of a transaction itself (begin, commit) name.
+static TX: EntitySchema = unnamed("transaction");
+
+/// A schema that only names what an error is about.
+const fn unnamed(name: &'static str) -> EntitySchema {
+    EntitySchema {
+        name,
+        rust_name: name,
         fields: &[],
         key: 0,
         version: None,
-    };
+    }
+}
+
+/// A driver error of the feed's own collections.
+fn map_feed_error(timeout: Duration, e: mongodb::error::Error) -> Error {
+    static FEED_SCHEMA: EntitySchema = unnamed("dl_feed");
     map_mongo_error(&FEED_SCHEMA, Operation::Feed, timeout, e)
 }
 
@@ -607,13 +615,6 @@ impl MongoBackend {
     /// of the transaction's backend runs in its session. Nested ones are
     /// refused.
     pub(crate) async fn begin_transaction(&self) -> Result<Box<dyn crate::backend::Transaction>> {
-        static TX: EntitySchema = EntitySchema {
-            name: "transaction",
-            rust_name: "transaction",
-            fields: &[],
-            key: 0,
-            version: None,
-        };
         if self.session.is_some() {
             return Err(crate::backend::nested_transaction(Store::Mongo));
         }
@@ -658,13 +659,7 @@ impl MongoBackend {
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
-        static PING: EntitySchema = EntitySchema {
-            name: "ping",
-            rust_name: "ping",
-            fields: &[],
-            key: 0,
-            version: None,
-        };
+        static PING: EntitySchema = unnamed("ping");
         self.db
             .run_command(doc! { "ping": 1 })
             .await
@@ -1391,13 +1386,6 @@ impl MongoTransaction {
     }
 
     fn err(&self, e: mongodb::error::Error) -> Error {
-        static TX: EntitySchema = EntitySchema {
-            name: "transaction",
-            rust_name: "transaction",
-            fields: &[],
-            key: 0,
-            version: None,
-        };
         map_mongo_error(&TX, Operation::Transaction, self.timeout, e)
     }
 }

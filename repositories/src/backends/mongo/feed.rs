@@ -89,6 +89,19 @@ impl MongoFeed {
             .map_or(0, as_u64))
     }
 
+    /// Every consumer's document, by name.
+    async fn consumers(&self) -> Result<Vec<Document>> {
+        self.coll(FEED_CONSUMERS)
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .max_time(self.timeout)
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     async fn position_of(&self, consumer: &str) -> Result<u64> {
         crate::feed::check_consumer_name(consumer)?;
         let found = self
@@ -195,16 +208,7 @@ impl ChangeFeed for MongoFeed {
             .await
             .map_err(|e| self.err(e))?;
         let last = self.last().await?;
-        let docs: Vec<Document> = self
-            .coll(FEED_CONSUMERS)
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .max_time(self.timeout)
-            .await
-            .map_err(|e| self.err(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let docs = self.consumers().await?;
         let consumers: Vec<ConsumerStatus> = docs
             .iter()
             .map(|d| {
@@ -220,39 +224,16 @@ impl ChangeFeed for MongoFeed {
                 }
             })
             .collect();
-        let oldest: Option<DateTime<Utc>> = match consumers.iter().map(|c| c.position).min() {
-            Some(min) => self
-                .events_after(min, None, 1)
-                .await?
-                .first()
-                .map(|e| e.committed_at),
-            None => None,
-        };
-        let now = Utc::now();
-        Ok(FeedStatus {
-            store: Store::Mongo,
-            events,
-            last_position: last,
-            oldest_unacked_age: oldest.map(|t| (now - t).to_std().unwrap_or_default()),
-            consumers,
-        })
+        crate::feed::status_from(self, events, last, consumers).await
     }
 
     async fn prune(&self, retention: Duration) -> Result<u64> {
-        let min: Option<u64> = {
-            let docs: Vec<Document> = self
-                .coll(FEED_CONSUMERS)
-                .find(doc! {})
-                .max_time(self.timeout)
-                .await
-                .map_err(|e| self.err(e))?
-                .try_collect()
-                .await
-                .map_err(|e| self.err(e))?;
-            docs.iter()
-                .filter_map(|d| d.get_i64("position").ok().map(as_u64))
-                .min()
-        };
+        let min: Option<u64> = self
+            .consumers()
+            .await?
+            .iter()
+            .filter_map(|d| d.get_i64("position").ok().map(as_u64))
+            .min();
         let bound = match min {
             Some(m) => m,
             None => self.last().await?,

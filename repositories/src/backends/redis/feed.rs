@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use redis::aio::ConnectionManager;
 
 use crate::error::{Operation, Result, Store};
@@ -373,23 +373,7 @@ impl ChangeFeed for RedisFeed {
                 c.acked_at = DateTime::from_timestamp_millis(ms);
             }
         }
-        consumers.sort_by(|a, b| a.name.cmp(&b.name));
-        let oldest = match consumers.iter().map(|c| c.position).min() {
-            Some(min) => self
-                .range(min.saturating_add(1), 1)
-                .await?
-                .first()
-                .map(|e| e.committed_at),
-            None => None,
-        };
-        let now = Utc::now();
-        Ok(FeedStatus {
-            store: Store::Redis,
-            events,
-            last_position: last,
-            oldest_unacked_age: oldest.map(|t| (now - t).to_std().unwrap_or_default()),
-            consumers,
-        })
+        crate::feed::status_from(self, events, last, consumers).await
     }
 
     async fn prune(&self, retention: Duration) -> Result<u64> {
