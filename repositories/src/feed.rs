@@ -11,11 +11,19 @@
 //! - PostgreSQL: one statement whose CTEs make the write, bump the key's
 //!   sequence, take the next positions from a one-row clock (its row lock
 //!   orders commits) and insert the events; inside a transaction the
-//!   events are stamped with their positions just before `COMMIT`.
+//!   events are stamped with their positions just before `COMMIT`;
+//! - Redis: the write's own Lua script appends the event to a Stream
+//!   (`<prefix>:~feed`) before it writes anything else; positions from a
+//!   counter, in commit order because Redis runs one script at a time;
+//! - MongoDB: the events are written to outbox collections in the write's
+//!   session transaction (one of its own outside a transaction), just
+//!   before `COMMIT`; positions from a clock document whose write lock is
+//!   held to the commit.
 //!
-//! The outbox tables (`dl_feed`, `dl_feed_keys`, `dl_feed_consumers`) are
-//! made by a migration script like every other table (see
-//! `migrations/<store>/2_change_feed.sql`).
+//! The outbox tables and collections (`dl_feed`, `dl_feed_keys`,
+//! `dl_feed_consumers`, `dl_feed_clock`) are made by a migration script
+//! like every other table (see `migrations/<store>/2_change_feed.sql`, or
+//! `.json` for MongoDB). ScyllaDB keeps no feed (`Unsupported`).
 //!
 //! What an event holds: the entity, the operation, the key (its keyed
 //! token when the key field is PHI: the outbox's own columns hold no PHI
