@@ -337,6 +337,42 @@ pub struct WriterLog {
     pub kills: usize,
 }
 
+/// Starts `binary` with only `env` and `extra` in its environment, in
+/// `cwd`; its stdout comes line by line on the receiver (the thread that
+/// reads it ends with the process).
+fn start_child(
+    binary: &str,
+    env: &[(String, String)],
+    extra: (&str, &str),
+    cwd: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(binary)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(extra.0, extra.1)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx, reader)
+}
+
 /// Runs the `feed-writer` binary `rounds` times with `env` (plus
 /// `FEED_WRITER_RUN`), killing each with SIGKILL after a random number of
 /// acknowledged writes (3 to 60; or 60 s), and collects what it said.
@@ -351,30 +387,12 @@ pub fn kill_writer_rounds(
     rounds: usize,
     between: &(dyn Fn() + Sync),
 ) -> WriterLog {
-    use std::io::BufRead as _;
     let mut log = WriterLog::default();
     let cwd = tempfile::tempdir().expect("a working folder");
     for round in 0..rounds {
         let run = format!("r{round}x{}", fastrand::u32(..));
-        let mut child = std::process::Command::new(binary)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("FEED_WRITER_RUN", &run)
-            .current_dir(cwd.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, rx, reader) =
+            start_child(binary, env, ("FEED_WRITER_RUN", &run), cwd.path());
         let kill_after = fastrand::usize(3..=60);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let mut acks = 0;
@@ -687,7 +705,6 @@ pub fn kill_consumer_rounds(
     rounds: usize,
     write: &(dyn Fn() + Sync),
 ) -> ConsumerLog {
-    use std::io::BufRead as _;
     let mut log = ConsumerLog::default();
     let cwd = tempfile::tempdir().expect("a working folder");
     let mut acked = 0u64;
@@ -695,25 +712,8 @@ pub fn kill_consumer_rounds(
     for round in 0..=rounds {
         write();
         let last_round = round == rounds;
-        let mut child = std::process::Command::new(binary)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("FEED_WRITER_MODE", "consume")
-            .current_dir(cwd.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, rx, reader) =
+            start_child(binary, env, ("FEED_WRITER_MODE", "consume"), cwd.path());
         let kill_after = fastrand::usize(1..=200);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let mut lines = Vec::new();

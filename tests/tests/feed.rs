@@ -81,15 +81,29 @@ async fn sqlite_writers_killed_at_random_keep_one_event_per_write() {
         Arc::new(SqliteBackend::new(pool).with_capture(capture())) as Arc<dyn Backend>
     };
     let env = writer_env(&format!("sqlite://{}", path.display()));
+    // Nothing to do while a writer writes (the loop only paces itself).
+    kill_writers("sqlite", env, backend, || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    })
+    .await;
+}
+
+/// Writers with `env`, killed with SIGKILL 20 times at random points
+/// while `between` runs over and over; then the feed of `backend` checked
+/// against what they said.
+async fn kill_writers(
+    store: &str,
+    env: Vec<(String, String)>,
+    backend: Arc<dyn Backend>,
+    between: impl Fn() + Send + Sync + 'static,
+) {
     let log = tokio::task::spawn_blocking(move || {
-        dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        })
+        dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &between)
     })
     .await
     .expect("the kill rounds");
     let counts = dl_tests::feed::check_feed_against(backend, &log).await;
-    say(&format!("feed kill test, sqlite: {counts:?}"));
+    say(&format!("feed kill test, {store}: {counts:?}"));
     assert_eq!(counts.kills, 20);
     assert!(
         counts.acknowledged >= 60 && counts.refused > 0,
@@ -205,9 +219,7 @@ async fn through_proxy(
     (proxy, through)
 }
 
-/// Writers with `env`, killed with SIGKILL 20 times while `proxy` cuts
-/// every connection every 300 ms; then the feed of `backend` checked
-/// against what they said.
+/// [`kill_writers`] while `proxy` cuts every connection every 300 ms.
 #[cfg(feature = "integration")]
 async fn kill_writers_through_resets(
     store: &str,
@@ -215,21 +227,12 @@ async fn kill_writers_through_resets(
     proxy: Arc<dl_tests::proxy::FaultProxy>,
     backend: Arc<dyn Backend>,
 ) {
-    let log = tokio::task::spawn_blocking(move || {
-        dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_feed-writer"), &env, 20, &|| {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            proxy.reset();
-        })
+    // The fault: every connection cut, every 300 ms.
+    kill_writers(store, env, backend, move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        proxy.reset();
     })
-    .await
-    .expect("the kill rounds");
-    let counts = dl_tests::feed::check_feed_against(backend, &log).await;
-    say(&format!("feed kill test, {store}: {counts:?}"));
-    assert_eq!(counts.kills, 20);
-    assert!(
-        counts.acknowledged >= 60 && counts.refused > 0,
-        "{counts:?}"
-    );
+    .await;
 }
 
 #[tokio::test]
