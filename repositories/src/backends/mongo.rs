@@ -110,7 +110,9 @@ enum Step<T> {
 
 /// How many times a captured write outside a transaction is tried again
 /// when its transaction meets a write conflict (on the feed's clock, most
-/// often: captured writes take positions one commit at a time).
+/// often: captured writes take positions one commit at a time). That is
+/// the feed's own ordering, where PostgreSQL would wait on the clock's
+/// row lock, not a fault: the guard's budgeted retries stay for faults.
 const CAPTURE_ATTEMPTS: u32 = 64;
 
 /// Runs a write body (`$s` its session; the body answers the value and
@@ -880,21 +882,9 @@ impl MongoBackend {
         let at = *clock
             .get_datetime("at")
             .map_err(|_| crate::feed::feed_defect(Store::Mongo, "a clock without a time"))?;
-        let keys = self.db.collection::<Document>(FEED_KEYS);
+        let seqs = self.next_seqs(session, events).await?;
         let mut docs = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
-            let id = format!("{}/{}", e.entity, e.key_id);
-            let seq = keys
-                .find_one_and_update(doc! { "_id": &id }, doc! { "$inc": { "seq": 1_i64 } })
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-                .session(&mut *session)
-                .await
-                .map_err(fail)?
-                .and_then(|d| d.get_i64("seq").ok())
-                .ok_or_else(|| {
-                    crate::feed::feed_defect(Store::Mongo, "a key without a sequence")
-                })?;
+        for (i, (e, seq)) in events.iter().zip(seqs).enumerate() {
             let mut d = doc! {
                 "_id": last - n + 1 + i64::try_from(i).unwrap_or(0),
                 "entity": e.entity,
@@ -916,6 +906,99 @@ impl MongoBackend {
             .await
             .map_err(fail)?;
         Ok(())
+    }
+
+    /// Each event's key sequence, moved on in `dl_feed_keys` in the
+    /// session's transaction. One event: one `findOneAndUpdate`. More (an
+    /// `insert_many`, a transaction's writes): one read of the keys'
+    /// documents, the new keys inserted at once, the others moved on one
+    /// by one (only keys written before: re-inserted or written twice).
+    async fn next_seqs(&self, session: &mut ClientSession, events: &[Pending]) -> Result<Vec<i64>> {
+        let fail = |e: mongodb::error::Error| map_feed_error(self.timeout, e);
+        let no_seq = || crate::feed::feed_defect(Store::Mongo, "a key without a sequence");
+        let keys = self.db.collection::<Document>(FEED_KEYS);
+        let ids: Vec<String> = events
+            .iter()
+            .map(|e| format!("{}/{}", e.entity, e.key_id))
+            .collect();
+        if let [id] = ids.as_slice() {
+            let seq = keys
+                .find_one_and_update(doc! { "_id": id }, doc! { "$inc": { "seq": 1_i64 } })
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .session(&mut *session)
+                .await
+                .map_err(fail)?
+                .and_then(|d| d.get_i64("seq").ok())
+                .ok_or_else(no_seq)?;
+            return Ok(vec![seq]);
+        }
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        let mut cursor = keys
+            .find(doc! { "_id": { "$in": distinct.into_iter().collect::<Vec<_>>() } })
+            .session(&mut *session)
+            .await
+            .map_err(fail)?;
+        let found: Vec<Document> = cursor
+            .stream(&mut *session)
+            .try_collect()
+            .await
+            .map_err(fail)?;
+        let mut before = std::collections::HashMap::new();
+        for d in &found {
+            let id = d.get_str("_id").map_err(|_| no_seq())?;
+            before.insert(id.to_owned(), d.get_i64("seq").map_err(|_| no_seq())?);
+        }
+        let mut now: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        let seqs: Vec<i64> = ids
+            .iter()
+            .map(|id| {
+                let s = now
+                    .entry(id.as_str())
+                    .or_insert_with(|| before.get(id).copied().unwrap_or(0));
+                *s += 1;
+                *s
+            })
+            .collect();
+        let fresh: Vec<Document> = now
+            .iter()
+            .filter(|(id, _)| !before.contains_key(**id))
+            .map(|(id, seq)| doc! { "_id": *id, "seq": *seq })
+            .collect();
+        if !fresh.is_empty() {
+            // A key another writer made meanwhile: the write is to be
+            // tried again (as after a write conflict).
+            keys.insert_many(fresh)
+                .session(&mut *session)
+                .await
+                .map_err(|e| match fail(e) {
+                    Error::Conflict { .. } => backend_plain(
+                        Operation::Feed,
+                        "a key's sequence was made during the write: try it again",
+                    ),
+                    other => other,
+                })?;
+        }
+        for (id, old) in &before {
+            let new = now.get(id.as_str()).copied().unwrap_or(*old);
+            // (A concurrent transaction that moved it meets a write
+            // conflict first; the check is for a foreign writer.)
+            let done = keys
+                .update_one(
+                    doc! { "_id": id, "seq": *old },
+                    doc! { "$set": { "seq": new } },
+                )
+                .session(&mut *session)
+                .await
+                .map_err(fail)?;
+            if done.matched_count != 1 {
+                return Err(backend_plain(
+                    Operation::Feed,
+                    "a key's sequence moved during the write: try it again",
+                ));
+            }
+        }
+        Ok(seqs)
     }
 
     /// The transaction's session, held for one call (none outside a
