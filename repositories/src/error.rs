@@ -151,6 +151,8 @@ pub enum Store {
     Redis,
     /// ScyllaDB / Cassandra.
     Scylla,
+    /// NATS JetStream (a sink of the change feed, not a repository store).
+    Nats,
 }
 
 impl Store {
@@ -164,6 +166,7 @@ impl Store {
             Store::Mongo => "mongo",
             Store::Redis => "redis",
             Store::Scylla => "scylla",
+            Store::Nats => "nats",
         }
     }
 }
@@ -209,6 +212,9 @@ pub enum Operation {
     Transaction,
     /// Reading, acknowledging or pruning the change feed.
     Feed,
+    /// Delivering change events to a sink. Idempotent (the sink keeps
+    /// each event once, by its id), so retried like a read.
+    Deliver,
 }
 
 impl Operation {
@@ -231,6 +237,7 @@ impl Operation {
             Operation::Exists => "exists",
             Operation::Transaction => "transaction",
             Operation::Feed => "feed",
+            Operation::Deliver => "deliver",
         }
     }
 
@@ -253,6 +260,14 @@ impl Operation {
                 | Operation::Count
                 | Operation::Exists
         )
+    }
+
+    /// Whether sending it twice does no harm: a read, or a delivery (the
+    /// sink keeps each event once). The guard retries these on any
+    /// retryable error.
+    #[must_use]
+    pub const fn is_idempotent(self) -> bool {
+        self.is_read() || matches!(self, Operation::Deliver)
     }
 }
 

@@ -273,6 +273,34 @@ impl ChangeEvent {
         })
     }
 
+    /// An event as a feed holds it: `key_id` as [`Capture::key_id`]
+    /// makes it (the key's JSON text, or `tok:<token>`), `after` the
+    /// record's JSON text (none for a delete). For consumers' tests and
+    /// benchmarks; a feed reads its events from the store.
+    #[must_use]
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        position: u64,
+        entity: impl Into<String>,
+        op: ChangeOp,
+        key_id: impl Into<String>,
+        seq: u64,
+        committed_at: DateTime<Utc>,
+        schema_version: impl Into<String>,
+        after: Option<String>,
+    ) -> Self {
+        ChangeEvent {
+            position,
+            entity: entity.into(),
+            op,
+            key_id: key_id.into(),
+            seq,
+            committed_at,
+            schema_version: schema_version.into(),
+            after,
+        }
+    }
+
     /// An event as read from a store's outbox.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_row(

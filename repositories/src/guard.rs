@@ -300,29 +300,30 @@ struct Budget {
     last: Instant,
 }
 
-/// The guard around one backend.
+/// The breaker, the retry rules and the deadline around calls to one
+/// store or sink: what [`Guarded`] puts around every backend call, and
+/// what a change-feed sink puts around every delivery.
 #[derive(Debug)]
-pub struct Guarded {
-    inner: Arc<dyn Backend>,
+pub struct Guard {
+    store: Store,
     breaker: Arc<CircuitBreaker>,
     deadline: Duration,
     retry: RetrySettings,
     budget: Mutex<Budget>,
 }
 
-impl Guarded {
-    /// Wraps `inner`: every call passes the breaker, may be retried, and
-    /// fails with `Timeout` after `deadline` (the request timeout).
+impl Guard {
+    /// A guard for calls to `store`: each passes the breaker, may be
+    /// retried, and fails with `Timeout` after `deadline`.
     #[must_use]
     pub fn new(
-        inner: Arc<dyn Backend>,
+        store: Store,
         deadline: Duration,
         breaker: BreakerSettings,
         retry: RetrySettings,
     ) -> Self {
-        let store = inner.store();
-        Guarded {
-            inner,
+        Guard {
+            store,
             breaker: Arc::new(CircuitBreaker::new(store, breaker)),
             deadline,
             budget: Mutex::new(Budget {
@@ -333,10 +334,51 @@ impl Guarded {
         }
     }
 
+    /// A guard sharing this one's breaker and deadline, with no retries
+    /// (a transaction's calls).
+    fn without_retries(&self) -> Self {
+        Guard {
+            store: self.store,
+            breaker: Arc::clone(&self.breaker),
+            deadline: self.deadline,
+            retry: RetrySettings {
+                max_retries: 0,
+                ..self.retry.clone()
+            },
+            budget: Mutex::new(Budget {
+                tokens: 0.0,
+                last: Instant::now(),
+            }),
+        }
+    }
+
     /// The breaker (for health and metrics).
     #[must_use]
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
         &self.breaker
+    }
+
+    /// The deadline of one attempt.
+    #[must_use]
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Runs `f` through the breaker, the retry rules (a read, or an
+    /// idempotent [`Operation::Deliver`], is retried on any retryable
+    /// error; a write only when it provably was not applied) and the
+    /// deadline, in a span naming the store, `entity` and the operation
+    /// (never a value), counted in the metrics once.
+    ///
+    /// # Errors
+    /// What `f` answered last, `CircuitOpen` when the breaker refused the
+    /// call, or `Timeout`.
+    pub async fn call<T, F, Fut>(&self, op: Operation, entity: &'static str, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut + Sync,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        self.call_guarded(op, entity, f).await
     }
 
     /// Takes a retry token if the budget allows; every call adds a share.
@@ -372,7 +414,7 @@ impl Guarded {
         match tokio::time::timeout(self.deadline, f()).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                store: self.inner.store(),
+                store: self.store,
                 operation: op,
                 after: self.deadline,
             }),
@@ -389,7 +431,7 @@ impl Guarded {
         use tracing::Instrument as _;
         let span = tracing::debug_span!(
             "dl.call",
-            store = self.inner.store().name(),
+            store = self.store.name(),
             entity,
             operation = op.name()
         );
@@ -406,7 +448,7 @@ impl Guarded {
         F: Fn() -> Fut + Sync,
         Fut: Future<Output = Result<T>> + Send,
     {
-        let store = self.inner.store().name();
+        let store = self.store.name();
         let started = Instant::now();
         let result = match self.breaker.acquire() {
             Err(e) => Err(e),
@@ -437,7 +479,7 @@ impl Guarded {
         loop {
             match self.attempt(op, f).await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && (op.is_read() || !may_be_applied(&e)) => {
+                Err(e) if e.is_retryable() && (op.is_idempotent() || !may_be_applied(&e)) => {
                     let delays = delays.get_or_insert_with(|| {
                         backon::ExponentialBuilder::default()
                             .with_min_delay(self.retry.min_delay)
@@ -454,11 +496,42 @@ impl Guarded {
                     // Full jitter: anywhere from zero to the ceiling.
                     let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling_ms))).await;
-                    tracing::debug!(store = %self.inner.store(), operation = %op, "retrying after a transient fault");
+                    tracing::debug!(store = %self.store, operation = %op, "retrying after a transient fault");
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The guard around one backend.
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Arc<dyn Backend>,
+    guard: Guard,
+}
+
+impl Guarded {
+    /// Wraps `inner`: every call passes the breaker, may be retried, and
+    /// fails with `Timeout` after `deadline` (the request timeout).
+    #[must_use]
+    pub fn new(
+        inner: Arc<dyn Backend>,
+        deadline: Duration,
+        breaker: BreakerSettings,
+        retry: RetrySettings,
+    ) -> Self {
+        let store = inner.store();
+        Guarded {
+            inner,
+            guard: Guard::new(store, deadline, breaker, retry),
+        }
+    }
+
+    /// The breaker (for health and metrics).
+    #[must_use]
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        self.guard.breaker()
     }
 }
 
@@ -473,10 +546,11 @@ impl Backend for Guarded {
     /// Every request through the breaker, the retry rules and the
     /// deadline, in a span; written once for every operation.
     async fn call(&self, schema: &'static EntitySchema, request: Request<'_>) -> Result<Response> {
-        self.call_guarded(request.operation(), schema.name, || {
-            self.inner.call(schema, request)
-        })
-        .await
+        self.guard
+            .call(request.operation(), schema.name, || {
+                self.inner.call(schema, request)
+            })
+            .await
     }
 
     /// Begins through the breaker (and is retried when it never reached
@@ -486,25 +560,17 @@ impl Backend for Guarded {
     /// the transaction), never silently sent again.
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let inner = self
-            .call_guarded(Operation::Transaction, "transaction", || self.inner.begin())
+            .guard
+            .call(Operation::Transaction, "transaction", || self.inner.begin())
             .await?;
         let backend = Arc::new(Guarded {
             inner: inner.backend(),
-            breaker: Arc::clone(&self.breaker),
-            deadline: self.deadline,
-            retry: RetrySettings {
-                max_retries: 0,
-                ..self.retry.clone()
-            },
-            budget: Mutex::new(Budget {
-                tokens: 0.0,
-                last: Instant::now(),
-            }),
+            guard: self.guard.without_retries(),
         });
         Ok(Box::new(GuardedTransaction {
             inner,
             backend,
-            deadline: self.deadline,
+            deadline: self.guard.deadline,
         }))
     }
 
@@ -514,7 +580,7 @@ impl Backend for Guarded {
         let inner = self.inner.change_feed().await?;
         Ok(Arc::new(GuardedFeed {
             inner,
-            deadline: self.deadline,
+            deadline: self.guard.deadline,
         }))
     }
 }
@@ -619,12 +685,12 @@ impl Probe for Guarded {
     /// A health probe: the deadline applies, the breaker and retries do not
     /// (health must see the store as it is).
     async fn ping(&self) -> Result<()> {
-        match tokio::time::timeout(self.deadline, self.inner.ping()).await {
+        match tokio::time::timeout(self.guard.deadline, self.inner.ping()).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 store: self.inner.store(),
                 operation: Operation::Ping,
-                after: self.deadline,
+                after: self.guard.deadline,
             }),
         }
     }
@@ -632,7 +698,7 @@ impl Probe for Guarded {
         self.inner.pool_stats()
     }
     fn breaker_state(&self) -> Option<BreakerState> {
-        Some(self.breaker.state())
+        Some(self.guard.breaker.state())
     }
 }
 
@@ -907,7 +973,8 @@ mod tests {
         let g = guard(&script, no_retry());
         script.then(&[Act::Slow(Duration::from_millis(2500)); 4]);
         let deadline = Duration::from_secs(3);
-        let g = Guarded { deadline, ..g };
+        let mut g = g;
+        g.guard.deadline = deadline;
         for _ in 0..4 {
             assert!(g.b().get(schema(), &Value::Int(1)).await.is_ok());
         }

@@ -61,7 +61,7 @@ mod sql;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_capture;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod sqlx_errors;
+pub mod sqlx_errors;
 mod versions;
 
 pub use backend::{

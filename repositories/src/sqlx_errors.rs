@@ -219,3 +219,21 @@ pub(crate) static FEED_SCHEMA: dl_models::EntitySchema = dl_models::EntitySchema
     key: 0,
     version: None,
 };
+
+/// A schema stand-in for errors of the layers' own tables (the CDC
+/// relay's ledger and sinks).
+static LAYER_SCHEMA: dl_models::EntitySchema = dl_models::EntitySchema {
+    name: "layer",
+    rust_name: "layer",
+    fields: &[],
+    key: 0,
+    version: None,
+};
+
+/// Maps a sqlx error of a statement on the layers' own tables (no entity):
+/// classified as every other (retryable, never sent, …), its message
+/// without values; a unique violation is a `Conflict` of entity `layer`.
+#[must_use]
+pub fn map_layer_error(store: Store, operation: Operation, e: sqlx::Error) -> Error {
+    map_sqlx_error(store, &LAYER_SCHEMA, operation, e)
+}

@@ -1,0 +1,351 @@
+//! The relay: a named consumer of one store's change feed that redacts
+//! each change, delivers the batch to every sink, then records it.
+//!
+//! One batch, in order:
+//! 1. read up to `batch` events after the feed checkpoint (commit order);
+//! 2. redact each; a record off the schema becomes a dead letter;
+//! 3. deliver the emitted events to every sink (each keeps an event once
+//!    by its id), each through its guard;
+//! 4. write the redaction records, the dead letters and the relay's
+//!    checkpoint in one transaction of the ledger;
+//! 5. acknowledge the feed.
+//!
+//! A crash before 4 delivers the batch again (the sinks keep each event
+//! once); a crash between 4 and 5 reads events the ledger already covers,
+//! which are acknowledged without being sent again. So every event reaches
+//! every sink at least once and is kept there once: effectively once. The
+//! next batch is read only when every sink has acknowledged the last, so a
+//! slow sink slows the relay and memory stays one batch.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dl_repositories::feed::check_consumer_name;
+use dl_repositories::{ChangeEvent, ChangeFeed, Error};
+
+use crate::envelope::Redacted;
+use crate::ledger::{DeadLetter, Ledger, LedgerBatch, RedactionRecord};
+use crate::redact::Redactor;
+use crate::sink::GuardedSink;
+
+/// The largest batch a relay reads.
+pub const MAX_RELAY_BATCH: usize = 5_000;
+
+/// How a relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Events read, redacted and delivered at once (1 to 5,000; default 500).
+    pub batch: usize,
+    /// The CloudEvents `source` of its events (default `/data-layer/<store>`).
+    pub source: Option<String>,
+    /// How long it waits when the feed has nothing new (default 100 ms).
+    pub idle: Duration,
+    /// How long it waits after a failed batch before trying again
+    /// (default 1 s; the guard has retried already).
+    pub backoff: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            batch: 500,
+            source: None,
+            idle: Duration::from_millis(100),
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Events read from the feed.
+    pub read: usize,
+    /// Events delivered to the sinks.
+    pub emitted: usize,
+    /// Changes dead-lettered (not emitted).
+    pub dead_lettered: usize,
+    /// Events the ledger already covered (acknowledged, not sent again).
+    pub skipped: usize,
+    /// The feed position acknowledged (0 when nothing was read).
+    pub position: u64,
+}
+
+/// A relay from one feed to its sinks.
+pub struct Relay {
+    name: String,
+    feed: Arc<dyn ChangeFeed>,
+    redactor: Arc<Redactor>,
+    sinks: Vec<GuardedSink>,
+    ledger: Arc<dyn Ledger>,
+    options: RelayOptions,
+    source: String,
+    /// The ledger's checkpoint, once read (`u64::MAX`: not yet).
+    checkpoint: AtomicU64,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("name", &self.name)
+            .field("feed", &self.feed.store())
+            .field(
+                "sinks",
+                &self
+                    .sinks
+                    .iter()
+                    .map(|s| s.sink().name())
+                    .collect::<Vec<_>>(),
+            )
+            .field("ledger", &self.ledger.store())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A name safe to show and store for an entity an event names: a store
+/// name, else `unknown` (an event written by hand may name anything).
+fn shown_entity(entity: &str) -> &str {
+    if dl_models::is_valid_identifier(entity) {
+        entity
+    } else {
+        "unknown"
+    }
+}
+
+/// The id of a change that is dead-lettered (its entity shown safely).
+fn dead_id(change: &ChangeEvent) -> String {
+    format!(
+        "{}/{}/{}",
+        shown_entity(&change.entity),
+        change.key_token(),
+        change.seq
+    )
+}
+
+impl Relay {
+    /// A relay named `name` (its feed consumer and ledger name), from the
+    /// start of what the feed keeps.
+    ///
+    /// # Errors
+    /// `Invalid` for a bad name, no sink, or a batch outside 1 to 5,000;
+    /// the feed's error when it cannot register the consumer.
+    pub async fn open(
+        name: &str,
+        feed: Arc<dyn ChangeFeed>,
+        redactor: Arc<Redactor>,
+        sinks: Vec<GuardedSink>,
+        ledger: Arc<dyn Ledger>,
+        options: RelayOptions,
+    ) -> Result<Self, Error> {
+        check_consumer_name(name)?;
+        if sinks.is_empty() {
+            return Err(Error::invalid(
+                "cdc",
+                Some("cdc.sinks"),
+                "a relay needs at least one sink (sqlite, postgres, nats, scylla)",
+            ));
+        }
+        if !(1..=MAX_RELAY_BATCH).contains(&options.batch) {
+            return Err(Error::invalid(
+                "cdc",
+                Some("cdc.batch"),
+                "expected a batch of 1 to 5000 events",
+            ));
+        }
+        let source = options
+            .source
+            .clone()
+            .unwrap_or_else(|| format!("/data-layer/{}", feed.store().name()));
+        feed.register(name, true).await?;
+        Ok(Relay {
+            name: name.to_owned(),
+            feed,
+            redactor,
+            sinks,
+            ledger,
+            options,
+            source,
+            checkpoint: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// The relay's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its sinks.
+    #[must_use]
+    pub fn sinks(&self) -> &[GuardedSink] {
+        &self.sinks
+    }
+
+    /// Its ledger.
+    #[must_use]
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    /// Its feed.
+    #[must_use]
+    pub fn feed(&self) -> &Arc<dyn ChangeFeed> {
+        &self.feed
+    }
+
+    async fn ledger_checkpoint(&self) -> Result<u64, Error> {
+        let c = self.checkpoint.load(Ordering::Acquire);
+        if c != u64::MAX {
+            return Ok(c);
+        }
+        let c = self.ledger.checkpoint(&self.name).await?;
+        self.checkpoint.store(c, Ordering::Release);
+        Ok(c)
+    }
+
+    /// Redacts `changes`: what to deliver and what the ledger keeps. Events
+    /// at or before `done` are left out (the ledger covers them).
+    fn redact_batch(
+        &self,
+        changes: &[ChangeEvent],
+        done: u64,
+    ) -> (Vec<Redacted>, LedgerBatch, usize) {
+        let mut emitted = Vec::with_capacity(changes.len());
+        let mut ledger = LedgerBatch::default();
+        let mut skipped = 0;
+        for change in changes {
+            ledger.position = ledger.position.max(change.position);
+            if change.position <= done {
+                skipped += 1;
+                continue;
+            }
+            match self.redactor.redact(change, &self.source) {
+                Ok(r) => {
+                    ledger.redactions.push(RedactionRecord {
+                        event_id: r.event.id.clone(),
+                        entity: r.entity.clone(),
+                        position: r.position,
+                        profile: self.redactor.profile().name().to_owned(),
+                        policy_version: self.redactor.policy_version().to_owned(),
+                        key_id: self.redactor.key_id().map(str::to_owned),
+                        fields: r.fields.clone(),
+                    });
+                    emitted.push(r);
+                }
+                Err(rejected) => {
+                    let entity = shown_entity(&change.entity).to_owned();
+                    tracing::warn!(relay = %self.name, entity = %entity, position = change.position, reason = %rejected, "dead-lettered a change that does not match the schema");
+                    metrics::counter!("dl_cdc_dead_letters_total", "relay" => self.name.clone(), "entity" => entity.clone())
+                        .increment(1);
+                    ledger.dead_letters.push(DeadLetter {
+                        event_id: dead_id(change),
+                        entity,
+                        position: change.position,
+                        reason: rejected.reason,
+                    });
+                }
+            }
+        }
+        (emitted, ledger, skipped)
+    }
+
+    /// Relays one batch.
+    ///
+    /// # Errors
+    /// The feed's, a sink's or the ledger's error: nothing is acknowledged
+    /// then, and the next step relays the batch again.
+    pub async fn step(&self) -> Result<StepReport, Error> {
+        let done = self.ledger_checkpoint().await?;
+        let changes = self.feed.read(&self.name, self.options.batch).await?;
+        let Some(last) = changes.last() else {
+            metrics::gauge!("dl_cdc_lag_seconds", "relay" => self.name.clone()).set(0.0);
+            return Ok(StepReport::default());
+        };
+        let last_commit = last.committed_at;
+        let (emitted, ledger, skipped) = self.redact_batch(&changes, done);
+        for sink in &self.sinks {
+            if let Err(e) = sink.deliver(&emitted).await {
+                metrics::counter!("dl_cdc_sink_errors_total", "relay" => self.name.clone(), "sink" => sink.sink().name())
+                    .increment(1);
+                return Err(e);
+            }
+        }
+        if ledger.position > done {
+            self.ledger.commit(&self.name, &ledger).await?;
+            self.checkpoint.store(ledger.position, Ordering::Release);
+        }
+        self.feed.ack(&self.name, ledger.position).await?;
+        let report = StepReport {
+            read: changes.len(),
+            emitted: emitted.len(),
+            dead_lettered: ledger.dead_letters.len(),
+            skipped,
+            position: ledger.position,
+        };
+        metrics::counter!("dl_cdc_events_total", "relay" => self.name.clone(), "outcome" => "emitted")
+            .increment(report.emitted as u64);
+        let behind = (chrono::Utc::now() - last_commit)
+            .to_std()
+            .unwrap_or_default();
+        metrics::gauge!("dl_cdc_lag_seconds", "relay" => self.name.clone())
+            .set(behind.as_secs_f64());
+        metrics::histogram!("dl_cdc_commit_to_sink_seconds", "relay" => self.name.clone())
+            .record(behind.as_secs_f64());
+        Ok(report)
+    }
+
+    /// Relays until `stop` resolves: a batch after another, waiting
+    /// `idle` when the feed has nothing new and `backoff` after a failed
+    /// batch (logged without values). Stops between batches: a batch
+    /// under way is finished or, if `stop` comes first, dropped
+    /// unacknowledged (it is relayed again).
+    pub async fn run_until<F>(&self, stop: F)
+    where
+        F: std::future::Future<Output = ()> + Send,
+    {
+        tokio::pin!(stop);
+        loop {
+            let pause = tokio::select! {
+                () = &mut stop => return,
+                r = self.step() => match r {
+                    Ok(report) if report.read == 0 => self.options.idle,
+                    Ok(_) => Duration::ZERO,
+                    Err(e) => {
+                        tracing::warn!(relay = %self.name, error = %e, "a relay batch failed; trying again");
+                        self.options.backoff
+                    }
+                },
+            };
+            if !pause.is_zero() {
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+
+    /// Relays until the feed has nothing new (for the CLI's `cdc run
+    /// --once`, the demo and tests); at most `max_batches` batches.
+    ///
+    /// # Errors
+    /// The first failed batch's error.
+    pub async fn drain(&self, max_batches: usize) -> Result<StepReport, Error> {
+        let mut total = StepReport::default();
+        for _ in 0..max_batches {
+            let r = self.step().await?;
+            if r.read == 0 {
+                break;
+            }
+            total.read += r.read;
+            total.emitted += r.emitted;
+            total.dead_lettered += r.dead_lettered;
+            total.skipped += r.skipped;
+            total.position = r.position;
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,448 @@
+//! The relay's ledger and the analytics sink on the relational stores
+//! (SQLite, PostgreSQL): tables made by `migrations/<store>/3_cdc.sql`.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use dl_repositories::sqlx_errors::map_layer_error;
+use dl_repositories::{Error, Operation, Store};
+
+use crate::envelope::Redacted;
+use crate::ledger::{DeadLetter, Ledger, LedgerBatch};
+use crate::sink::Sink;
+
+/// A pool of a relational store, and on PostgreSQL the schema its tables
+/// are in.
+#[derive(Clone)]
+pub enum SqlTarget {
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+    /// PostgreSQL, with the schema of the tables.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool, String),
+}
+
+impl fmt::Debug for SqlTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(_) => f.write_str("SqlTarget::Sqlite"),
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(_, schema) => {
+                f.debug_tuple("SqlTarget::Postgres").field(schema).finish()
+            }
+        }
+    }
+}
+
+/// `"name"`, quotes doubled.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl SqlTarget {
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> Store {
+        match self {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(_) => Store::Sqlite,
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(..) => Store::Postgres,
+        }
+    }
+
+    /// A table of this target, qualified on PostgreSQL.
+    fn table(&self, name: &str) -> String {
+        match self {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(_) => ident(name),
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(_, schema) => format!("{}.{}", ident(schema), ident(name)),
+        }
+    }
+
+    fn err(&self, op: Operation) -> impl Fn(sqlx::Error) -> Error + '_ {
+        move |e| map_layer_error(self.store(), op, e)
+    }
+}
+
+fn millis_now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The ledger in a relational store.
+#[derive(Debug, Clone)]
+pub struct SqlLedger {
+    target: SqlTarget,
+}
+
+impl SqlLedger {
+    /// The ledger in `target`'s tables.
+    #[must_use]
+    pub fn new(target: SqlTarget) -> Self {
+        SqlLedger { target }
+    }
+}
+
+#[async_trait]
+impl Ledger for SqlLedger {
+    fn store(&self) -> Store {
+        self.target.store()
+    }
+
+    async fn checkpoint(&self, relay: &str) -> Result<u64, Error> {
+        let t = &self.target;
+        let sql = format!(
+            "SELECT \"position\" FROM {} WHERE \"name\" = $1",
+            t.table("dl_cdc_relays")
+        );
+        let sql = sqlx::AssertSqlSafe(sql);
+        let p: Option<i64> = match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(relay)
+                    .fetch_optional(pool)
+                    .await
+            }
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                sqlx::query_scalar(sql)
+                    .bind(relay)
+                    .fetch_optional(pool)
+                    .await
+            }
+        }
+        .map_err(t.err(Operation::Feed))?;
+        Ok(p.map_or(0, to_u64))
+    }
+
+    async fn commit(&self, relay: &str, batch: &LedgerBatch) -> Result<(), Error> {
+        let t = &self.target;
+        let err = t.err(Operation::Feed);
+        let redactions = format!(
+            "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"profile\", \"policy_version\", \"key_id\", \"fields\") \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, {}) ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
+            t.table("dl_cdc_redactions"),
+            if t.store() == Store::Postgres {
+                "$8::jsonb"
+            } else {
+                "$8"
+            },
+        );
+        let dead = format!(
+            "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"reason\", \"at\") \
+             VALUES ($1, $2, $3, $4, $5, {}) ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
+            t.table("dl_cdc_dead_letters"),
+            if t.store() == Store::Postgres {
+                "now()"
+            } else {
+                "$6"
+            },
+        );
+        let checkpoint = format!(
+            "INSERT INTO {t} (\"name\", \"position\", \"updated_at\") VALUES ($1, $2, {now}) \
+             ON CONFLICT (\"name\") DO UPDATE SET \"position\" = \
+             CASE WHEN excluded.\"position\" > {t}.\"position\" THEN excluded.\"position\" ELSE {t}.\"position\" END, \
+             \"updated_at\" = excluded.\"updated_at\"",
+            t = t.table("dl_cdc_relays"),
+            now = if t.store() == Store::Postgres {
+                "now()"
+            } else {
+                "$3"
+            },
+        );
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.map_err(&err)?;
+                for r in &batch.redactions {
+                    let fields =
+                        serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".to_owned());
+                    sqlx::query(sqlx::AssertSqlSafe(redactions.as_str()))
+                        .bind(relay)
+                        .bind(&r.event_id)
+                        .bind(&r.entity)
+                        .bind(to_i64(r.position))
+                        .bind(&r.profile)
+                        .bind(&r.policy_version)
+                        .bind(r.key_id.as_deref())
+                        .bind(fields)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                }
+                for d in &batch.dead_letters {
+                    let q = sqlx::query(sqlx::AssertSqlSafe(dead.as_str()))
+                        .bind(relay)
+                        .bind(&d.event_id)
+                        .bind(&d.entity)
+                        .bind(to_i64(d.position))
+                        .bind(&d.reason);
+                    let q = if t.store() == Store::Postgres {
+                        q
+                    } else {
+                        q.bind(millis_now())
+                    };
+                    q.execute(&mut *tx).await.map_err(&err)?;
+                }
+                let q = sqlx::query(sqlx::AssertSqlSafe(checkpoint.as_str()))
+                    .bind(relay)
+                    .bind(to_i64(batch.position));
+                let q = if t.store() == Store::Postgres {
+                    q
+                } else {
+                    q.bind(millis_now())
+                };
+                q.execute(&mut *tx).await.map_err(&err)?;
+                tx.commit().await.map_err(&err)?;
+            }};
+        }
+        match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => run!(pool),
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => run!(pool),
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, relay: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        let t = &self.target;
+        let sql = format!(
+            "SELECT \"event_id\", \"entity\", \"position\", \"reason\" FROM {} WHERE \"relay\" = $1 \
+             ORDER BY \"position\" LIMIT $2",
+            t.table("dl_cdc_dead_letters")
+        );
+        let sql = sqlx::AssertSqlSafe(sql);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(String, String, i64, String)> = match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => {
+                sqlx::query_as(sql)
+                    .bind(relay)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                sqlx::query_as(sql)
+                    .bind(relay)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(t.err(Operation::Feed))?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, entity, position, reason)| DeadLetter {
+                event_id,
+                entity,
+                position: to_u64(position),
+                reason,
+            })
+            .collect())
+    }
+
+    async fn redaction(
+        &self,
+        relay: &str,
+        event_id: &str,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let t = &self.target;
+        let sql = format!(
+            "SELECT \"entity\", \"profile\", \"policy_version\", \"key_id\", {} FROM {} \
+             WHERE \"relay\" = $1 AND \"event_id\" = $2",
+            if t.store() == Store::Postgres {
+                "\"fields\"::text"
+            } else {
+                "\"fields\""
+            },
+            t.table("dl_cdc_redactions")
+        );
+        let sql = sqlx::AssertSqlSafe(sql);
+        let row: Option<(String, String, String, Option<String>, String)> = match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => {
+                sqlx::query_as(sql)
+                    .bind(relay)
+                    .bind(event_id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                sqlx::query_as(sql)
+                    .bind(relay)
+                    .bind(event_id)
+                    .fetch_optional(pool)
+                    .await
+            }
+        }
+        .map_err(t.err(Operation::Feed))?;
+        Ok(row.map(|(entity, profile, policy_version, key_id, fields)| {
+            serde_json::json!({
+                "event_id": event_id,
+                "entity": entity,
+                "profile": profile,
+                "policy_version": policy_version,
+                "key_id": key_id,
+                "fields": serde_json::from_str::<serde_json::Value>(&fields).unwrap_or_default(),
+            })
+        }))
+    }
+}
+
+/// The analytics sink in a relational store: table `ce_events`, one row
+/// per event, kept once by its id (`ON CONFLICT (id) DO NOTHING`), a batch
+/// in one statement.
+#[derive(Debug, Clone)]
+pub struct SqlSink {
+    target: SqlTarget,
+}
+
+impl SqlSink {
+    /// The sink writing `target`'s `ce_events`.
+    #[must_use]
+    pub fn new(target: SqlTarget) -> Self {
+        SqlSink { target }
+    }
+
+    /// The events held, as JSON text, in delivery order (for tests and the
+    /// demo: what analytics sees).
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn events(&self, limit: usize) -> Result<Vec<String>, Error> {
+        let t = &self.target;
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY \"delivered_at\", \"id\" LIMIT $1",
+            if t.store() == Store::Postgres {
+                "\"event\"::text"
+            } else {
+                "\"event\""
+            },
+            t.table("ce_events")
+        );
+        let sql = sqlx::AssertSqlSafe(sql);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).bind(limit).fetch_all(pool).await,
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                sqlx::query_scalar(sql).bind(limit).fetch_all(pool).await
+            }
+        }
+        .map_err(t.err(Operation::List))
+    }
+}
+
+#[async_trait]
+impl Sink for SqlSink {
+    fn name(&self) -> &'static str {
+        self.target.store().name()
+    }
+
+    fn store(&self) -> Store {
+        self.target.store()
+    }
+
+    async fn deliver(&self, events: &[Redacted]) -> Result<(), Error> {
+        let t = &self.target;
+        let err = t.err(Operation::Deliver);
+        match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => {
+                // One statement per chunk: JSON arrays of the columns.
+                let sql = format!(
+                    "INSERT INTO {} (\"id\", \"type\", \"subject\", \"time\", \"seq\", \"event\", \"delivered_at\") \
+                     SELECT json_extract(e.value, '$.id'), json_extract(e.value, '$.type'), \
+                     json_extract(e.value, '$.subject'), json_extract(e.value, '$.time'), \
+                     json_extract(e.value, '$.dlseq'), e.value, ?2 \
+                     FROM json_each(?1) AS e WHERE true ON CONFLICT (\"id\") DO NOTHING",
+                    t.table("ce_events")
+                );
+                for chunk in events.chunks(1000) {
+                    let mut array = String::from("[");
+                    for (i, e) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            array.push(',');
+                        }
+                        array.push_str(&e.json());
+                    }
+                    array.push(']');
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(array)
+                        .bind(millis_now())
+                        .execute(pool)
+                        .await
+                        .map_err(&err)?;
+                }
+            }
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                let sql = format!(
+                    "INSERT INTO {} (\"id\", \"type\", \"subject\", \"time\", \"seq\", \"event\") \
+                     SELECT u.i, u.t, u.s, u.w, u.q, u.e::jsonb \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[]) \
+                     AS u(i, t, s, w, q, e) \
+                     ON CONFLICT (\"id\") DO NOTHING",
+                    t.table("ce_events")
+                );
+                for chunk in events.chunks(1000) {
+                    let ids: Vec<&str> = chunk.iter().map(|e| e.event.id.as_str()).collect();
+                    let types: Vec<&str> = chunk.iter().map(|e| e.event.ty.as_str()).collect();
+                    let subjects: Vec<&str> =
+                        chunk.iter().map(|e| e.event.subject.as_str()).collect();
+                    let times: Vec<chrono::DateTime<chrono::Utc>> = chunk
+                        .iter()
+                        .map(|e| {
+                            chrono::DateTime::parse_from_rfc3339(&e.event.time).map_or_else(
+                                |_| chrono::Utc::now(),
+                                |t| t.with_timezone(&chrono::Utc),
+                            )
+                        })
+                        .collect();
+                    let seqs: Vec<i64> = chunk.iter().map(|e| to_i64(e.event.dlseq)).collect();
+                    let bodies: Vec<String> = chunk.iter().map(Redacted::json).collect();
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(ids)
+                        .bind(types)
+                        .bind(subjects)
+                        .bind(times)
+                        .bind(seqs)
+                        .bind(bodies)
+                        .execute(pool)
+                        .await
+                        .map_err(&err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<Option<u64>, Error> {
+        let t = &self.target;
+        let sql = sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {}", t.table("ce_events")));
+        let n: i64 = match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .map_err(t.err(Operation::Count))?;
+        Ok(Some(to_u64(n)))
+    }
+}

@@ -1,0 +1,1 @@
+../../../migrations/postgres/3_cdc.sql

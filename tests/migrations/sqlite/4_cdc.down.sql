@@ -1,0 +1,1 @@
+../../../migrations/sqlite/3_cdc.down.sql
