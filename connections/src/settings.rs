@@ -116,7 +116,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 17] = [
+const BASE_KEYS: [KeySpec; 22] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -235,6 +235,41 @@ const BASE_KEYS: [KeySpec; 17] = [
         kind: Kind::Duration,
         default: Some("168h"),
         doc: "How long change-feed events are kept after every registered consumer acknowledged them.",
+    },
+    KeySpec {
+        key: "cdc.profile",
+        env: "DL_CDC__PROFILE",
+        kind: Kind::Name,
+        default: Some("pseudonymous"),
+        doc: "What the CDC relay lets into analytics: safe_harbor (HIPAA Safe Harbor: no identifier in any form derived from it) or pseudonymous (keyed tokens, a Limited Data Set).",
+    },
+    KeySpec {
+        key: "cdc.policy_version",
+        env: "DL_CDC__POLICY_VERSION",
+        kind: Kind::Name,
+        default: Some("v1"),
+        doc: "The redaction policy's version, written beside every emitted event and redaction record.",
+    },
+    KeySpec {
+        key: "cdc.sinks",
+        env: "DL_CDC__SINKS",
+        kind: Kind::Names,
+        default: Some(""),
+        doc: "Where the CDC relay delivers redacted events: any of sqlite, postgres (the relational store's ce_events table); empty: no relay.",
+    },
+    KeySpec {
+        key: "cdc.relay",
+        env: "DL_CDC__RELAY",
+        kind: Kind::Name,
+        default: Some("analytics"),
+        doc: "The CDC relay's name: its change-feed consumer (one per source store, <name>_<store>) and its ledger entries.",
+    },
+    KeySpec {
+        key: "cdc.batch",
+        env: "DL_CDC__BATCH",
+        kind: Kind::Count { min: 1, max: 5000 },
+        default: Some("500"),
+        doc: "Events the CDC relay reads, redacts and delivers at once (memory stays one batch).",
     },
 ];
 
@@ -471,6 +506,16 @@ pub struct CdcSettings {
     pub entities: Vec<String>,
     /// How long acknowledged events are kept.
     pub retention: Duration,
+    /// The relay's redaction profile: `safe_harbor` or `pseudonymous`.
+    pub profile: String,
+    /// The redaction policy's version.
+    pub policy_version: String,
+    /// The relay's sinks (`sqlite`, `postgres`); empty: no relay.
+    pub sinks: Vec<String>,
+    /// The relay's name.
+    pub relay: String,
+    /// Events per relay batch (1 to 5,000).
+    pub batch: u32,
 }
 
 /// The privacy keys from settings (`privacy.key`, `privacy.key_id`,
@@ -848,6 +893,17 @@ impl Parsed<'_> {
         }
     }
 
+    /// A value that is not one of `allowed`.
+    fn bad_one_of(&self, s: &'static KeySpec, allowed: &[&str]) -> SettingsError {
+        let (v, origin) = &self.raw[s.key];
+        SettingsError::BadValue {
+            key: s.key,
+            origin: origin_text(s, origin),
+            form: form_of(s, v),
+            expected: format!("one of {}", allowed.join(", ")),
+        }
+    }
+
     fn get(&self, key: &str) -> Option<(&'static KeySpec, &str)> {
         let s = spec(key)?;
         self.raw.get(s.key).map(|(v, _)| (s, v.as_str()))
@@ -910,6 +966,28 @@ impl Parsed<'_> {
             out.push(name.to_owned());
         }
         Ok(out)
+    }
+
+    /// A name that must be one of `allowed`.
+    fn one_of(&self, key: &str, allowed: &[&str]) -> Result<String, SettingsError> {
+        let v = self.name(key)?;
+        if allowed.contains(&v.as_str()) {
+            Ok(v)
+        } else {
+            let (s, _) = self.get(key).expect("declared with a default");
+            Err(self.bad_one_of(s, allowed))
+        }
+    }
+
+    /// Names, each one of `allowed`.
+    fn names_of(&self, key: &str, allowed: &[&str]) -> Result<Vec<String>, SettingsError> {
+        let v = self.names(key)?;
+        if v.iter().all(|n| allowed.contains(&n.as_str())) {
+            Ok(v)
+        } else {
+            let (s, _) = self.get(key).expect("declared with a default");
+            Err(self.bad_one_of(s, allowed))
+        }
     }
 
     fn name(&self, key: &str) -> Result<String, SettingsError> {
@@ -1076,6 +1154,11 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
         cdc: CdcSettings {
             entities: p.names("cdc.entities")?,
             retention: p.duration("cdc.retention")?,
+            profile: p.one_of("cdc.profile", &["safe_harbor", "pseudonymous"])?,
+            policy_version: p.name("cdc.policy_version")?,
+            sinks: p.names_of("cdc.sinks", &["sqlite", "postgres"])?,
+            relay: p.name("cdc.relay")?,
+            batch: p.count("cdc.batch")?,
         },
         sqlite: p.pool("sqlite")?,
         postgres: p.pool("postgres")?,

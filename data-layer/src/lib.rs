@@ -71,6 +71,8 @@ pub use dl_repositories::{
     Capabilities, Cursor, Error, Filter, Page, Patch, Query, Repo, Repository, Store,
 };
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod cdc;
 pub mod feed;
 mod health;
 pub mod migrate;
@@ -134,6 +136,12 @@ pub struct DataLayer {
     relational: Arc<dyn Backend>,
     others: Vec<Arc<dyn Backend>>,
     privacy: Arc<dl_privacy::Privacy>,
+    /// The keys from settings, when `privacy.key` is set (tokens that must
+    /// stay the same across restarts: CDC's).
+    configured_privacy: Option<Arc<dl_privacy::Privacy>>,
+    /// The relational store's pool, for the CDC relay's ledger and sinks.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    sql_target: Option<dl_cdc::sql::SqlTarget>,
     /// Repositories opened, by store and entity type: opened (schema
     /// checked, statements prepared) once, then handed out again.
     repositories: Arc<std::sync::Mutex<RepoCache>>,
@@ -164,6 +172,8 @@ impl DataLayer {
         // next start, so Redis gets none then, and refuses PHI indexes).
         let configured = settings.privacy.privacy().map(Arc::new);
         let capture = feed::capture_of(&settings, configured.as_ref())?;
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        let sql_target: Option<dl_cdc::sql::SqlTarget>;
         let relational: Arc<dyn Backend> = match &settings.database_url {
             #[cfg(not(feature = "sqlite"))]
             DatabaseUrl::Sqlite(_) => return Err(not_built(Store::Sqlite, "sqlite")),
@@ -178,6 +188,7 @@ impl DataLayer {
                         reason: format!("cannot open SQLite database {path}"),
                         source: Some(Box::new(e)),
                     })?;
+                sql_target = Some(dl_cdc::sql::SqlTarget::Sqlite(pool.clone()));
                 let backend = SqliteBackend::new(pool);
                 Arc::new(match &capture {
                     Some(c) => backend.with_capture(Arc::clone(c)),
@@ -192,6 +203,10 @@ impl DataLayer {
                         reason: format!("bad PostgreSQL options in {url}"),
                         source: Some(Box::new(e)),
                     })?;
+                sql_target = Some(dl_cdc::sql::SqlTarget::Postgres(
+                    pool.clone(),
+                    settings.postgres_schema.clone(),
+                ));
                 let backend =
                     PostgresBackend::new(pool, &settings.postgres_schema).map_err(|e| {
                         SetupError::Connect {
@@ -212,7 +227,7 @@ impl DataLayer {
             .into_iter()
             .map(|b| guarded(b, &settings))
             .collect();
-        let privacy = configured.unwrap_or_else(|| {
+        let privacy = configured.clone().unwrap_or_else(|| {
             tracing::warn!(
                 "privacy.key is not set: cursors are sealed with a random key of this process \
                  (a cursor from another instance or an earlier run is refused); set \
@@ -225,6 +240,9 @@ impl DataLayer {
             relational,
             others,
             privacy,
+            configured_privacy: configured,
+            #[cfg(any(feature = "sqlite", feature = "postgres"))]
+            sql_target,
             repositories: Arc::default(),
         })
     }
@@ -472,11 +490,18 @@ async fn connect_others(
     Ok(out)
 }
 
-/// Wraps a backend in the guard (breaker, retry, deadline) with its store's
-/// request timeout.
-fn guarded(backend: Arc<dyn Backend>, settings: &Settings) -> Arc<dyn Backend> {
-    use dl_repositories::guard::{BreakerSettings, Guarded, RetrySettings};
-    let pool = match backend.store() {
+/// The guard's settings of `store` (from its pool settings): the request
+/// deadline, the breaker and the retries.
+fn guard_settings(
+    store: Store,
+    settings: &Settings,
+) -> (
+    std::time::Duration,
+    dl_repositories::guard::BreakerSettings,
+    dl_repositories::guard::RetrySettings,
+) {
+    use dl_repositories::guard::{BreakerSettings, RetrySettings};
+    let pool = match store {
         Store::Postgres => &settings.postgres,
         Store::Mongo => &settings.mongo,
         Store::Redis => &settings.redis,
@@ -497,5 +522,14 @@ fn guarded(backend: Arc<dyn Backend>, settings: &Settings) -> Arc<dyn Backend> {
         max_retries: count(pool.retries),
         ..RetrySettings::default()
     };
-    Arc::new(Guarded::new(backend, pool.request_timeout, breaker, retry))
+    (pool.request_timeout, breaker, retry)
+}
+
+/// Wraps a backend in the guard (breaker, retry, deadline) with its store's
+/// request timeout.
+fn guarded(backend: Arc<dyn Backend>, settings: &Settings) -> Arc<dyn Backend> {
+    let (deadline, breaker, retry) = guard_settings(backend.store(), settings);
+    Arc::new(dl_repositories::guard::Guarded::new(
+        backend, deadline, breaker, retry,
+    ))
 }
