@@ -285,6 +285,18 @@ impl Relay {
             skipped,
             position: ledger.position,
         };
+        tracing::debug!(
+            relay = %self.name,
+            read = report.read,
+            emitted = report.emitted,
+            dead_lettered = report.dead_lettered,
+            skipped = report.skipped,
+            position = report.position,
+            "relayed a batch"
+        );
+        for r in &emitted {
+            tracing::trace!(relay = %self.name, id = %r.event.id, ty = %r.event.ty, seq = r.event.dlseq, "emitted");
+        }
         metrics::counter!("dl_cdc_events_total", "relay" => self.name.clone(), "outcome" => "emitted")
             .increment(report.emitted as u64);
         let behind = (chrono::Utc::now() - last_commit)

@@ -1,0 +1,568 @@
+//! CDC into analytics: the relay from a store's change feed into the
+//! relational store's analytics sink, on SQLite (always) and, with the
+//! `integration` feature, PostgreSQL of the test stack. PHI canaries in
+//! every PHI field, written through every write operation; then a scan of
+//! everything that left: the sink's rows, the redaction records, the dead
+//! letters, the logs at TRACE, the metrics and every error text.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{NaiveDate, Utc};
+use data_layer::models::domain::{Appointment, Patient, PatientStatus};
+use data_layer::{DataLayer, Patch, Settings, Sources, Store};
+use dl_tests::canary::{assert_error_clean, assert_no_canary, canary};
+
+/// The tests' privacy key (32 bytes of 0x5a, as the other tests use).
+const KEY: &str = "WlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlo=";
+
+/// The metrics of this test process, rendered as Prometheus text.
+fn metrics() -> &'static data_layer::telemetry::PrometheusHandle {
+    static HANDLE: OnceLock<data_layer::telemetry::PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| data_layer::telemetry::install_prometheus().expect("recorder"))
+}
+
+/// A log buffer (see [`logs`]).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Everything this test process logs, at TRACE, with every field and
+/// every span's fields: one global subscriber (a thread's own would miss
+/// what other threads log, and callsites cached by parallel tests).
+fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::NEW)
+            .with_ansi(false)
+            .with_writer(logs.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        logs
+    })
+}
+
+/// Every test logs into [`logs`] and counts into [`metrics`] from its
+/// start, so each scan sees everything the process did.
+fn watch() -> &'static Logs {
+    let _ = metrics();
+    logs()
+}
+
+fn sqlite_url(name: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    format!("sqlite://{}/{name}.db", dir.display())
+}
+
+/// Settings for a relay on `database_url`, capturing patients and
+/// appointments, with `extra` on top.
+fn settings(database_url: &str, extra: &[(&str, &str)]) -> Result<Settings, data_layer::SettingsError> {
+    let mut sources = Sources::isolated()
+        .var("DATABASE_URL", database_url)
+        .var("DL_CDC__ENTITIES", "patients,appointments")
+        .var("DL_PRIVACY__KEY", KEY)
+        .var("DL_PRIVACY__KEY_ID", "test1");
+    for (k, v) in extra {
+        sources = sources.var(k, v);
+    }
+    Settings::load(&sources)
+}
+
+async fn layer(database_url: &str, extra: &[(&str, &str)]) -> DataLayer {
+    let settings = settings(database_url, extra).expect("settings");
+    data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts())
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    DataLayer::from_settings(settings).await.expect("data layer")
+}
+
+/// The canaries of one run, and a patient holding them.
+struct Canaries {
+    values: Vec<String>,
+}
+
+impl Canaries {
+    fn new() -> Self {
+        Canaries { values: Vec::new() }
+    }
+    fn take(&mut self, tag: &str) -> String {
+        let c = canary(tag);
+        self.values.push(c.clone());
+        c
+    }
+    fn refs(&self) -> Vec<&str> {
+        self.values.iter().map(String::as_str).collect()
+    }
+    fn patient(&mut self) -> Patient {
+        Patient {
+            id: uuid::Uuid::new_v4(),
+            mrn: self.take("mrn"),
+            given_name: self.take("given"),
+            family_name: self.take("family"),
+            date_of_birth: NaiveDate::from_ymd_opt(1917, 3, 29).expect("date"),
+            phone: Some(self.take("phone")),
+            email: Some(self.take("email")),
+            status: PatientStatus::Active,
+            created_at: Utc::now(),
+            version: 1,
+        }
+    }
+    fn appointment(&mut self, patient: &Patient) -> Appointment {
+        Appointment {
+            id: uuid::Uuid::new_v4(),
+            patient_id: patient.id,
+            starts_at: Utc::now(),
+            duration_minutes: 30,
+            kind: "checkup".into(),
+            status: "scheduled".into(),
+            notes: Some(self.take("notes")),
+            version: 1,
+        }
+    }
+}
+
+/// Writes canaries through every write operation (single and batched,
+/// in and out of a transaction, and a transaction rolled back); returns
+/// the events the feed must hold: (entity, op) in order.
+async fn write_everything(dl: &DataLayer, store: Store, c: &mut Canaries) -> Vec<(&'static str, &'static str)> {
+    let patients = dl.repository::<Patient>().await.expect("patients");
+    let appointments = dl.repository::<Appointment>().await.expect("appointments");
+    let mut expected = Vec::new();
+
+    let p1 = c.patient();
+    patients.insert(&p1).await.expect("insert");
+    expected.push(("patients", "created"));
+
+    let many = [c.patient(), c.patient(), c.patient()];
+    patients.insert_many(&many).await.expect("insert_many");
+    expected.extend([("patients", "created"); 3]);
+
+    let given = c.take("given2");
+    patients
+        .update(&p1.id, &Patch::new().set("given_name", given.as_str()))
+        .await
+        .expect("update")
+        .expect("found");
+    expected.push(("patients", "updated"));
+
+    let mut replaced = many[0].clone();
+    replaced.family_name = c.take("family2");
+    let replaced = patients.replace(&replaced).await.expect("replace");
+    expected.push(("patients", "updated"));
+
+    let fresh = c.patient();
+    patients.upsert(&fresh).await.expect("upsert new");
+    expected.push(("patients", "created"));
+    let mut again = replaced.clone();
+    again.email = Some(c.take("email2"));
+    patients.upsert(&again).await.expect("upsert existing");
+    expected.push(("patients", "updated"));
+
+    assert!(patients.delete(&many[1].id).await.expect("delete"));
+    expected.push(("patients", "deleted"));
+
+    let a = c.appointment(&p1);
+    appointments.insert(&a).await.expect("appointment");
+    expected.push(("appointments", "created"));
+
+    // A transaction that commits: its two writes have their events.
+    let (tp, ta) = (c.patient(), c.appointment(&p1));
+    dl.transaction(store, |tx| async move {
+        tx.repository::<Patient>().await?.insert(&tp).await?;
+        tx.repository::<Appointment>().await?.insert(&ta).await?;
+        Ok::<_, data_layer::Error>(())
+    })
+    .await
+    .expect("transaction");
+    expected.extend([("patients", "created"), ("appointments", "created")]);
+
+    // One that rolls back: no event.
+    let rolled = c.patient();
+    let r: Result<(), data_layer::Error> = dl
+        .transaction(store, |tx| async move {
+            tx.repository::<Patient>().await?.insert(&rolled).await?;
+            Err(data_layer::Error::invalid("patients", None, "rolled back on purpose"))
+        })
+        .await;
+    assert!(r.is_err());
+    // And writes that fail: no event.
+    let dup = patients.insert(&p1).await.expect_err("a duplicate key");
+    assert_error_clean("a refused insert", &dup, &c.refs());
+    expected
+}
+
+/// The relay's whole run, then every scan but the relay's own tables
+/// (the caller's: see [`own_tables_clean`]).
+async fn relay_shows_no_phi(dl: &DataLayer, store: Store, logs: &Logs) {
+    let mut c = Canaries::new();
+    let expected = write_everything(dl, store, &mut c).await;
+    let relay = dl.cdc_relay(store).await.expect("relay");
+    let report = relay.drain(100).await.expect("drain");
+    assert_eq!(report.emitted, expected.len(), "{report:?}");
+    assert_eq!(report.dead_lettered, 0);
+
+    let events = dl.cdc_sink_events(1_000).await.expect("sink");
+    assert_eq!(events.len(), expected.len());
+    let parsed: Vec<data_layer::cdc::CloudEvent> = events
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("a CloudEvent"))
+        .collect();
+    let mut types: Vec<String> = parsed.iter().map(|e| e.ty.clone()).collect();
+    let mut want: Vec<String> = expected.iter().map(|(e, o)| format!("ce.{e}.{o}")).collect();
+    types.sort();
+    want.sort();
+    assert_eq!(types, want);
+    // Every emitted event has its record, with every PHI field of a
+    // created or updated record (none for a delete).
+    let ledger = dl.cdc_ledger().expect("ledger");
+    for e in &parsed {
+        let record = ledger
+            .redaction(relay.name(), &e.id)
+            .await
+            .expect("read record")
+            .unwrap_or_else(|| panic!("no redaction record of {}", e.id));
+        let fields = record["fields"].as_array().expect("fields").len();
+        let want = match (e.ty.as_str(), e.ty.ends_with(".deleted")) {
+            (_, true) => 0,
+            (t, false) if t.starts_with("ce.patients.") => 6,
+            _ => 1,
+        };
+        assert_eq!(fields, want, "{record}");
+        assert_eq!(record["profile"], "pseudonymous");
+        assert_eq!(record["key_id"], "test1");
+        assert_eq!(e.specversion, "1.0");
+        assert!(e.dataschema.starts_with("urn:data-layer:"));
+        if let Some(data) = &e.data {
+            if e.ty.starts_with("ce.patients.") {
+                assert_eq!(data["date_of_birth"], 1917);
+                assert!(data["mrn"].as_str().expect("a token").starts_with("test1."));
+            } else {
+                assert!(data.get("notes").is_none(), "notes are dropped");
+            }
+        }
+    }
+
+    let canaries = c.refs();
+    assert_no_canary("the analytics sink", &events.join("\n"), &canaries);
+    assert_no_canary("the analytics sink", &events.join("\n"), &["1917-03-29"]);
+    assert_no_canary("the logs at TRACE", &logs.text(), &canaries);
+    assert_no_canary("the metrics", &metrics().render(), &canaries);
+    say(&format!(
+        "cdc canaries, {store}: {} canaries, {} events in the sink, {} bytes of logs scanned",
+        canaries.len(),
+        events.len(),
+        logs.text().len()
+    ));
+}
+
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The relay's own tables on SQLite, as text.
+async fn sqlite_own_tables(url: &str) -> String {
+    let path = url.trim_start_matches("sqlite://");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+        .await
+        .expect("open");
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', relay, event_id, entity, position, profile, policy_version, key_id, fields) FROM dl_cdc_redactions \
+         UNION ALL SELECT concat_ws(' ', relay, event_id, entity, position, reason) FROM dl_cdc_dead_letters \
+         UNION ALL SELECT concat_ws(' ', name, position) FROM dl_cdc_relays",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("dump");
+    rows.join("\n")
+}
+
+/// The relay's own tables hold rows, and no canary (every canary starts
+/// with `CANARY-`).
+fn own_tables_clean(own: &str) {
+    assert!(own.contains("analytics_"), "{own}");
+    assert_no_canary("the relay's own tables", own, &["CANARY-"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_relay_shows_no_phi() {
+    let logs = watch();
+    let url = sqlite_url("cdc");
+    let dl = layer(&url, &[("DL_CDC__SINKS", "sqlite")]).await;
+    relay_shows_no_phi(&dl, Store::Sqlite, logs).await;
+    own_tables_clean(&sqlite_own_tables(&url).await);
+}
+
+/// Relaying the same feed again (a second relay from the start) changes
+/// no sink row: every event is kept once by its id; and its redaction
+/// records are the same as the first relay's.
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_relaying_again_keeps_each_event_once() {
+    watch();
+    let url = sqlite_url("again");
+    let dl = layer(&url, &[("DL_CDC__SINKS", "sqlite")]).await;
+    let mut c = Canaries::new();
+    let expected = write_everything(&dl, Store::Sqlite, &mut c).await;
+    let first = dl.cdc_relay(Store::Sqlite).await.expect("relay");
+    assert_eq!(first.drain(100).await.expect("drain").emitted, expected.len());
+    let before = dl.cdc_sink_events(1_000).await.expect("sink");
+
+    // Another relay name: another consumer from the start of the feed.
+    let settings = settings(&url, &[("DL_CDC__SINKS", "sqlite"), ("DL_CDC__RELAY", "replay")]).expect("settings");
+    let dl2 = DataLayer::from_settings(settings).await.expect("data layer");
+    let second = dl2.cdc_relay(Store::Sqlite).await.expect("relay");
+    assert_eq!(second.drain(100).await.expect("drain").emitted, expected.len());
+    let after = dl.cdc_sink_events(1_000).await.expect("sink");
+    assert_eq!(before, after, "the same events, each once");
+
+    let ledger = dl.cdc_ledger().expect("ledger");
+    for e in &before {
+        let id = serde_json::from_str::<serde_json::Value>(e).expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let mut a = ledger.redaction(first.name(), &id).await.expect("a").expect("first");
+        let mut b = ledger.redaction(second.name(), &id).await.expect("b").expect("second");
+        a.as_object_mut().expect("object").remove("relay");
+        b.as_object_mut().expect("object").remove("relay");
+        assert_eq!(a, b);
+    }
+    // Nothing new: a step reads nothing.
+    assert_eq!(first.step().await.expect("step").read, 0);
+}
+
+/// A captured record that does not match the schema (written into the
+/// outbox by hand, with an extra column) is dead-lettered, not emitted,
+/// and the relay goes on with the next event.
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_a_record_off_the_schema_is_dead_lettered() {
+    watch();
+    let url = sqlite_url("dead");
+    let dl = layer(&url, &[("DL_CDC__SINKS", "sqlite")]).await;
+    let mut c = Canaries::new();
+    let patients = dl.repository::<Patient>().await.expect("patients");
+    let p = c.patient();
+    patients.insert(&p).await.expect("insert");
+    // By hand: the same record with a new column holding a canary.
+    let ssn = c.take("ssn");
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
+    let mut record = serde_json::to_value(&p).expect("json");
+    record["ssn"] = serde_json::Value::String(ssn.clone());
+    sqlx::query(
+        "INSERT INTO dl_feed (entity, op, key_id, seq, committed_at, schema_version, after_image) \
+         SELECT 'patients', 'updated', key_id, seq + 1, 0, schema_version, ?1 FROM dl_feed ORDER BY position DESC LIMIT 1",
+    )
+    .bind(record.to_string())
+    .execute(&pool)
+    .await
+    .expect("by hand");
+    // And a wrong type.
+    let mut wrong = serde_json::to_value(&p).expect("json");
+    wrong["date_of_birth"] = serde_json::Value::String(c.take("dob"));
+    sqlx::query(
+        "INSERT INTO dl_feed (entity, op, key_id, seq, committed_at, schema_version, after_image) \
+         SELECT 'patients', 'updated', key_id, seq + 1, 0, schema_version, ?1 FROM dl_feed ORDER BY position DESC LIMIT 1",
+    )
+    .bind(wrong.to_string())
+    .execute(&pool)
+    .await
+    .expect("by hand");
+    let after = c.patient();
+    patients.insert(&after).await.expect("the next write");
+
+    let relay = dl.cdc_relay(Store::Sqlite).await.expect("relay");
+    let report = relay.drain(10).await.expect("drain");
+    assert_eq!((report.emitted, report.dead_lettered), (2, 2), "{report:?}");
+    let events = dl.cdc_sink_events(10).await.expect("sink");
+    assert_eq!(events.len(), 2);
+    let dead = relay.ledger().dead_letters(relay.name(), 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].reason.contains("ssn"), "{dead:?}");
+    assert!(dead[1].reason.contains("date_of_birth"), "{dead:?}");
+    let text = format!("{dead:?}\n{}", events.join("\n"));
+    assert_no_canary("dead letters and the sink", &text, &c.refs());
+    assert!(
+        metrics()
+            .render()
+            .contains("dl_cdc_dead_letters_total{relay=\"analytics_sqlite\",entity=\"patients\"}"),
+        "the dead letters are counted"
+    );
+}
+
+/// Bad settings: each a clear error naming the setting, or the entity and
+/// field; nothing emitted.
+#[tokio::test(flavor = "current_thread")]
+async fn bad_cdc_settings_are_refused_by_name() {
+    watch();
+    let url = sqlite_url("bad");
+    // Unknown sink, unknown profile, a batch out of range: refused by the settings.
+    for (key, value, named) in [
+        ("DL_CDC__SINKS", "kafka", "cdc.sinks"),
+        ("DL_CDC__SINKS", "sqlite,'; DROP TABLE ce_events;--", "cdc.sinks"),
+        ("DL_CDC__PROFILE", "anonymous", "cdc.profile"),
+        ("DL_CDC__BATCH", "0", "cdc.batch"),
+        ("DL_CDC__BATCH", "999999999999", "cdc.batch"),
+        ("DL_CDC__RELAY", "Robert'); DROP TABLE", "cdc.relay"),
+        ("DL_CDC__POLICY_VERSION", "v 1", "cdc.policy_version"),
+    ] {
+        let e = settings(&url, &[(key, value)]).expect_err(value).to_string();
+        assert!(e.contains(named), "{e}");
+    }
+
+    // A hash rule with no key: the relay refuses, naming the field.
+    let settings_no_key = Settings::load(
+        &Sources::isolated()
+            .var("DATABASE_URL", &url)
+            .var("DL_CDC__ENTITIES", "patients")
+            .var("DL_CDC__SINKS", "sqlite"),
+    )
+    .expect("settings");
+    data_layer::migrate::apply(&settings_no_key, &data_layer::migrate::domain_scripts())
+        .await
+        .expect("migrate");
+    let dl = DataLayer::from_settings(settings_no_key).await.expect("data layer");
+    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("no key").to_string();
+    assert!(e.contains("patients") && e.contains("mrn") && e.contains("privacy.key"), "{e}");
+
+    // A profile that forbids a declared rule: named by entity and field.
+    let dl = layer(&url, &[("DL_CDC__SINKS", "sqlite"), ("DL_CDC__PROFILE", "safe_harbor")]).await;
+    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("mask under safe harbor").to_string();
+    assert!(e.contains("patients") && e.contains("given_name") && e.contains("safe_harbor"), "{e}");
+
+    // No sink; a sink of another store.
+    let dl = layer(&url, &[]).await;
+    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("no sink").to_string();
+    assert!(e.contains("cdc.sinks"), "{e}");
+    let dl = layer(&url, &[("DL_CDC__SINKS", "postgres")]).await;
+    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("postgres sink on sqlite").to_string();
+    assert!(e.contains("cdc.sinks") && e.contains("postgres"), "{e}");
+    assert!(dl.cdc_sink_events(10).await.expect("sink").is_empty(), "nothing emitted");
+}
+
+/// Safe Harbor on an entity it can serve (appointments: notes dropped).
+#[tokio::test(flavor = "current_thread")]
+async fn safe_harbor_drops_what_it_must() {
+    watch();
+    let url = sqlite_url("harbor");
+    let settings = Settings::load(
+        &Sources::isolated()
+            .var("DATABASE_URL", &url)
+            .var("DL_CDC__ENTITIES", "appointments")
+            .var("DL_CDC__SINKS", "sqlite")
+            .var("DL_CDC__PROFILE", "safe_harbor")
+            .var("DL_CDC__POLICY_VERSION", "v2026_12"),
+    )
+    .expect("settings");
+    data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts())
+        .await
+        .expect("migrate");
+    let dl = DataLayer::from_settings(settings).await.expect("data layer");
+    let mut c = Canaries::new();
+    let p = c.patient();
+    let a = c.appointment(&p);
+    dl.repository::<Appointment>().await.expect("repo").insert(&a).await.expect("insert");
+    let relay = dl.cdc_relay(Store::Sqlite).await.expect("relay");
+    assert_eq!(relay.drain(10).await.expect("drain").emitted, 1);
+    let events = dl.cdc_sink_events(10).await.expect("sink");
+    let e: data_layer::cdc::CloudEvent = serde_json::from_str(&events[0]).expect("event");
+    assert_eq!(e.dlpolicy, "safe_harbor/v2026_12");
+    assert!(e.data.expect("data").get("notes").is_none());
+    assert_no_canary("the sink", &events[0], &c.refs());
+}
+
+#[cfg(feature = "integration")]
+mod live {
+    use super::*;
+    use dl_tests::live::{PgNamespaces, postgres_url, test_pool};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres_relay_shows_no_phi() {
+        let logs = watch();
+        let ns = PgNamespaces::new("cdcphi").await;
+        let name = ns.name("phi");
+        let url = postgres_url();
+        let dl = layer(
+            url.expose(),
+            &[("DL_CDC__SINKS", "postgres"), ("DL_POSTGRES__SCHEMA", &name)],
+        )
+        .await;
+        relay_shows_no_phi(&dl, Store::Postgres, logs).await;
+        let pool = dl_connections::postgres::connect_lazy(&url, &test_pool(1)).expect("options");
+        let own: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT concat_ws(' ', relay, event_id, entity, \"position\", profile, policy_version, key_id, fields::text) FROM \"{name}\".dl_cdc_redactions \
+             UNION ALL SELECT concat_ws(' ', relay, event_id, entity, \"position\", reason) FROM \"{name}\".dl_cdc_dead_letters \
+             UNION ALL SELECT concat_ws(' ', name, \"position\") FROM \"{name}\".dl_cdc_relays"
+        )))
+        .fetch_all(&pool)
+        .await
+        .expect("dump");
+        own_tables_clean(&own.join("\n"));
+        ns.drop_all().await;
+    }
+
+    /// A record off the schema written into the outbox by hand (psql):
+    /// dead-lettered, and the relay goes on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres_a_record_off_the_schema_is_dead_lettered() {
+        watch();
+        let ns = PgNamespaces::new("cdcdead").await;
+        let name = ns.name("dead");
+        let url = postgres_url();
+        let dl = layer(
+            url.expose(),
+            &[("DL_CDC__SINKS", "postgres"), ("DL_POSTGRES__SCHEMA", &name)],
+        )
+        .await;
+        let mut c = Canaries::new();
+        let patients = dl.repository::<Patient>().await.expect("patients");
+        let p = c.patient();
+        patients.insert(&p).await.expect("insert");
+        let mut record = serde_json::to_value(&p).expect("json");
+        record["ssn"] = serde_json::Value::String(c.take("ssn"));
+        let pool = dl_connections::postgres::connect_lazy(&url, &test_pool(1)).expect("options");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH c AS (UPDATE \"{name}\".dl_feed_clock SET \"position\" = \"position\" + 1 RETURNING \"position\") \
+             INSERT INTO \"{name}\".dl_feed (\"position\", entity, op, key_id, seq, committed_at, schema_version, after_image) \
+             SELECT c.\"position\", 'patients', 'updated', f.key_id, f.seq + 1, now(), f.schema_version, $1::jsonb \
+             FROM c, (SELECT * FROM \"{name}\".dl_feed ORDER BY \"position\" DESC LIMIT 1) AS f"
+        )))
+        .bind(record.to_string())
+        .execute(&pool)
+        .await
+        .expect("by hand");
+        patients.insert(&c.patient()).await.expect("the next write");
+        let relay = dl.cdc_relay(Store::Postgres).await.expect("relay");
+        let report = relay.drain(10).await.expect("drain");
+        assert_eq!((report.emitted, report.dead_lettered), (2, 1), "{report:?}");
+        let dead = relay.ledger().dead_letters(relay.name(), 10).await.expect("dead");
+        assert!(dead[0].reason.contains("ssn"));
+        let text = format!("{dead:?}\n{}", dl.cdc_sink_events(10).await.expect("sink").join("\n"));
+        assert_no_canary("dead letters and the sink", &text, &c.refs());
+        ns.drop_all().await;
+    }
+}
+
