@@ -84,6 +84,8 @@ pub struct Relay {
     source: String,
     /// The ledger's checkpoint, once read (`u64::MAX`: not yet).
     checkpoint: AtomicU64,
+    /// Whether its feed consumer is registered (by the first batch).
+    registered: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Relay {
@@ -127,12 +129,13 @@ fn dead_id(change: &ChangeEvent) -> String {
 
 impl Relay {
     /// A relay named `name` (its feed consumer and ledger name), from the
-    /// start of what the feed keeps.
+    /// start of what the feed keeps. Nothing is sent to a store here: its
+    /// consumer is registered by its first batch (so a store that is down
+    /// at startup delays the relay, it does not stop it).
     ///
     /// # Errors
-    /// `Invalid` for a bad name, no sink, or a batch outside 1 to 5,000;
-    /// the feed's error when it cannot register the consumer.
-    pub async fn open(
+    /// `Invalid` for a bad name, no sink, or a batch outside 1 to 5,000.
+    pub fn new(
         name: &str,
         feed: Arc<dyn ChangeFeed>,
         redactor: Arc<Redactor>,
@@ -159,7 +162,6 @@ impl Relay {
             .source
             .clone()
             .unwrap_or_else(|| format!("/data-layer/{}", feed.store().name()));
-        feed.register(name, true).await?;
         Ok(Relay {
             name: name.to_owned(),
             feed,
@@ -169,6 +171,7 @@ impl Relay {
             options,
             source,
             checkpoint: AtomicU64::new(u64::MAX),
+            registered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -258,6 +261,10 @@ impl Relay {
     /// The feed's, a sink's or the ledger's error: nothing is acknowledged
     /// then, and the next step relays the batch again.
     pub async fn step(&self) -> Result<StepReport, Error> {
+        if !self.registered.load(Ordering::Acquire) {
+            self.feed.register(&self.name, true).await?;
+            self.registered.store(true, Ordering::Release);
+        }
         let done = self.ledger_checkpoint().await?;
         let changes = self.feed.read(&self.name, self.options.batch).await?;
         let Some(last) = changes.last() else {

@@ -319,21 +319,26 @@ impl SqlSink {
         SqlSink { target }
     }
 
-    /// The events held, as JSON text, in delivery order (for tests and the
-    /// demo: what analytics sees).
+    /// The events held, as JSON text, in the order they arrived (for tests
+    /// and the demo: what analytics sees).
     ///
     /// # Errors
     /// The store's error.
     pub async fn events(&self, limit: usize) -> Result<Vec<String>, Error> {
         let t = &self.target;
         let sql = format!(
-            "SELECT {} FROM {} ORDER BY \"delivered_at\", \"id\" LIMIT $1",
+            "SELECT {} FROM {} ORDER BY {} LIMIT $1",
             if t.store() == Store::Postgres {
                 "\"event\"::text"
             } else {
                 "\"event\""
             },
-            t.table("ce_events")
+            t.table("ce_events"),
+            if t.store() == Store::Postgres {
+                "\"received\""
+            } else {
+                "rowid"
+            },
         );
         let sql = sqlx::AssertSqlSafe(sql);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -45,13 +45,16 @@
 //! # Ok(()) }
 //! ```
 
+// The repositories' `Error`, as every other call of the facade answers.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
+use dl_cdc::sql::{SqlLedger, SqlSink, SqlTarget};
 pub use dl_cdc::{
     CloudEvent, DeadLetter, FieldRecord, GuardedSink, Ledger, Profile, Redacted, Redactor, Relay,
     RelayOptions, Sink, StepReport,
 };
-use dl_cdc::sql::{SqlLedger, SqlSink, SqlTarget};
 use dl_repositories::guard::Guard;
 
 use crate::{DataLayer, Error, Store};
@@ -120,7 +123,10 @@ impl DataLayer {
             .copied()
             .filter(|s| cdc.entities.iter().any(|e| e == s.name))
             .fold(Vec::new(), |mut acc, s| {
-                if !acc.iter().any(|a: &&dl_models::EntitySchema| a.name == s.name) {
+                if !acc
+                    .iter()
+                    .any(|a: &&dl_models::EntitySchema| a.name == s.name)
+                {
                     acc.push(s);
                 }
                 acc
@@ -142,7 +148,12 @@ impl DataLayer {
             let store = match name.as_str() {
                 "sqlite" => Store::Sqlite,
                 "postgres" => Store::Postgres,
-                _ => return Err(cdc_invalid("cdc.sinks", "an unknown sink (expected sqlite or postgres)")),
+                _ => {
+                    return Err(cdc_invalid(
+                        "cdc.sinks",
+                        "an unknown sink (expected sqlite or postgres)",
+                    ));
+                }
             };
             if target.store() != store {
                 return Err(cdc_invalid(
@@ -175,8 +186,8 @@ impl DataLayer {
     /// # Errors
     /// `Invalid` for unusable CDC settings (naming the setting, or the
     /// entity and field); `Unsupported` when the store keeps no feed or
-    /// captures nothing; the feed's error when the consumer cannot be
-    /// registered.
+    /// captures nothing. Nothing is sent to a store: the relay's first
+    /// batch registers its feed consumer.
     pub async fn cdc_relay(&self, store: Store) -> Result<Relay, Error> {
         let redactor = self.cdc_redactor()?;
         let sinks = self.cdc_sinks()?;
@@ -187,7 +198,7 @@ impl DataLayer {
             batch: usize::try_from(self.settings.cdc.batch).unwrap_or(500),
             ..RelayOptions::default()
         };
-        Relay::open(&name, feed, redactor, sinks, ledger, options).await
+        Relay::new(&name, feed, redactor, sinks, ledger, options)
     }
 
     /// Starts a relay in the background for every configured store that

@@ -31,9 +31,11 @@ CREATE TABLE IF NOT EXISTS dl_cdc_dead_letters (
     PRIMARY KEY (relay, event_id)
 );
 
--- The PostgreSQL analytics sink: one row per event, kept once by its id.
+-- The PostgreSQL analytics sink: one row per event, kept once by its id;
+-- received numbers the rows in the order they arrived.
 CREATE TABLE IF NOT EXISTS ce_events (
     id text PRIMARY KEY,
+    received bigint GENERATED ALWAYS AS IDENTITY,
     type text NOT NULL,
     subject text NOT NULL,
     "time" timestamptz NOT NULL,

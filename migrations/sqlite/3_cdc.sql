@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS "dl_cdc_dead_letters" (
     PRIMARY KEY ("relay", "event_id")
 ) STRICT, WITHOUT ROWID;
 
--- The SQLite analytics sink: one row per event, kept once by its id.
+-- The SQLite analytics sink: one row per event, kept once by its id (its
+-- rowid numbers the rows in the order they arrived).
 CREATE TABLE IF NOT EXISTS "ce_events" (
     "id" TEXT NOT NULL PRIMARY KEY,
     "type" TEXT NOT NULL,

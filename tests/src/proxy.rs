@@ -214,3 +214,24 @@ async fn pump(
         }
     }
 }
+
+/// A fault proxy in front of the server at `url` (its port, or
+/// `default_port`), and `url` pointed at the proxy (on 127.0.0.1).
+///
+/// # Panics
+/// When `url` does not parse or names no socket address.
+pub async fn through_proxy(url: &str, default_port: u16) -> (std::sync::Arc<FaultProxy>, url::Url) {
+    let u = url::Url::parse(url).expect("url");
+    let host = match u.host_str() {
+        Some("localhost") | None => "127.0.0.1".to_owned(),
+        Some(h) => h.to_owned(),
+    };
+    let upstream = format!("{host}:{}", u.port().unwrap_or(default_port))
+        .parse()
+        .expect("a socket address");
+    let proxy = std::sync::Arc::new(FaultProxy::start(upstream).await);
+    let mut through = u;
+    through.set_host(Some("127.0.0.1")).expect("host");
+    through.set_port(Some(proxy.addr().port())).expect("port");
+    (proxy, through)
+}

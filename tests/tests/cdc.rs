@@ -80,7 +80,10 @@ fn sqlite_url(name: &str) -> String {
 
 /// Settings for a relay on `database_url`, capturing patients and
 /// appointments, with `extra` on top.
-fn settings(database_url: &str, extra: &[(&str, &str)]) -> Result<Settings, data_layer::SettingsError> {
+fn settings(
+    database_url: &str,
+    extra: &[(&str, &str)],
+) -> Result<Settings, data_layer::SettingsError> {
     let mut sources = Sources::isolated()
         .var("DATABASE_URL", database_url)
         .var("DL_CDC__ENTITIES", "patients,appointments")
@@ -97,7 +100,9 @@ async fn layer(database_url: &str, extra: &[(&str, &str)]) -> DataLayer {
     data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts())
         .await
         .unwrap_or_else(|e| panic!("migrate: {e}"));
-    DataLayer::from_settings(settings).await.expect("data layer")
+    DataLayer::from_settings(settings)
+        .await
+        .expect("data layer")
 }
 
 /// The canaries of one run, and a patient holding them.
@@ -148,7 +153,11 @@ impl Canaries {
 /// Writes canaries through every write operation (single and batched,
 /// in and out of a transaction, and a transaction rolled back); returns
 /// the events the feed must hold: (entity, op) in order.
-async fn write_everything(dl: &DataLayer, store: Store, c: &mut Canaries) -> Vec<(&'static str, &'static str)> {
+async fn write_everything(
+    dl: &DataLayer,
+    store: Store,
+    c: &mut Canaries,
+) -> Vec<(&'static str, &'static str)> {
     let patients = dl.repository::<Patient>().await.expect("patients");
     let appointments = dl.repository::<Appointment>().await.expect("appointments");
     let mut expected = Vec::new();
@@ -205,7 +214,11 @@ async fn write_everything(dl: &DataLayer, store: Store, c: &mut Canaries) -> Vec
     let r: Result<(), data_layer::Error> = dl
         .transaction(store, |tx| async move {
             tx.repository::<Patient>().await?.insert(&rolled).await?;
-            Err(data_layer::Error::invalid("patients", None, "rolled back on purpose"))
+            Err(data_layer::Error::invalid(
+                "patients",
+                None,
+                "rolled back on purpose",
+            ))
         })
         .await;
     assert!(r.is_err());
@@ -232,7 +245,10 @@ async fn relay_shows_no_phi(dl: &DataLayer, store: Store, logs: &Logs) {
         .map(|e| serde_json::from_str(e).expect("a CloudEvent"))
         .collect();
     let mut types: Vec<String> = parsed.iter().map(|e| e.ty.clone()).collect();
-    let mut want: Vec<String> = expected.iter().map(|(e, o)| format!("ce.{e}.{o}")).collect();
+    let mut want: Vec<String> = expected
+        .iter()
+        .map(|(e, o)| format!("ce.{e}.{o}"))
+        .collect();
     types.sort();
     want.sort();
     assert_eq!(types, want);
@@ -328,14 +344,26 @@ async fn sqlite_relaying_again_keeps_each_event_once() {
     let mut c = Canaries::new();
     let expected = write_everything(&dl, Store::Sqlite, &mut c).await;
     let first = dl.cdc_relay(Store::Sqlite).await.expect("relay");
-    assert_eq!(first.drain(100).await.expect("drain").emitted, expected.len());
+    assert_eq!(
+        first.drain(100).await.expect("drain").emitted,
+        expected.len()
+    );
     let before = dl.cdc_sink_events(1_000).await.expect("sink");
 
     // Another relay name: another consumer from the start of the feed.
-    let settings = settings(&url, &[("DL_CDC__SINKS", "sqlite"), ("DL_CDC__RELAY", "replay")]).expect("settings");
-    let dl2 = DataLayer::from_settings(settings).await.expect("data layer");
+    let settings = settings(
+        &url,
+        &[("DL_CDC__SINKS", "sqlite"), ("DL_CDC__RELAY", "replay")],
+    )
+    .expect("settings");
+    let dl2 = DataLayer::from_settings(settings)
+        .await
+        .expect("data layer");
     let second = dl2.cdc_relay(Store::Sqlite).await.expect("relay");
-    assert_eq!(second.drain(100).await.expect("drain").emitted, expected.len());
+    assert_eq!(
+        second.drain(100).await.expect("drain").emitted,
+        expected.len()
+    );
     let after = dl.cdc_sink_events(1_000).await.expect("sink");
     assert_eq!(before, after, "the same events, each once");
 
@@ -345,8 +373,16 @@ async fn sqlite_relaying_again_keeps_each_event_once() {
             .as_str()
             .expect("id")
             .to_owned();
-        let mut a = ledger.redaction(first.name(), &id).await.expect("a").expect("first");
-        let mut b = ledger.redaction(second.name(), &id).await.expect("b").expect("second");
+        let mut a = ledger
+            .redaction(first.name(), &id)
+            .await
+            .expect("a")
+            .expect("first");
+        let mut b = ledger
+            .redaction(second.name(), &id)
+            .await
+            .expect("b")
+            .expect("second");
         a.as_object_mut().expect("object").remove("relay");
         b.as_object_mut().expect("object").remove("relay");
         assert_eq!(a, b);
@@ -399,7 +435,11 @@ async fn sqlite_a_record_off_the_schema_is_dead_lettered() {
     assert_eq!((report.emitted, report.dead_lettered), (2, 2), "{report:?}");
     let events = dl.cdc_sink_events(10).await.expect("sink");
     assert_eq!(events.len(), 2);
-    let dead = relay.ledger().dead_letters(relay.name(), 10).await.expect("dead letters");
+    let dead = relay
+        .ledger()
+        .dead_letters(relay.name(), 10)
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 2);
     assert!(dead[0].reason.contains("ssn"), "{dead:?}");
     assert!(dead[1].reason.contains("date_of_birth"), "{dead:?}");
@@ -422,14 +462,20 @@ async fn bad_cdc_settings_are_refused_by_name() {
     // Unknown sink, unknown profile, a batch out of range: refused by the settings.
     for (key, value, named) in [
         ("DL_CDC__SINKS", "kafka", "cdc.sinks"),
-        ("DL_CDC__SINKS", "sqlite,'; DROP TABLE ce_events;--", "cdc.sinks"),
+        (
+            "DL_CDC__SINKS",
+            "sqlite,'; DROP TABLE ce_events;--",
+            "cdc.sinks",
+        ),
         ("DL_CDC__PROFILE", "anonymous", "cdc.profile"),
         ("DL_CDC__BATCH", "0", "cdc.batch"),
         ("DL_CDC__BATCH", "999999999999", "cdc.batch"),
         ("DL_CDC__RELAY", "Robert'); DROP TABLE", "cdc.relay"),
         ("DL_CDC__POLICY_VERSION", "v 1", "cdc.policy_version"),
     ] {
-        let e = settings(&url, &[(key, value)]).expect_err(value).to_string();
+        let e = settings(&url, &[(key, value)])
+            .expect_err(value)
+            .to_string();
         assert!(e.contains(named), "{e}");
     }
 
@@ -444,23 +490,57 @@ async fn bad_cdc_settings_are_refused_by_name() {
     data_layer::migrate::apply(&settings_no_key, &data_layer::migrate::domain_scripts())
         .await
         .expect("migrate");
-    let dl = DataLayer::from_settings(settings_no_key).await.expect("data layer");
-    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("no key").to_string();
-    assert!(e.contains("patients") && e.contains("mrn") && e.contains("privacy.key"), "{e}");
+    let dl = DataLayer::from_settings(settings_no_key)
+        .await
+        .expect("data layer");
+    let e = dl
+        .cdc_relay(Store::Sqlite)
+        .await
+        .expect_err("no key")
+        .to_string();
+    assert!(
+        e.contains("patients") && e.contains("mrn") && e.contains("privacy.key"),
+        "{e}"
+    );
 
     // A profile that forbids a declared rule: named by entity and field.
-    let dl = layer(&url, &[("DL_CDC__SINKS", "sqlite"), ("DL_CDC__PROFILE", "safe_harbor")]).await;
-    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("mask under safe harbor").to_string();
-    assert!(e.contains("patients") && e.contains("given_name") && e.contains("safe_harbor"), "{e}");
+    let dl = layer(
+        &url,
+        &[
+            ("DL_CDC__SINKS", "sqlite"),
+            ("DL_CDC__PROFILE", "safe_harbor"),
+        ],
+    )
+    .await;
+    let e = dl
+        .cdc_relay(Store::Sqlite)
+        .await
+        .expect_err("mask under safe harbor")
+        .to_string();
+    assert!(
+        e.contains("patients") && e.contains("given_name") && e.contains("safe_harbor"),
+        "{e}"
+    );
 
     // No sink; a sink of another store.
     let dl = layer(&url, &[]).await;
-    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("no sink").to_string();
+    let e = dl
+        .cdc_relay(Store::Sqlite)
+        .await
+        .expect_err("no sink")
+        .to_string();
     assert!(e.contains("cdc.sinks"), "{e}");
     let dl = layer(&url, &[("DL_CDC__SINKS", "postgres")]).await;
-    let e = dl.cdc_relay(Store::Sqlite).await.expect_err("postgres sink on sqlite").to_string();
+    let e = dl
+        .cdc_relay(Store::Sqlite)
+        .await
+        .expect_err("postgres sink on sqlite")
+        .to_string();
     assert!(e.contains("cdc.sinks") && e.contains("postgres"), "{e}");
-    assert!(dl.cdc_sink_events(10).await.expect("sink").is_empty(), "nothing emitted");
+    assert!(
+        dl.cdc_sink_events(10).await.expect("sink").is_empty(),
+        "nothing emitted"
+    );
 }
 
 /// Safe Harbor on an entity it can serve (appointments: notes dropped).
@@ -480,11 +560,18 @@ async fn safe_harbor_drops_what_it_must() {
     data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts())
         .await
         .expect("migrate");
-    let dl = DataLayer::from_settings(settings).await.expect("data layer");
+    let dl = DataLayer::from_settings(settings)
+        .await
+        .expect("data layer");
     let mut c = Canaries::new();
     let p = c.patient();
     let a = c.appointment(&p);
-    dl.repository::<Appointment>().await.expect("repo").insert(&a).await.expect("insert");
+    dl.repository::<Appointment>()
+        .await
+        .expect("repo")
+        .insert(&a)
+        .await
+        .expect("insert");
     let relay = dl.cdc_relay(Store::Sqlite).await.expect("relay");
     assert_eq!(relay.drain(10).await.expect("drain").emitted, 1);
     let events = dl.cdc_sink_events(10).await.expect("sink");
@@ -507,7 +594,10 @@ mod live {
         let url = postgres_url();
         let dl = layer(
             url.expose(),
-            &[("DL_CDC__SINKS", "postgres"), ("DL_POSTGRES__SCHEMA", &name)],
+            &[
+                ("DL_CDC__SINKS", "postgres"),
+                ("DL_POSTGRES__SCHEMA", &name),
+            ],
         )
         .await;
         relay_shows_no_phi(&dl, Store::Postgres, logs).await;
@@ -534,7 +624,10 @@ mod live {
         let url = postgres_url();
         let dl = layer(
             url.expose(),
-            &[("DL_CDC__SINKS", "postgres"), ("DL_POSTGRES__SCHEMA", &name)],
+            &[
+                ("DL_CDC__SINKS", "postgres"),
+                ("DL_POSTGRES__SCHEMA", &name),
+            ],
         )
         .await;
         let mut c = Canaries::new();
@@ -558,11 +651,177 @@ mod live {
         let relay = dl.cdc_relay(Store::Postgres).await.expect("relay");
         let report = relay.drain(10).await.expect("drain");
         assert_eq!((report.emitted, report.dead_lettered), (2, 1), "{report:?}");
-        let dead = relay.ledger().dead_letters(relay.name(), 10).await.expect("dead");
+        let dead = relay
+            .ledger()
+            .dead_letters(relay.name(), 10)
+            .await
+            .expect("dead");
         assert!(dead[0].reason.contains("ssn"));
-        let text = format!("{dead:?}\n{}", dl.cdc_sink_events(10).await.expect("sink").join("\n"));
+        let text = format!(
+            "{dead:?}\n{}",
+            dl.cdc_sink_events(10).await.expect("sink").join("\n")
+        );
         assert_no_canary("dead letters and the sink", &text, &c.refs());
         ns.drop_all().await;
     }
 }
 
+/// The relay's settings for a child process: `database_url`, the tests'
+/// key, capture of patients, the sink of `store`, small batches.
+fn relay_env(database_url: &str, sink: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("DATABASE_URL", database_url),
+        ("DL_CDC__ENTITIES", "patients"),
+        ("DL_CDC__SINKS", sink),
+        ("DL_CDC__BATCH", "7"),
+        ("DL_PRIVACY__KEY", KEY),
+        ("DL_PRIVACY__KEY_ID", "test1"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
+/// The relay process killed with SIGKILL 20 times at random points (after
+/// 3 to 60 batches) and restarted, while patients are written and
+/// updated; then relayed to the end in-process. In the sink: every event
+/// of the feed exactly once (counted by id), none more, and per key the
+/// sequence 1, 2, 3, … in the order the rows arrived.
+async fn relay_killed_at_random(
+    dl: DataLayer,
+    store: Store,
+    env: Vec<(String, String)>,
+    proxy: Option<Arc<dl_tests::proxy::FaultProxy>>,
+) {
+    let patients = dl.repository::<Patient>().await.expect("patients");
+    let turns = std::sync::atomic::AtomicUsize::new(0);
+    let rt = tokio::runtime::Handle::current();
+    let writer = Arc::clone(&patients);
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&written);
+    let log = tokio::task::spawn_blocking(move || {
+        dl_tests::feed::kill_writer_rounds(env!("CARGO_BIN_EXE_cdc-relay"), &env, 20, &|| {
+            // A few writes a turn: an insert and two updates of it.
+            rt.block_on(async {
+                let mut c = Canaries::new();
+                let p = c.patient();
+                writer.insert(&p).await.expect("insert");
+                for n in 0..2 {
+                    writer
+                        .update(
+                            &p.id,
+                            &Patch::new().set("given_name", format!("{}{n}", c.take("g")).as_str()),
+                        )
+                        .await
+                        .expect("update");
+                }
+                counter.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+            });
+            // Through the proxy: every connection cut every 20 turns (about
+            // 400 ms); and once, the store unreachable for a while (answers
+            // nothing), then back.
+            if let Some(proxy) = &proxy {
+                let turn = turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if turn % 20 == 19 {
+                    proxy.reset();
+                }
+                if turn == 150 {
+                    proxy.set(dl_tests::proxy::Fault::Blackhole);
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    proxy.set(dl_tests::proxy::Fault::Pass);
+                    proxy.reset();
+                }
+            }
+        })
+    })
+    .await
+    .expect("the relay rounds");
+    assert_eq!(log.kills, 20);
+    let relay = dl.cdc_relay(store).await.expect("relay");
+    relay.drain(100_000).await.expect("drain to the end");
+
+    let feed = dl.feed(store).await.expect("feed");
+    let mut want = std::collections::BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let batch = feed.events_after(after, None, 1_000).await.expect("events");
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        want.extend(batch.iter().map(data_layer::feed::ChangeEvent::id));
+    }
+    let rows = dl.cdc_sink_events(1_000_000).await.expect("sink");
+    let events: Vec<data_layer::cdc::CloudEvent> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r).expect("event"))
+        .collect();
+    let got: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let unique: std::collections::BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(got.len(), unique.len(), "an event twice in the sink");
+    assert_eq!(unique, want, "the sink holds exactly the feed's events");
+    assert_eq!(
+        want.len(),
+        written.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for e in &events {
+        let prev = last.insert(e.subject.as_str(), e.dlseq).unwrap_or(0);
+        assert_eq!(e.dlseq, prev + 1, "per key, 1, 2, 3, … in arrival order");
+    }
+    say(&format!(
+        "cdc relay kill test, {store}: {} kills, {} batches acknowledged, {} events each once in the sink",
+        log.kills,
+        log.outcome.len(),
+        unique.len()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_relay_killed_at_random_keeps_each_event_once() {
+    watch();
+    let url = sqlite_url("kill");
+    let dl = layer(&url, &[("DL_CDC__SINKS", "sqlite")]).await;
+    relay_killed_at_random(dl, Store::Sqlite, relay_env(&url, "sqlite", &[]), None).await;
+}
+
+#[cfg(feature = "integration")]
+mod live_kill {
+    use super::*;
+    use dl_tests::live::{PgNamespaces, postgres_url};
+
+    /// The relay killed at random 20 times, its store (feed, ledger and
+    /// sink) behind a proxy that cuts every connection every 300 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_relay_killed_at_random_through_resets_keeps_each_event_once() {
+        watch();
+        let ns = PgNamespaces::new("cdckill").await;
+        let name = ns.name("kill");
+        let url = postgres_url();
+        let dl = layer(
+            url.expose(),
+            &[
+                ("DL_CDC__SINKS", "postgres"),
+                ("DL_POSTGRES__SCHEMA", &name),
+            ],
+        )
+        .await;
+        let (proxy, through) = dl_tests::proxy::through_proxy(url.expose(), 5432).await;
+        let env = relay_env(
+            through.as_str(),
+            "postgres",
+            &[
+                ("DL_POSTGRES__SCHEMA", &name),
+                ("DL_POSTGRES__MAX_CONNECTIONS", "2"),
+                ("DL_POSTGRES__REQUEST_TIMEOUT", "2s"),
+            ],
+        );
+        relay_killed_at_random(dl, Store::Postgres, env, Some(proxy)).await;
+        ns.drop_all().await;
+    }
+}

@@ -197,28 +197,6 @@ async fn sqlite_feed_shows_no_phi() {
     dl_tests::canary::assert_no_canary("the feed's own SQLite columns", &own.join("\n"), &refs);
 }
 
-/// A fault proxy in front of the server at `url` (its port, or
-/// `default_port`), and `url` pointed at the proxy.
-#[cfg(feature = "integration")]
-async fn through_proxy(
-    url: &str,
-    default_port: u16,
-) -> (Arc<dl_tests::proxy::FaultProxy>, url::Url) {
-    let u = url::Url::parse(url).expect("url");
-    let host = match u.host_str() {
-        Some("localhost") | None => "127.0.0.1".to_owned(),
-        Some(h) => h.to_owned(),
-    };
-    let upstream = format!("{host}:{}", u.port().unwrap_or(default_port))
-        .parse()
-        .expect("a socket address");
-    let proxy = Arc::new(dl_tests::proxy::FaultProxy::start(upstream).await);
-    let mut through = u;
-    through.set_host(Some("127.0.0.1")).expect("host");
-    through.set_port(Some(proxy.addr().port())).expect("port");
-    (proxy, through)
-}
-
 /// [`kill_writers`] while `proxy` cuts every connection every 300 ms.
 #[cfg(feature = "integration")]
 async fn kill_writers_through_resets(
@@ -301,7 +279,7 @@ mod postgres {
     async fn postgres_writers_killed_through_resets_keep_one_event_per_write() {
         let ns = PgNamespaces::new("feedkill").await;
         let backend = backend(&ns, "kill").await;
-        let (proxy, through) = through_proxy(postgres_url().expose(), 5432).await;
+        let (proxy, through) = dl_tests::proxy::through_proxy(postgres_url().expose(), 5432).await;
         let mut env = writer_env(through.as_str());
         env.push(("DL_POSTGRES__SCHEMA".into(), ns.name("kill")));
         env.push(("DL_POSTGRES__MAX_CONNECTIONS".into(), "4".into()));
@@ -453,7 +431,7 @@ mod redis_store {
     async fn redis_writers_killed_through_resets_keep_one_event_per_write() {
         let ns = RedisNamespaces::new("feedkill").await;
         let prefix = ns.namespace();
-        let (proxy, through) = through_proxy(redis_url().expose(), 6379).await;
+        let (proxy, through) = dl_tests::proxy::through_proxy(redis_url().expose(), 6379).await;
         let dir = tempfile::tempdir().expect("temp dir").keep();
         let mut env = writer_env(&format!("sqlite://{}", dir.join("rel.db").display()));
         env.push(("REDIS_URL".into(), through.to_string()));
@@ -575,7 +553,8 @@ mod mongo_store {
     async fn mongo_writers_killed_through_resets_keep_one_event_per_write() {
         let ns = MongoNamespaces::new("feedkill").await;
         let db = ns.migrated().await;
-        let (proxy, mut through) = through_proxy(mongo_url().expose(), 27017).await;
+        let (proxy, mut through) =
+            dl_tests::proxy::through_proxy(mongo_url().expose(), 27017).await;
         through.set_path(&format!("/{db}"));
         let dir = tempfile::tempdir().expect("temp dir").keep();
         let mut env = writer_env(&format!("sqlite://{}", dir.join("rel.db").display()));
