@@ -361,11 +361,17 @@ impl Redactor {
                 continue;
             };
             if value.is_null() {
-                out.insert(f.def.name.to_owned(), Value::Null);
+                // Nothing to redact; a dropped field is left out all the same.
+                let action = if f.action == Action::Drop {
+                    "dropped"
+                } else {
+                    out.insert(f.def.name.to_owned(), Value::Null);
+                    "null"
+                };
                 records.push(FieldRecord {
                     field: f.def.name,
                     rule,
-                    action: "null",
+                    action,
                 });
                 continue;
             }
