@@ -319,6 +319,32 @@ impl SqlSink {
         SqlSink { target }
     }
 
+    /// The event with this id, as JSON text, if the sink holds it.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn event(&self, id: &str) -> Result<Option<String>, Error> {
+        let t = &self.target;
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM {} WHERE \"id\" = $1",
+            if t.store() == Store::Postgres {
+                "\"event\"::text"
+            } else {
+                "\"event\""
+            },
+            t.table("ce_events"),
+        ));
+        match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await,
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await
+            }
+        }
+        .map_err(t.err(Operation::Get))
+    }
+
     /// The events held, as JSON text, in the order they arrived (for tests
     /// and the demo: what analytics sees).
     ///

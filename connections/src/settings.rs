@@ -560,6 +560,17 @@ impl PartialEq for PrivacyKeys {
 impl Eq for PrivacyKeys {}
 
 impl PrivacyKeys {
+    /// Keys with `key` (base64, as `privacy.key` takes it) as the current
+    /// one, under `id`; `None` when the id or the key is not valid.
+    #[must_use]
+    pub fn with_current(id: &str, key: &str) -> Option<Self> {
+        dl_privacy::SecretKey::from_base64(id, key).ok()?;
+        Some(PrivacyKeys {
+            current: Some((id.to_owned(), SecretString::from(key.to_owned()))),
+            previous: Vec::new(),
+        })
+    }
+
     /// Whether a key was configured (else a random key per process is used).
     #[must_use]
     pub fn is_configured(&self) -> bool {

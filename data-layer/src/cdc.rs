@@ -253,6 +253,14 @@ impl DataLayer {
         SqlSink::new(self.sql_target()?.clone()).events(limit).await
     }
 
+    /// One event of the relational store's analytics sink, by its id.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn cdc_sink_event(&self, id: &str) -> Result<Option<String>, Error> {
+        SqlSink::new(self.sql_target()?.clone()).event(id).await
+    }
+
     /// The relay's ledger in the relational store (redaction records, dead
     /// letters, checkpoints).
     ///

@@ -38,6 +38,13 @@ fn demo_runs_on_a_fresh_folder_with_no_services() {
         "{stdout}"
     );
     assert!(dir.path().join("data/data-layer.db").is_file());
+    // CDC: the relay's redacted event and its record.
+    assert!(
+        stdout.contains("cdc: relay `demo_sqlite` delivered")
+            && stdout.contains("\"type\": \"ce.patients.created\"")
+            && stdout.contains("mrn            rule hash       -> tokenized"),
+        "{stdout}"
+    );
     // The demo's fake PHI never reaches the output.
     for phi in [
         "Testperson",
@@ -56,6 +63,11 @@ fn demo_runs_on_a_fresh_folder_with_no_services() {
     let (stdout, _) = text(&again);
     assert!(again.status.success());
     assert!(stdout.contains("(24 in the store"), "{stdout}");
+    // The second run's relay delivers this run's events only.
+    assert!(
+        stdout.contains("cdc: relay `demo_sqlite` delivered 37 events"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -80,6 +80,15 @@ pub enum KeyError {
     NotBase64,
 }
 
+/// A new random key as settings take it (`privacy.key`): base64 of 32
+/// bytes from the operating system's generator, like
+/// `openssl rand -base64 32`.
+#[must_use]
+pub fn new_key_text() -> String {
+    let bytes = <[u8; 32]>::generate();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// A secret key with its id.
 pub struct SecretKey {
     id: String,

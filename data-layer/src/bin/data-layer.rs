@@ -555,6 +555,24 @@ async fn demo(mut settings: Settings) -> anyhow::Result<()> {
     if settings.cdc.entities.is_empty() {
         settings.cdc.entities = vec!["patients".into(), "appointments".into()];
     }
+    // CDC into analytics: the relational store's feed into its own
+    // analytics table, under the demo's relay name. Tokens need a key: a
+    // random one for this run when privacy.key is unset.
+    if settings.cdc.sinks.is_empty() {
+        settings.cdc.sinks = vec![match settings.database_url {
+            data_layer::connections::DatabaseUrl::Postgres(_) => "postgres".into(),
+            _ => "sqlite".into(),
+        }];
+        settings.cdc.relay = "demo".into();
+    }
+    let demo_key = !settings.privacy.is_configured();
+    if demo_key {
+        if let Some(k) =
+            data_layer::connections::PrivacyKeys::with_current("demo", &dl_privacy_key_text())
+        {
+            settings.privacy = k;
+        }
+    }
     // The built-in clinical schema, as `data-layer migrate up` would apply
     // it from migrations/ (repositories never create tables themselves).
     let runs =
@@ -875,6 +893,55 @@ async fn demo(mut settings: Settings) -> anyhow::Result<()> {
         feed.unregister(reader.name()).await?;
     }
 
+    // CDC: the relay redacts each change by the schema's rules and
+    // delivers it to analytics as a CloudEvent, with a record of what it
+    // redacted (never a value).
+    if feed_start.is_some() {
+        let relay = dl.cdc_relay(store).await?;
+        let report = relay.drain(10_000).await?;
+        out!(
+            "  cdc: relay `{}` delivered {} events to the {} analytics table ({} dead-lettered), profile {}{}",
+            relay.name(),
+            report.emitted,
+            relay.sinks()[0].sink().name(),
+            report.dead_lettered,
+            dl.settings().cdc.profile,
+            if demo_key {
+                " (privacy.key unset: tokens from a random key of this run)"
+            } else {
+                ""
+            }
+        );
+        let last = dl
+            .feed(store)
+            .await?
+            .events_after(feed_start.unwrap_or(0), Some("patients"), 10_000)
+            .await?
+            .into_iter()
+            .rfind(|e| e.op == data_layer::feed::ChangeOp::Created);
+        if let Some(e) = last {
+            if let Some(seen) = dl.cdc_sink_event(&e.id()).await? {
+                let v: serde_json::Value = serde_json::from_str(&seen)?;
+                out!("  what analytics sees of a new patient:");
+                for line in serde_json::to_string_pretty(&v)?.lines() {
+                    out!("    {line}");
+                }
+            }
+            if let Some(record) = dl.cdc_ledger()?.redaction(relay.name(), &e.id()).await? {
+                out!("  its redaction record (kept beside the relay's checkpoint):");
+                for f in record["fields"].as_array().into_iter().flatten() {
+                    out!(
+                        "    {:<14} rule {:<10} -> {}",
+                        f["field"].as_str().unwrap_or(""),
+                        f["rule"].as_str().unwrap_or(""),
+                        f["action"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        relay.feed().unregister(relay.name()).await?;
+    }
+
     let total = patients
         .count(&Filter::prefix("mrn", format!("DEMO-{run}-")))
         .await?;
@@ -884,6 +951,11 @@ async fn demo(mut settings: Settings) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// A random key for a demo run (base64 of 32 random bytes).
+fn dl_privacy_key_text() -> String {
+    data_layer::privacy::new_key_text()
 }
 
 fn short(id: Uuid) -> String {
