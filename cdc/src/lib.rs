@@ -36,6 +36,8 @@
 
 pub mod envelope;
 pub mod ledger;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod redact;
 pub mod relay;
 pub mod sink;

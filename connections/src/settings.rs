@@ -116,7 +116,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 22] = [
+const BASE_KEYS: [KeySpec; 26] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -255,7 +255,35 @@ const BASE_KEYS: [KeySpec; 22] = [
         env: "DL_CDC__SINKS",
         kind: Kind::Names,
         default: Some(""),
-        doc: "Where the CDC relay delivers redacted events: any of sqlite, postgres (the relational store's ce_events table); empty: no relay.",
+        doc: "Where the CDC relay delivers redacted events: any of sqlite, postgres (the relational store's ce_events table), nats (JetStream, cdc.nats_url); empty: no relay.",
+    },
+    KeySpec {
+        key: "cdc.nats_url",
+        env: "DL_CDC__NATS_URL",
+        kind: Kind::Url(&["nats", "tls"]),
+        default: None,
+        doc: "The NATS server of the nats sink (nats://host:4222).",
+    },
+    KeySpec {
+        key: "cdc.nats_stream",
+        env: "DL_CDC__NATS_STREAM",
+        kind: Kind::Name,
+        default: Some("dl_ce"),
+        doc: "The JetStream stream of the nats sink (made on first use when missing).",
+    },
+    KeySpec {
+        key: "cdc.nats_subject_root",
+        env: "DL_CDC__NATS_SUBJECT_ROOT",
+        kind: Kind::Name,
+        default: Some("ce"),
+        doc: "The first token of the nats sink's subjects: <root>.<entity>.<op>.",
+    },
+    KeySpec {
+        key: "cdc.nats_duplicate_window",
+        env: "DL_CDC__NATS_DUPLICATE_WINDOW",
+        kind: Kind::Duration,
+        default: Some("10m"),
+        doc: "How long the nats sink's stream remembers event ids to drop a duplicate (longer than any relay restart).",
     },
     KeySpec {
         key: "cdc.relay",
@@ -516,6 +544,14 @@ pub struct CdcSettings {
     pub relay: String,
     /// Events per relay batch (1 to 5,000).
     pub batch: u32,
+    /// The nats sink's server.
+    pub nats_url: Option<SecretUrl>,
+    /// The nats sink's stream.
+    pub nats_stream: String,
+    /// The first token of the nats sink's subjects.
+    pub nats_subject_root: String,
+    /// The nats sink's duplicate window.
+    pub nats_duplicate_window: Duration,
 }
 
 /// The privacy keys from settings (`privacy.key`, `privacy.key_id`,
@@ -1167,9 +1203,13 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
             retention: p.duration("cdc.retention")?,
             profile: p.one_of("cdc.profile", &["safe_harbor", "pseudonymous"])?,
             policy_version: p.name("cdc.policy_version")?,
-            sinks: p.names_of("cdc.sinks", &["sqlite", "postgres"])?,
+            sinks: p.names_of("cdc.sinks", &["sqlite", "postgres", "nats"])?,
             relay: p.name("cdc.relay")?,
             batch: p.count("cdc.batch")?,
+            nats_url: p.url("cdc.nats_url")?,
+            nats_stream: p.name("cdc.nats_stream")?,
+            nats_subject_root: p.name("cdc.nats_subject_root")?,
+            nats_duplicate_window: p.duration("cdc.nats_duplicate_window")?,
         },
         sqlite: p.pool("sqlite")?,
         postgres: p.pool("postgres")?,

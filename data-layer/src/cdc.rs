@@ -140,32 +140,38 @@ impl DataLayer {
         .map(Arc::new)
     }
 
-    /// The sinks of `cdc.sinks`, each behind its store's guard.
-    fn cdc_sinks(&self) -> Result<Vec<GuardedSink>, Error> {
+    /// The sinks of `cdc.sinks`, each behind its store's guard (the nats
+    /// sink behind a guard with the relational store's deadline, breaker
+    /// and retry settings).
+    async fn cdc_sinks(&self) -> Result<Vec<GuardedSink>, Error> {
         let target = self.sql_target()?;
+        let cdc = &self.settings.cdc;
         let mut out = Vec::new();
-        for name in &self.settings.cdc.sinks {
-            let store = match name.as_str() {
-                "sqlite" => Store::Sqlite,
-                "postgres" => Store::Postgres,
+        for name in &cdc.sinks {
+            let (store, sink): (Store, Arc<dyn Sink>) = match name.as_str() {
+                "sqlite" | "postgres" => {
+                    let store = if name == "sqlite" { Store::Sqlite } else { Store::Postgres };
+                    if target.store() != store {
+                        return Err(cdc_invalid(
+                            "cdc.sinks",
+                            format!(
+                                "the {name} sink writes the relational store's ce_events, but DATABASE_URL is {}",
+                                target.store()
+                            ),
+                        ));
+                    }
+                    (store, Arc::new(SqlSink::new(target.clone())))
+                }
+                "nats" => (Store::Nats, self.nats_sink().await?),
                 _ => {
                     return Err(cdc_invalid(
                         "cdc.sinks",
-                        "an unknown sink (expected sqlite or postgres)",
+                        "an unknown sink (expected sqlite, postgres or nats)",
                     ));
                 }
             };
-            if target.store() != store {
-                return Err(cdc_invalid(
-                    "cdc.sinks",
-                    format!(
-                        "the {name} sink writes the relational store's ce_events, but DATABASE_URL is {}",
-                        target.store()
-                    ),
-                ));
-            }
-            let (deadline, breaker, retry) = crate::guard_settings(store, &self.settings);
-            let sink: Arc<dyn Sink> = Arc::new(SqlSink::new(target.clone()));
+            let guard_store = if store == Store::Nats { target.store() } else { store };
+            let (deadline, breaker, retry) = crate::guard_settings(guard_store, &self.settings);
             out.push(GuardedSink::new(
                 sink,
                 Arc::new(Guard::new(store, deadline, breaker, retry)),
@@ -174,10 +180,41 @@ impl DataLayer {
         if out.is_empty() {
             return Err(cdc_invalid(
                 "cdc.sinks",
-                "no sink is configured: set cdc.sinks (sqlite, postgres)",
+                "no sink is configured: set cdc.sinks (sqlite, postgres, nats)",
             ));
         }
         Ok(out)
+    }
+
+    /// The nats sink of the settings.
+    #[cfg(feature = "nats")]
+    async fn nats_sink(&self) -> Result<Arc<dyn Sink>, Error> {
+        let cdc = &self.settings.cdc;
+        let Some(url) = &cdc.nats_url else {
+            return Err(cdc_invalid(
+                "cdc.nats_url",
+                "the nats sink needs cdc.nats_url (nats://host:4222)",
+            ));
+        };
+        let (deadline, ..) = crate::guard_settings(self.relational.store(), &self.settings);
+        let options = dl_cdc::nats::NatsOptions {
+            stream: cdc.nats_stream.clone(),
+            subject_root: cdc.nats_subject_root.clone(),
+            duplicate_window: cdc.nats_duplicate_window,
+            ..dl_cdc::nats::NatsOptions::default()
+        };
+        Ok(Arc::new(
+            dl_cdc::nats::NatsSink::connect(url.expose(), options, deadline).await?,
+        ))
+    }
+
+    #[cfg(not(feature = "nats"))]
+    #[allow(clippy::unused_async)]
+    async fn nats_sink(&self) -> Result<Arc<dyn Sink>, Error> {
+        Err(cdc_invalid(
+            "cdc.sinks",
+            "the nats sink is not built in: enable data-layer's `nats` feature",
+        ))
     }
 
     /// The relay of `store`'s feed into the sinks of `cdc.sinks`, named
@@ -190,7 +227,7 @@ impl DataLayer {
     /// batch registers its feed consumer.
     pub async fn cdc_relay(&self, store: Store) -> Result<Relay, Error> {
         let redactor = self.cdc_redactor()?;
-        let sinks = self.cdc_sinks()?;
+        let sinks = self.cdc_sinks().await?;
         let ledger: Arc<dyn Ledger> = Arc::new(SqlLedger::new(self.sql_target()?.clone()));
         let feed = self.feed(store).await?;
         let name = format!("{}_{}", self.settings.cdc.relay, store.name());
