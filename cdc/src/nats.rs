@@ -95,7 +95,11 @@ impl NatsSink {
     /// # Errors
     /// `Invalid` naming `cdc.nats_stream` or `cdc.nats_subject_root` for a
     /// bad name; `Unavailable` when the URL cannot be used.
-    pub async fn connect(url: &str, options: NatsOptions, timeout: Duration) -> Result<Self, Error> {
+    pub async fn connect(
+        url: &str,
+        options: NatsOptions,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         if !valid_stream(&options.stream) {
             return Err(Error::invalid(
                 "cdc",
@@ -139,7 +143,12 @@ impl NatsSink {
                         ..stream::Config::default()
                     })
                     .await
-                    .map_err(|e| unavailable(format!("cannot open the JetStream stream: {}", e.kind()), true))
+                    .map_err(|e| {
+                        unavailable(
+                            format!("cannot open the JetStream stream: {}", e.kind()),
+                            true,
+                        )
+                    })
             })
             .await
     }
@@ -148,7 +157,11 @@ impl NatsSink {
     /// the root is `ce`).
     #[must_use]
     pub fn subject(&self, event: &Redacted) -> String {
-        let rest = event.event.ty.strip_prefix("ce.").unwrap_or(&event.event.ty);
+        let rest = event
+            .event
+            .ty
+            .strip_prefix("ce.")
+            .unwrap_or(&event.event.ty);
         format!("{}.{rest}", self.options.subject_root)
     }
 
@@ -157,7 +170,11 @@ impl NatsSink {
     ///
     /// # Errors
     /// `Unavailable` when the stream cannot be read.
-    pub async fn messages(&self, first: u64, limit: usize) -> Result<Vec<(u64, String, String)>, Error> {
+    pub async fn messages(
+        &self,
+        first: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, Error> {
         let mut stream = self.stream().await?.clone();
         let last = stream
             .info()
@@ -213,8 +230,9 @@ impl Sink for NatsSink {
             acks.push(ack);
         }
         for ack in acks {
-            ack.await
-                .map_err(|err| unavailable(format!("publish acknowledgement: {}", err.kind()), true))?;
+            ack.await.map_err(|err| {
+                unavailable(format!("publish acknowledgement: {}", err.kind()), true)
+            })?;
         }
         Ok(())
     }

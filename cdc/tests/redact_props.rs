@@ -97,7 +97,7 @@ fn value(def: &FieldDef, canary: &str, seed: u64, null: bool) -> Value {
         FieldType::Text => json!(format!("public-{seed}")),
         FieldType::Int => json!(i64::try_from(seed % 200).unwrap_or(0)),
         FieldType::Float => json!(f64::from(u32::try_from(seed % 2000).unwrap_or(0)) / 10.0),
-        FieldType::Bool => json!(seed % 2 == 0),
+        FieldType::Bool => json!(seed.is_multiple_of(2)),
         FieldType::Date => json!(format!(
             "19{:02}-0{}-1{}",
             seed % 100,

@@ -150,7 +150,11 @@ impl DataLayer {
         for name in &cdc.sinks {
             let (store, sink): (Store, Arc<dyn Sink>) = match name.as_str() {
                 "sqlite" | "postgres" => {
-                    let store = if name == "sqlite" { Store::Sqlite } else { Store::Postgres };
+                    let store = if name == "sqlite" {
+                        Store::Sqlite
+                    } else {
+                        Store::Postgres
+                    };
                     if target.store() != store {
                         return Err(cdc_invalid(
                             "cdc.sinks",
@@ -170,7 +174,11 @@ impl DataLayer {
                     ));
                 }
             };
-            let guard_store = if store == Store::Nats { target.store() } else { store };
+            let guard_store = if store == Store::Nats {
+                target.store()
+            } else {
+                store
+            };
             let (deadline, breaker, retry) = crate::guard_settings(guard_store, &self.settings);
             out.push(GuardedSink::new(
                 sink,

@@ -566,12 +566,11 @@ async fn demo(mut settings: Settings) -> anyhow::Result<()> {
         settings.cdc.relay = "demo".into();
     }
     let demo_key = !settings.privacy.is_configured();
-    if demo_key {
-        if let Some(k) =
+    if demo_key
+        && let Some(k) =
             data_layer::connections::PrivacyKeys::with_current("demo", &dl_privacy_key_text())
-        {
-            settings.privacy = k;
-        }
+    {
+        settings.privacy = k;
     }
     // The built-in clinical schema, as `data-layer migrate up` would apply
     // it from migrations/ (repositories never create tables themselves).
@@ -893,53 +892,8 @@ async fn demo(mut settings: Settings) -> anyhow::Result<()> {
         feed.unregister(reader.name()).await?;
     }
 
-    // CDC: the relay redacts each change by the schema's rules and
-    // delivers it to analytics as a CloudEvent, with a record of what it
-    // redacted (never a value).
-    if feed_start.is_some() {
-        let relay = dl.cdc_relay(store).await?;
-        let report = relay.drain(10_000).await?;
-        out!(
-            "  cdc: relay `{}` delivered {} events to the {} analytics table ({} dead-lettered), profile {}{}",
-            relay.name(),
-            report.emitted,
-            relay.sinks()[0].sink().name(),
-            report.dead_lettered,
-            dl.settings().cdc.profile,
-            if demo_key {
-                " (privacy.key unset: tokens from a random key of this run)"
-            } else {
-                ""
-            }
-        );
-        let last = dl
-            .feed(store)
-            .await?
-            .events_after(feed_start.unwrap_or(0), Some("patients"), 10_000)
-            .await?
-            .into_iter()
-            .rfind(|e| e.op == data_layer::feed::ChangeOp::Created);
-        if let Some(e) = last {
-            if let Some(seen) = dl.cdc_sink_event(&e.id()).await? {
-                let v: serde_json::Value = serde_json::from_str(&seen)?;
-                out!("  what analytics sees of a new patient:");
-                for line in serde_json::to_string_pretty(&v)?.lines() {
-                    out!("    {line}");
-                }
-            }
-            if let Some(record) = dl.cdc_ledger()?.redaction(relay.name(), &e.id()).await? {
-                out!("  its redaction record (kept beside the relay's checkpoint):");
-                for f in record["fields"].as_array().into_iter().flatten() {
-                    out!(
-                        "    {:<14} rule {:<10} -> {}",
-                        f["field"].as_str().unwrap_or(""),
-                        f["rule"].as_str().unwrap_or(""),
-                        f["action"].as_str().unwrap_or("")
-                    );
-                }
-            }
-        }
-        relay.feed().unregister(relay.name()).await?;
+    if let Some(start) = feed_start {
+        demo_cdc(&dl, store, start, demo_key).await?;
     }
 
     let total = patients
@@ -950,6 +904,71 @@ async fn demo(mut settings: Settings) -> anyhow::Result<()> {
         "done in {} ms: {total} patients written by this run ({all_rows} in the store, earlier runs included)",
         started.elapsed().as_millis()
     );
+    Ok(())
+}
+
+/// The demo's CDC step: the relay redacts each change by the schema's
+/// rules and delivers it to analytics as a CloudEvent, with a record of
+/// what it redacted (never a value).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn demo_cdc(
+    dl: &DataLayer,
+    store: data_layer::Store,
+    start: u64,
+    demo_key: bool,
+) -> anyhow::Result<()> {
+    // CDC: the relay redacts each change by the schema's rules and
+    // delivers it to analytics as a CloudEvent, with a record of what it
+    // redacted (never a value).
+    let relay = dl.cdc_relay(store).await?;
+    let report = relay.drain(10_000).await?;
+    out!(
+        "  cdc: relay `{}` delivered {} events to the {} analytics table ({} dead-lettered), profile {}{}",
+        relay.name(),
+        report.emitted,
+        relay.sinks()[0].sink().name(),
+        report.dead_lettered,
+        dl.settings().cdc.profile,
+        if demo_key {
+            " (privacy.key unset: tokens from a random key of this run)"
+        } else {
+            ""
+        }
+    );
+    let last = dl
+        .feed(store)
+        .await?
+        .events_after(start, Some("patients"), 10_000)
+        .await?
+        .into_iter()
+        .rfind(|e| e.op == data_layer::feed::ChangeOp::Created);
+    if let Some(e) = last {
+        if let Some(seen) = dl.cdc_sink_event(&e.id()).await? {
+            let v: serde_json::Value = serde_json::from_str(&seen)?;
+            out!("  what analytics sees of a new patient:");
+            for line in serde_json::to_string_pretty(&v)?.lines() {
+                out!("    {line}");
+            }
+        }
+        if let Some(record) = dl.cdc_ledger()?.redaction(relay.name(), &e.id()).await? {
+            out!("  its redaction record (kept beside the relay's checkpoint):");
+            for f in record["fields"].as_array().into_iter().flatten() {
+                out!(
+                    "    {:<14} rule {:<10} -> {}",
+                    f["field"].as_str().unwrap_or(""),
+                    f["rule"].as_str().unwrap_or(""),
+                    f["action"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    relay.feed().unregister(relay.name()).await?;
+    Ok(())
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+#[allow(clippy::unused_async)]
+async fn demo_cdc(_: &DataLayer, _: data_layer::Store, _: u64, _: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
