@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test stack: PostgreSQL, Redis, MongoDB (SecantusDB's secantusd-rs) and
-# ScyllaDB (the CQL test server of tests/, on the kassandra engine).
+# The test stack: PostgreSQL, Redis, MongoDB (SecantusDB's secantusd-rs),
+# ScyllaDB (the CQL test server of tests/, on the kassandra engine) and NATS
+# with JetStream (the CDC relay's event-bus sink).
 #
 #   scripts/stack.sh up       bring every store up, wait until each answers,
 #                             write .env.test, say what runs where
@@ -13,7 +14,9 @@
 # started when installed but stopped, installed from Debian's packages when
 # absent; MongoDB is SecantusDB's secantusd-rs, built once with cargo install
 # and reused; ScyllaDB is the CQL test server built from this workspace
-# (cargo build -p dl-tests --bin cql-test-server). Data and logs live in
+# (cargo build -p dl-tests --bin cql-test-server); NATS is used as it is
+# when a server with JetStream answers on 127.0.0.1:4222, else Debian's
+# nats-server is installed and started with -js. Data and logs live in
 # .stack/ (git-ignored).
 set -euo pipefail
 
@@ -28,6 +31,7 @@ MONGO_PORT=27017
 MONGO_URL_DEFAULT="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
 SECANTUS_VERSION="0.5.3-beta.196"
 SCYLLA_PORT=9042
+NATS_PORT=4222
 
 say() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
@@ -170,6 +174,31 @@ scylla_up() {
   SCYLLA_LWT=false
 }
 
+# The server's INFO line, when a NATS server answers on the port.
+nats_info() {
+  local line
+  exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT" || return 1
+  IFS= read -r -t 5 line <&3 || { exec 3>&- 3<&-; return 1; }
+  exec 3>&- 3<&-
+  printf '%s' "$line"
+}
+nats_answers() { nats_info | grep -q '"jetstream":true'; }
+
+nats_up() {
+  if port_open 127.0.0.1 "$NATS_PORT"; then
+    nats_answers || die "nats: a server answers on 127.0.0.1:$NATS_PORT without JetStream; restart it with -js"
+    say "nats: answering with JetStream on 127.0.0.1:$NATS_PORT (used as it is)"
+  else
+    command -v nats-server >/dev/null || apt_install nats-server
+    say "nats: starting nats-server -js on 127.0.0.1:$NATS_PORT (store in .stack/nats)"
+    mkdir -p "$STATE/nats"
+    nohup nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$STATE/nats" >"$STATE/nats.log" 2>&1 &
+    echo $! > "$STATE/nats.pid"
+    wait_for "nats" 30 nats_answers
+  fi
+  NATS_URL="nats://127.0.0.1:$NATS_PORT"
+}
+
 # ---------------------------------------------------------------- commands
 write_env() {
   cat > "$ROOT/.env.test" <<EOF
@@ -180,6 +209,7 @@ TEST_MONGODB_URI=$MONGO_URL
 TEST_SCYLLA_URI=$SCYLLA_URI
 # Lightweight transactions: true for ScyllaDB, false for the CQL test server.
 TEST_SCYLLA_LWT=$SCYLLA_LWT
+TEST_NATS_URL=$NATS_URL
 EOF
 }
 
@@ -193,11 +223,13 @@ up() {
     MONGO_URL="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
     SCYLLA_URI=127.0.0.1:$SCYLLA_PORT
     SCYLLA_LWT=true
+    NATS_URL="nats://127.0.0.1:$NATS_PORT"
   else
     postgres_up
     redis_up
     mongo_up
     scylla_up
+    nats_up
   fi
   # The restart fault test runs a private redis-server on its own port.
   command -v redis-server >/dev/null || apt_install redis-server
@@ -221,6 +253,10 @@ down() {
     kill "$(cat "$STATE/redis.pid")" 2>/dev/null && say "redis: stopped" || true
     rm -f "$STATE/redis.ours" "$STATE/redis.pid"
   fi
+  if [ -f "$STATE/nats.pid" ]; then
+    kill "$(cat "$STATE/nats.pid")" 2>/dev/null && say "nats: stopped" || true
+    rm -f "$STATE/nats.pid"
+  fi
 }
 
 status() {
@@ -228,6 +264,7 @@ status() {
   redis_answers "${TEST_REDIS_URL:-$REDIS_URL_DEFAULT}" && say "redis: up" || say "redis: down"
   port_open 127.0.0.1 "$MONGO_PORT" && say "mongo: up" || say "mongo: down"
   port_open 127.0.0.1 "$SCYLLA_PORT" && say "scylla: up" || say "scylla: down"
+  nats_answers && say "nats: up (JetStream)" || say "nats: down"
 }
 
 case "${1:-}" in

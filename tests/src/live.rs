@@ -24,6 +24,27 @@ pub fn postgres_url() -> SecretUrl {
     SecretUrl::parse(&raw).unwrap_or_else(|()| panic!("TEST_POSTGRES_URL is not a URL"))
 }
 
+/// The NATS (JetStream) URL of the test stack: `TEST_NATS_URL`, else the
+/// stack's default.
+#[must_use]
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A NATS stream and subject root of one test (`dlt_<tag>_<8 hex>`),
+/// deleted by [`drop_nats_stream`].
+#[must_use]
+pub fn nats_namespace(tag: &str) -> String {
+    unique_prefix(tag)
+}
+
+/// Deletes the stream `name` (a test's).
+pub async fn drop_nats_stream(name: &str) {
+    if let Ok(client) = async_nats::connect(nats_url()).await {
+        let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+    }
+}
+
 /// Pool settings for tests: the defaults with a small pool.
 #[must_use]
 pub fn test_pool(max: u32) -> PoolSettings {

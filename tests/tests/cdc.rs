@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{NaiveDate, Utc};
 use data_layer::models::domain::{Appointment, Patient, PatientStatus};
 use data_layer::{DataLayer, Patch, Settings, Sources, Store};
+use dl_cdc::Sink as _;
 use dl_tests::canary::{assert_error_clean, assert_no_canary, canary};
 
 /// The tests' privacy key (32 bytes of 0x5a, as the other tests use).
@@ -612,6 +613,66 @@ mod live {
         .expect("dump");
         own_tables_clean(&own.join("\n"));
         ns.drop_all().await;
+    }
+
+    /// The NATS sink beside the SQLite one: the same events, each once,
+    /// on `<root>.<entity>.<op>` with its id as `Nats-Msg-Id`; no canary
+    /// in any message, id or subject; relaying again publishes duplicates
+    /// the stream drops.
+    #[tokio::test(flavor = "current_thread")]
+    async fn nats_sink_gets_each_event_once_and_no_phi() {
+        let logs = watch();
+        let ns = dl_tests::live::nats_namespace("cdcnats");
+        let url = sqlite_url("nats");
+        let nats = dl_tests::live::nats_url();
+        let extra = [
+            ("DL_CDC__SINKS", "sqlite,nats"),
+            ("DL_CDC__NATS_URL", nats.as_str()),
+            ("DL_CDC__NATS_STREAM", ns.as_str()),
+            ("DL_CDC__NATS_SUBJECT_ROOT", ns.as_str()),
+        ];
+        let dl = layer(&url, &extra).await;
+        relay_shows_no_phi(&dl, Store::Sqlite, logs).await;
+        let sink = dl_cdc::nats::NatsSink::connect(
+            &nats,
+            dl_cdc::nats::NatsOptions {
+                stream: ns.clone(),
+                subject_root: ns.clone(),
+                ..dl_cdc::nats::NatsOptions::default()
+            },
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("nats");
+        let messages = sink.messages(1, 10_000).await.expect("messages");
+        let sql = dl.cdc_sink_events(1_000).await.expect("sink");
+        assert_eq!(messages.len(), sql.len(), "the same events in both sinks");
+        for ((_, id, payload), row) in messages.iter().zip(&sql) {
+            assert_eq!(payload, row, "the same event, in the same order");
+            let e: data_layer::cdc::CloudEvent = serde_json::from_str(payload).expect("event");
+            assert_eq!(id, &e.id, "Nats-Msg-Id is the event id");
+        }
+        let text: String = messages
+            .iter()
+            .map(|(s, id, p)| format!("{s} {id} {p}\n"))
+            .collect();
+        assert_no_canary("the NATS messages", &text, &["CANARY-"]);
+
+        // Relayed again (another relay name): the stream drops every
+        // duplicate within its window.
+        let mut again = extra.to_vec();
+        again.push(("DL_CDC__RELAY", "again"));
+        let dl2 = DataLayer::from_settings(settings(&url, &again).expect("settings"))
+            .await
+            .expect("data layer");
+        let second = dl2.cdc_relay(Store::Sqlite).await.expect("relay");
+        assert_eq!(second.drain(100).await.expect("drain").emitted, sql.len());
+        assert_eq!(sink.count().await.expect("count"), Some(sql.len() as u64));
+        say(&format!(
+            "cdc nats sink: {} messages, each once after relaying twice",
+            messages.len()
+        ));
+        dl_tests::live::drop_nats_stream(&ns).await;
     }
 
     /// A record off the schema written into the outbox by hand (psql):
