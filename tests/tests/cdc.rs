@@ -759,6 +759,7 @@ async fn relay_killed_at_random(
     store: Store,
     env: Vec<(String, String)>,
     proxy: Option<Arc<dl_tests::proxy::FaultProxy>>,
+    nats_stream: Option<&str>,
 ) {
     let patients = dl.repository::<Patient>().await.expect("patients");
     let turns = std::sync::atomic::AtomicUsize::new(0);
@@ -841,6 +842,39 @@ async fn relay_killed_at_random(
         log.outcome.len(),
         unique.len()
     ));
+    #[cfg(feature = "integration")]
+    if let Some(stream) = nats_stream {
+        let sink = dl_cdc::nats::NatsSink::connect(
+            &dl_tests::live::nats_url(),
+            dl_cdc::nats::NatsOptions {
+                stream: stream.to_owned(),
+                subject_root: stream.to_owned(),
+                ..dl_cdc::nats::NatsOptions::default()
+            },
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("nats");
+        let messages = sink.messages(1, 1_000_000).await.expect("messages");
+        let ids: Vec<&str> = messages.iter().map(|(_, id, _)| id.as_str()).collect();
+        let once: std::collections::BTreeSet<String> =
+            ids.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(ids.len(), once.len(), "a message twice in the stream");
+        assert_eq!(once, want, "the stream holds exactly the feed's events");
+        let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        for (_, _, payload) in &messages {
+            let e: data_layer::cdc::CloudEvent = serde_json::from_str(payload).expect("event");
+            let prev = last.insert(e.subject.clone(), e.dlseq).unwrap_or(0);
+            assert_eq!(e.dlseq, prev + 1, "per key, 1, 2, 3, … in stream order");
+        }
+        say(&format!(
+            "cdc relay kill test, nats: {} messages, each event once, per-key order kept",
+            messages.len()
+        ));
+        dl_tests::live::drop_nats_stream(stream).await;
+    }
+    #[cfg(not(feature = "integration"))]
+    let _ = nats_stream;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,7 +882,14 @@ async fn sqlite_relay_killed_at_random_keeps_each_event_once() {
     watch();
     let url = sqlite_url("kill");
     let dl = layer(&url, &[("DL_CDC__SINKS", "sqlite")]).await;
-    relay_killed_at_random(dl, Store::Sqlite, relay_env(&url, "sqlite", &[]), None).await;
+    relay_killed_at_random(
+        dl,
+        Store::Sqlite,
+        relay_env(&url, "sqlite", &[]),
+        None,
+        None,
+    )
+    .await;
 }
 
 #[cfg(feature = "integration")]
@@ -857,32 +898,36 @@ mod live_kill {
     use dl_tests::live::{PgNamespaces, postgres_url};
 
     /// The relay killed at random 20 times, its store (feed, ledger and
-    /// sink) behind a proxy that cuts every connection every 300 ms.
+    /// sink) behind a proxy that cuts every connection every 400 ms or so
+    /// and once answers nothing for 2 s; its sinks PostgreSQL and NATS.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_relay_killed_at_random_through_resets_keeps_each_event_once() {
         watch();
         let ns = PgNamespaces::new("cdckill").await;
         let name = ns.name("kill");
         let url = postgres_url();
-        let dl = layer(
-            url.expose(),
-            &[
-                ("DL_CDC__SINKS", "postgres"),
-                ("DL_POSTGRES__SCHEMA", &name),
-            ],
-        )
-        .await;
+        let nats = dl_tests::live::nats_url();
+        let stream = dl_tests::live::nats_namespace("cdckill");
+        let nats_settings = [
+            ("DL_CDC__NATS_URL", nats.as_str()),
+            ("DL_CDC__NATS_STREAM", stream.as_str()),
+            ("DL_CDC__NATS_SUBJECT_ROOT", stream.as_str()),
+        ];
+        let mut mine = vec![
+            ("DL_CDC__SINKS", "postgres,nats"),
+            ("DL_POSTGRES__SCHEMA", name.as_str()),
+        ];
+        mine.extend(nats_settings);
+        let dl = layer(url.expose(), &mine).await;
         let (proxy, through) = dl_tests::proxy::through_proxy(url.expose(), 5432).await;
-        let env = relay_env(
-            through.as_str(),
-            "postgres",
-            &[
-                ("DL_POSTGRES__SCHEMA", &name),
-                ("DL_POSTGRES__MAX_CONNECTIONS", "2"),
-                ("DL_POSTGRES__REQUEST_TIMEOUT", "2s"),
-            ],
-        );
-        relay_killed_at_random(dl, Store::Postgres, env, Some(proxy)).await;
+        let mut extra = vec![
+            ("DL_POSTGRES__SCHEMA", name.as_str()),
+            ("DL_POSTGRES__MAX_CONNECTIONS", "2"),
+            ("DL_POSTGRES__REQUEST_TIMEOUT", "2s"),
+        ];
+        extra.extend(nats_settings);
+        let env = relay_env(through.as_str(), "postgres,nats", &extra);
+        relay_killed_at_random(dl, Store::Postgres, env, Some(proxy), Some(&stream)).await;
         ns.drop_all().await;
     }
 }
