@@ -92,6 +92,18 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// The store's error.
     async fn dead_letters(&self, relay: &str, limit: usize) -> Result<Vec<DeadLetter>, Error>;
 
+    /// The feed position of an event the relay emitted or dead-lettered.
+    ///
+    /// # Errors
+    /// The store's error.
+    async fn position_of(&self, relay: &str, event_id: &str) -> Result<Option<u64>, Error>;
+
+    /// How many dead letters the relay has.
+    ///
+    /// # Errors
+    /// The store's error.
+    async fn dead_letter_count(&self, relay: &str) -> Result<u64, Error>;
+
     /// The redaction record of one event, as JSON (for audit and tests).
     ///
     /// # Errors

@@ -255,6 +255,54 @@ impl Ledger for SqlLedger {
             .collect())
     }
 
+    async fn position_of(&self, relay: &str, event_id: &str) -> Result<Option<u64>, Error> {
+        let t = &self.target;
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT \"position\" FROM {} WHERE \"relay\" = $1 AND \"event_id\" = $2 \
+             UNION ALL SELECT \"position\" FROM {} WHERE \"relay\" = $1 AND \"event_id\" = $2",
+            t.table("dl_cdc_redactions"),
+            t.table("dl_cdc_dead_letters"),
+        ));
+        let p: Option<i64> = match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(relay)
+                    .bind(event_id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                sqlx::query_scalar(sql)
+                    .bind(relay)
+                    .bind(event_id)
+                    .fetch_optional(pool)
+                    .await
+            }
+        }
+        .map_err(t.err(Operation::Feed))?;
+        Ok(p.map(to_u64))
+    }
+
+    async fn dead_letter_count(&self, relay: &str) -> Result<u64, Error> {
+        let t = &self.target;
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {} WHERE \"relay\" = $1",
+            t.table("dl_cdc_dead_letters"),
+        ));
+        let n: i64 = match t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).bind(relay).fetch_one(pool).await,
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres(pool, _) => {
+                sqlx::query_scalar(sql).bind(relay).fetch_one(pool).await
+            }
+        }
+        .map_err(t.err(Operation::Count))?;
+        Ok(to_u64(n))
+    }
+
     async fn redaction(
         &self,
         relay: &str,

@@ -234,3 +234,97 @@ fn health_reports_up_degraded_and_down() {
     );
     assert!(stderr.contains("a required store is down"), "{stderr}");
 }
+
+/// `data-layer cdc`: status, run --once, dead-letters and replay on the
+/// embedded default (a `.env` in the folder, as a user would set it up);
+/// bad input answered with a clear error.
+#[test]
+fn cdc_commands_on_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "DL_CDC__ENTITIES=patients,appointments\nDL_CDC__SINKS=sqlite\n\
+         DL_PRIVACY__KEY=WlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlo=\n",
+    )
+    .unwrap();
+    let demo = data_layer(dir.path(), &["demo"]);
+    let (stdout, stderr) = text(&demo);
+    assert!(demo.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("cdc: relay `analytics_sqlite` delivered 37 events"),
+        "{stdout}"
+    );
+
+    let status = data_layer(dir.path(), &["cdc", "status", "--json"]);
+    let (stdout, stderr) = text(&status);
+    assert!(status.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(v["checkpoint"], 37);
+    assert_eq!(v["dead_letters"], 0);
+    assert_eq!(v["sinks"][0]["events"], 37);
+
+    // The relay of the settings kept its consumer: nothing new to relay.
+    let run = data_layer(dir.path(), &["cdc", "run", "--once"]);
+    let (stdout, _) = text(&run);
+    assert!(run.status.success());
+    assert!(
+        stdout.contains("read 0 events") && stdout.contains("checkpoint 37"),
+        "{stdout}"
+    );
+
+    let replay = data_layer(
+        dir.path(),
+        &["cdc", "replay", "--from", "2000-01-01T00:00:00Z"],
+    );
+    let (stdout, stderr) = text(&replay);
+    assert!(replay.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("replayed 37 events from position 1"),
+        "{stdout}"
+    );
+    let again = data_layer(dir.path(), &["cdc", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&again).0).expect("json");
+    assert_eq!(
+        v["sinks"][0]["events"], 37,
+        "each event once after a replay"
+    );
+
+    let dead = data_layer(dir.path(), &["cdc", "dead-letters"]);
+    assert!(dead.status.success());
+    assert!(text(&dead).0.contains("0 dead letters"));
+
+    // Bad input: an unknown event id, an injection string as a store
+    // name, a sink that is not one.
+    for (args, says) in [
+        (
+            &[
+                "cdc",
+                "replay",
+                "--from",
+                "patients/k.0000/1'; DROP TABLE ce_events;--",
+            ][..],
+            "--from",
+        ),
+        (
+            &["cdc", "status", "--store", "x'); DROP TABLE dl_feed;--"][..],
+            "--store",
+        ),
+    ] {
+        let out = data_layer(dir.path(), args);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?}: {stdout}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_data-layer"))
+        .args(["cdc", "status"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("DL_CDC__SINKS", "kafka")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("cdc.sinks"), "{}", text(&out).1);
+    let status = data_layer(dir.path(), &["cdc", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&status).0).expect("json");
+    assert_eq!(v["sinks"][0]["events"], 37, "nothing written by bad input");
+}

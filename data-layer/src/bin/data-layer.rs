@@ -90,6 +90,15 @@ enum Command {
         #[arg(long, global = true)]
         store: Option<String>,
     },
+    /// CDC into analytics: `run` the relay (redact, deliver, record),
+    /// its `status`, `replay` events to the sinks again, `dead-letters`.
+    Cdc {
+        #[command(subcommand)]
+        action: CdcAction,
+        /// The store whose feed is relayed (default: the relational store).
+        #[arg(long, global = true)]
+        store: Option<String>,
+    },
     /// Print the effective settings (secrets redacted) and where each came from.
     Config {
         /// Print JSON instead of a table.
@@ -117,6 +126,38 @@ enum FeedAction {
         /// Keep printing new events as they are written (until interrupted).
         #[arg(long)]
         follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CdcAction {
+    /// Relay until interrupted (Ctrl-C stops it between batches), with a
+    /// progress line on stderr each second.
+    Run {
+        /// Relay what the feed holds now, then stop.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The relay's checkpoint, lag, dead letters and sinks.
+    Status {
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver the events from an event (its id) or a time (RFC 3339) up
+    /// to the relay's checkpoint to every sink again; each sink keeps what
+    /// it already has.
+    Replay {
+        /// An event id the relay emitted or dead-lettered, or a time.
+        #[arg(long)]
+        from: String,
+    },
+    /// The changes not emitted because they did not match the schema: id,
+    /// entity, position and reason (never a value).
+    DeadLetters {
+        /// How many, oldest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -334,6 +375,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(feed(settings, store.as_deref(), action))
         }
+        Command::Cdc { action, store } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(cdc(settings, store.as_deref(), action))
+        }
         Command::Demo => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -344,10 +392,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `data-layer feed status | tail`.
-async fn feed(settings: Settings, store: Option<&str>, action: FeedAction) -> anyhow::Result<()> {
-    let dl = DataLayer::from_settings(settings).await?;
-    let store = match store {
+/// The store `--store` names (default: the relational one).
+fn store_of(dl: &DataLayer, store: Option<&str>) -> anyhow::Result<data_layer::Store> {
+    Ok(match store {
         None => dl.relational().store(),
         Some(name) => dl
             .stores()
@@ -364,7 +411,13 @@ async fn feed(settings: Settings, store: Option<&str>, action: FeedAction) -> an
                         .join(", ")
                 )
             })?,
-    };
+    })
+}
+
+/// `data-layer feed status | tail`.
+async fn feed(settings: Settings, store: Option<&str>, action: FeedAction) -> anyhow::Result<()> {
+    let dl = DataLayer::from_settings(settings).await?;
+    let store = store_of(&dl, store)?;
     let feed = dl.feed(store).await?;
     match action {
         FeedAction::Status { json } => {
@@ -438,6 +491,176 @@ async fn feed(settings: Settings, store: Option<&str>, action: FeedAction) -> an
                 }
             }
         }
+    }
+}
+
+/// `data-layer cdc run | status | replay | dead-letters`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn cdc(settings: Settings, store: Option<&str>, action: CdcAction) -> anyhow::Result<()> {
+    let dl = DataLayer::from_settings(settings).await?;
+    let store = store_of(&dl, store)?;
+    let relay = dl.cdc_relay(store).await?;
+    match action {
+        CdcAction::Run { once } => {
+            if once {
+                let r = relay.drain(usize::MAX).await?;
+                let checkpoint = relay.ledger().checkpoint(relay.name()).await?;
+                out!(
+                    "cdc: relay `{}` read {} events: {} delivered, {} dead-lettered, {} already done; checkpoint {}",
+                    relay.name(),
+                    r.read,
+                    r.emitted,
+                    r.dead_lettered,
+                    r.skipped,
+                    checkpoint
+                );
+                return Ok(());
+            }
+            let (mut read, mut emitted, mut dead) = (0usize, 0usize, 0usize);
+            let mut last = Instant::now();
+            let stop = tokio::signal::ctrl_c();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    r = relay.step() => match r {
+                        Ok(r) => {
+                            read += r.read;
+                            emitted += r.emitted;
+                            dead += r.dead_lettered;
+                            if r.read == 0 {
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("cdc: a batch failed (tried again in 1 s): {e}");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    },
+                }
+                if last.elapsed() >= std::time::Duration::from_secs(1) {
+                    last = Instant::now();
+                    eprintln!(
+                        "cdc: relay `{}`: {read} read, {emitted} delivered, {dead} dead-lettered",
+                        relay.name()
+                    );
+                }
+            }
+            out!(
+                "cdc: relay `{}` stopped: {read} read, {emitted} delivered, {dead} dead-lettered",
+                relay.name()
+            );
+        }
+        CdcAction::Status { json } => {
+            let status = relay.feed().status().await?;
+            let consumer = status.consumers.iter().find(|c| c.name == relay.name());
+            let checkpoint = relay.ledger().checkpoint(relay.name()).await?;
+            let dead = relay.ledger().dead_letter_count(relay.name()).await?;
+            let mut sinks = Vec::new();
+            for s in relay.sinks() {
+                let count = match s.sink().count().await {
+                    Ok(n) => serde_json::json!(n),
+                    Err(e) => serde_json::json!(format!("unreadable: {e}")),
+                };
+                sinks.push(serde_json::json!({"sink": s.sink().name(), "events": count, "breaker": format!("{:?}", s.guard().breaker().state())}));
+            }
+            let v = serde_json::json!({
+                "relay": relay.name(),
+                "store": store.name(),
+                "checkpoint": checkpoint,
+                "feed_last_position": status.last_position,
+                "lag_events": consumer.map_or(status.last_position, |c| c.lag),
+                "dead_letters": dead,
+                "sinks": sinks,
+            });
+            if json {
+                out!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                out!(
+                    "cdc relay `{}` on {store}: checkpoint {checkpoint} of {}, lag {} events, {dead} dead letters",
+                    relay.name(),
+                    status.last_position,
+                    v["lag_events"]
+                );
+                for s in &sinks {
+                    out!(
+                        "  sink {:<9} events {}  breaker {}",
+                        s["sink"].as_str().unwrap_or(""),
+                        s["events"],
+                        s["breaker"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        CdcAction::Replay { from } => {
+            let position = match chrono::DateTime::parse_from_rfc3339(&from) {
+                Ok(t) => first_at_or_after(&**relay.feed(), t.with_timezone(&Utc)).await?,
+                Err(_) => relay
+                    .ledger()
+                    .position_of(relay.name(), &from)
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--from: relay `{}` has emitted or dead-lettered no event with this id",
+                            relay.name()
+                        )
+                    })?,
+            };
+            let r = relay.replay(position).await?;
+            out!(
+                "cdc: replayed {} events from position {position} to every sink ({} delivered, {} dead-lettered; each sink kept what it had)",
+                r.read,
+                r.emitted,
+                r.dead_lettered
+            );
+        }
+        CdcAction::DeadLetters { limit } => {
+            let dead = relay
+                .ledger()
+                .dead_letters(relay.name(), limit.min(10_000))
+                .await?;
+            out!(
+                "{} dead letters of relay `{}` (oldest first):",
+                dead.len(),
+                relay.name()
+            );
+            for d in dead {
+                out!(
+                    "  {:>8}  {:<14} {}  {}",
+                    d.position,
+                    d.entity,
+                    d.event_id,
+                    d.reason
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+#[allow(clippy::unused_async)]
+async fn cdc(_: Settings, _: Option<&str>, _: CdcAction) -> anyhow::Result<()> {
+    anyhow::bail!("cdc needs a relational store (build with the sqlite or postgres feature)")
+}
+
+/// The position of the first event committed at or after `t` (the feed's
+/// end + 1 when none is).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn first_at_or_after(
+    feed: &dyn data_layer::feed::ChangeFeed,
+    t: chrono::DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let mut after = 0;
+    loop {
+        let page = feed.events_after(after, None, 10_000).await?;
+        let Some(last) = page.last() else {
+            return Ok(after + 1);
+        };
+        if let Some(e) = page.iter().find(|e| e.committed_at >= t) {
+            return Ok(e.position);
+        }
+        after = last.position;
     }
 }
 
@@ -962,7 +1185,11 @@ async fn demo_cdc(
             }
         }
     }
-    relay.feed().unregister(relay.name()).await?;
+    // The demo's own relay holds back no pruning once it is done; a relay
+    // of the settings (cdc.relay) keeps its consumer.
+    if dl.settings().cdc.relay == "demo" {
+        relay.feed().unregister(relay.name()).await?;
+    }
     Ok(())
 }
 
