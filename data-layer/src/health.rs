@@ -64,6 +64,26 @@ pub struct HealthReport {
     pub status: &'static str,
     /// Per store.
     pub stores: Vec<StoreHealth>,
+    /// The CDC relays (one per store with a feed, when `cdc.sinks` is set).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cdc: Vec<RelayHealth>,
+}
+
+/// The health of one CDC relay.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RelayHealth {
+    /// The relay (`<cdc.relay>_<store>`).
+    pub relay: String,
+    /// The store whose feed it relays.
+    pub store: &'static str,
+    /// Events of the feed it has not yet relayed.
+    pub lag_events: u64,
+    /// The last position it delivered and recorded.
+    pub checkpoint: u64,
+    /// Changes it did not emit (off the schema).
+    pub dead_letters: u64,
+    /// Why it could not be read, if it could not.
+    pub error: Option<String>,
 }
 
 impl DataLayer {
@@ -125,7 +145,77 @@ impl DataLayer {
         } else {
             "up"
         };
-        HealthReport { status, stores }
+        let cdc = self.cdc_health(&stores).await;
+        HealthReport {
+            status,
+            stores,
+            cdc,
+        }
+    }
+
+    /// Each relay's lag, checkpoint and dead letters (and as metrics:
+    /// `dl_cdc_lag_events`, `dl_cdc_dead_letters`).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    async fn cdc_health(&self, stores: &[StoreHealth]) -> Vec<RelayHealth> {
+        let mut out = Vec::new();
+        if self.settings.cdc.sinks.is_empty() {
+            return out;
+        }
+        let Ok(ledger) = self.cdc_ledger() else {
+            return out;
+        };
+        for s in stores.iter().filter(|s| s.feed.is_some()) {
+            let Some(store) = self.stores().into_iter().find(|st| st.name() == s.store) else {
+                continue;
+            };
+            let relay = format!("{}_{}", self.settings.cdc.relay, s.store);
+            let read = async {
+                let status = self.feed(store).await?.status().await?;
+                let lag = status
+                    .consumers
+                    .iter()
+                    .find(|c| c.name == relay)
+                    .map_or(status.last_position, |c| c.lag);
+                let checkpoint = ledger.checkpoint(&relay).await?;
+                let dead = ledger.dead_letter_count(&relay).await?;
+                Ok::<_, dl_repositories::Error>((lag, checkpoint, dead))
+            };
+            let health = match read.await {
+                Ok((lag_events, checkpoint, dead_letters)) => {
+                    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+                    {
+                        metrics::gauge!("dl_cdc_lag_events", "relay" => relay.clone())
+                            .set(lag_events as f64);
+                        metrics::gauge!("dl_cdc_dead_letters", "relay" => relay.clone())
+                            .set(dead_letters as f64);
+                    }
+                    RelayHealth {
+                        relay,
+                        store: s.store,
+                        lag_events,
+                        checkpoint,
+                        dead_letters,
+                        error: None,
+                    }
+                }
+                Err(e) => RelayHealth {
+                    relay,
+                    store: s.store,
+                    lag_events: 0,
+                    checkpoint: 0,
+                    dead_letters: 0,
+                    error: Some(e.to_string()),
+                },
+            };
+            out.push(health);
+        }
+        out
+    }
+
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    #[allow(clippy::unused_async)]
+    async fn cdc_health(&self, _: &[StoreHealth]) -> Vec<RelayHealth> {
+        Vec::new()
     }
 
     /// Starts the background health checker: every `health.interval` it

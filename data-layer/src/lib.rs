@@ -79,7 +79,7 @@ pub mod migrate;
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
 mod transaction;
-pub use health::{FeedHealth, HealthChecker, HealthReport, StoreHealth};
+pub use health::{FeedHealth, HealthChecker, HealthReport, RelayHealth, StoreHealth};
 pub use transaction::Tx;
 
 use dl_connections::DatabaseUrl;

@@ -289,6 +289,14 @@ fn cdc_commands_on_the_embedded_default() {
         "each event once after a replay"
     );
 
+    // Health shows the relay: caught up, nothing dead-lettered.
+    let health = data_layer(dir.path(), &["health", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&health).0).expect("json");
+    assert_eq!(v["cdc"][0]["relay"], "analytics_sqlite");
+    assert_eq!(v["cdc"][0]["lag_events"], 0);
+    assert_eq!(v["cdc"][0]["checkpoint"], 37);
+    assert_eq!(v["cdc"][0]["dead_letters"], 0);
+
     let dead = data_layer(dir.path(), &["cdc", "dead-letters"]);
     assert!(dead.status.success());
     assert!(text(&dead).0.contains("0 dead letters"));

@@ -270,6 +270,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
+                for r in &report.cdc {
+                    out!(
+                        "  cdc relay {} ({}): lag {} events, checkpoint {}, {} dead letters{}",
+                        r.relay,
+                        r.store,
+                        r.lag_events,
+                        r.checkpoint,
+                        r.dead_letters,
+                        r.error
+                            .as_ref()
+                            .map(|e| format!("  ({e})"))
+                            .unwrap_or_default()
+                    );
+                }
             }
             if report.status == "down" {
                 anyhow::bail!("a required store is down");
