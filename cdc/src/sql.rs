@@ -130,16 +130,48 @@ impl Ledger for SqlLedger {
     async fn commit(&self, relay: &str, batch: &LedgerBatch) -> Result<(), Error> {
         let t = &self.target;
         let err = t.err(Operation::Feed);
-        let redactions = format!(
-            "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"profile\", \"policy_version\", \"key_id\", \"fields\") \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, {}) ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
-            t.table("dl_cdc_redactions"),
-            if t.store() == Store::Postgres {
-                "$8::jsonb"
-            } else {
-                "$8"
-            },
-        );
+        // Every record of the batch in one statement (a JSON array of
+        // them), so a batch of a thousand events is a few round trips.
+        let redactions = if t.store() == Store::Postgres {
+            format!(
+                "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"profile\", \"policy_version\", \"key_id\", \"fields\") \
+                 SELECT $1, r->>'event_id', r->>'entity', (r->>'position')::bigint, r->>'profile', r->>'policy_version', \
+                 r->>'key_id', r->'fields' FROM jsonb_array_elements($2::jsonb) AS r \
+                 ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
+                t.table("dl_cdc_redactions"),
+            )
+        } else {
+            format!(
+                "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"profile\", \"policy_version\", \"key_id\", \"fields\") \
+                 SELECT $1, json_extract(r.value, '$.event_id'), json_extract(r.value, '$.entity'), \
+                 json_extract(r.value, '$.position'), json_extract(r.value, '$.profile'), \
+                 json_extract(r.value, '$.policy_version'), json_extract(r.value, '$.key_id'), \
+                 json_extract(r.value, '$.fields') FROM json_each($2) AS r WHERE true \
+                 ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
+                t.table("dl_cdc_redactions"),
+            )
+        };
+        let records: Vec<String> = batch
+            .redactions
+            .chunks(1000)
+            .map(|chunk| {
+                let rows: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "event_id": r.event_id,
+                            "entity": r.entity,
+                            "position": r.position,
+                            "profile": r.profile,
+                            "policy_version": r.policy_version,
+                            "key_id": r.key_id,
+                            "fields": r.fields,
+                        })
+                    })
+                    .collect();
+                serde_json::Value::Array(rows).to_string()
+            })
+            .collect();
         let dead = format!(
             "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"reason\", \"at\") \
              VALUES ($1, $2, $3, $4, $5, {}) ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
@@ -165,18 +197,10 @@ impl Ledger for SqlLedger {
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await.map_err(&err)?;
-                for r in &batch.redactions {
-                    let fields =
-                        serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".to_owned());
+                for chunk in &records {
                     sqlx::query(sqlx::AssertSqlSafe(redactions.as_str()))
                         .bind(relay)
-                        .bind(&r.event_id)
-                        .bind(&r.entity)
-                        .bind(to_i64(r.position))
-                        .bind(&r.profile)
-                        .bind(&r.policy_version)
-                        .bind(r.key_id.as_deref())
-                        .bind(fields)
+                        .bind(chunk)
                         .execute(&mut *tx)
                         .await
                         .map_err(&err)?;
