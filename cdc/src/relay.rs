@@ -266,25 +266,38 @@ impl Relay {
             self.registered.store(true, Ordering::Release);
         }
         let done = self.ledger_checkpoint().await?;
+        let t0 = std::time::Instant::now();
         let changes = self.feed.read(&self.name, self.options.batch).await?;
+        let read_took = t0.elapsed();
         let Some(last) = changes.last() else {
             metrics::gauge!("dl_cdc_lag_seconds", "relay" => self.name.clone()).set(0.0);
             return Ok(StepReport::default());
         };
         let last_commit = last.committed_at;
+        let t1 = std::time::Instant::now();
         let (emitted, ledger, skipped) = self.redact_batch(&changes, done);
-        for sink in &self.sinks {
-            if let Err(e) = sink.deliver(&emitted).await {
+        let redact_took = t1.elapsed();
+        let t2 = std::time::Instant::now();
+        // Every sink at once; the batch is recorded only when all have it.
+        let results =
+            futures::future::join_all(self.sinks.iter().map(|sink| sink.deliver(&emitted))).await;
+        for (sink, result) in self.sinks.iter().zip(results) {
+            if let Err(e) = result {
                 metrics::counter!("dl_cdc_sink_errors_total", "relay" => self.name.clone(), "sink" => sink.sink().name())
                     .increment(1);
                 return Err(e);
             }
         }
+        let deliver_took = t2.elapsed();
+        let t3 = std::time::Instant::now();
         if ledger.position > done {
             self.ledger.commit(&self.name, &ledger).await?;
             self.checkpoint.store(ledger.position, Ordering::Release);
         }
+        let record_took = t3.elapsed();
+        let t4 = std::time::Instant::now();
         self.feed.ack(&self.name, ledger.position).await?;
+        let ack_took = t4.elapsed();
         let report = StepReport {
             read: changes.len(),
             emitted: emitted.len(),
@@ -299,6 +312,11 @@ impl Relay {
             dead_lettered = report.dead_lettered,
             skipped = report.skipped,
             position = report.position,
+            read_ms = read_took.as_secs_f64() * 1e3,
+            redact_ms = redact_took.as_secs_f64() * 1e3,
+            deliver_ms = deliver_took.as_secs_f64() * 1e3,
+            record_ms = record_took.as_secs_f64() * 1e3,
+            ack_ms = ack_took.as_secs_f64() * 1e3,
             "relayed a batch"
         );
         for r in &emitted {

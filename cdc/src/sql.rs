@@ -135,8 +135,9 @@ impl Ledger for SqlLedger {
         let redactions = if t.store() == Store::Postgres {
             format!(
                 "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"profile\", \"policy_version\", \"key_id\", \"fields\") \
-                 SELECT $1, r->>'event_id', r->>'entity', (r->>'position')::bigint, r->>'profile', r->>'policy_version', \
-                 r->>'key_id', r->'fields' FROM jsonb_array_elements($2::jsonb) AS r \
+                 SELECT $1, u.i, u.e, u.p, u.pr, u.v, u.k, u.f::jsonb \
+                 FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+                 AS u(i, e, p, pr, v, k, f) \
                  ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
                 t.table("dl_cdc_redactions"),
             )
@@ -151,27 +152,31 @@ impl Ledger for SqlLedger {
                 t.table("dl_cdc_redactions"),
             )
         };
-        let records: Vec<String> = batch
-            .redactions
-            .chunks(1000)
-            .map(|chunk| {
-                let rows: Vec<serde_json::Value> = chunk
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "event_id": r.event_id,
-                            "entity": r.entity,
-                            "position": r.position,
-                            "profile": r.profile,
-                            "policy_version": r.policy_version,
-                            "key_id": r.key_id,
-                            "fields": r.fields,
+        let records: Vec<String> = if t.store() == Store::Postgres {
+            Vec::new()
+        } else {
+            batch
+                .redactions
+                .chunks(1000)
+                .map(|chunk| {
+                    let rows: Vec<serde_json::Value> = chunk
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "event_id": r.event_id,
+                                "entity": r.entity,
+                                "position": r.position,
+                                "profile": r.profile,
+                                "policy_version": r.policy_version,
+                                "key_id": r.key_id,
+                                "fields": r.fields,
+                            })
                         })
-                    })
-                    .collect();
-                serde_json::Value::Array(rows).to_string()
-            })
-            .collect();
+                        .collect();
+                    serde_json::Value::Array(rows).to_string()
+                })
+                .collect()
+        };
         let dead = format!(
             "INSERT INTO {} (\"relay\", \"event_id\", \"entity\", \"position\", \"reason\", \"at\") \
              VALUES ($1, $2, $3, $4, $5, {}) ON CONFLICT (\"relay\", \"event_id\") DO NOTHING",
@@ -195,13 +200,14 @@ impl Ledger for SqlLedger {
             },
         );
         macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await.map_err(&err)?;
+            ($pool:expr, $tx:ident, $extra:block) => {{
+                let mut $tx = $pool.begin().await.map_err(&err)?;
+                $extra
                 for chunk in &records {
                     sqlx::query(sqlx::AssertSqlSafe(redactions.as_str()))
                         .bind(relay)
                         .bind(chunk)
-                        .execute(&mut *tx)
+                        .execute(&mut *$tx)
                         .await
                         .map_err(&err)?;
                 }
@@ -217,7 +223,7 @@ impl Ledger for SqlLedger {
                     } else {
                         q.bind(millis_now())
                     };
-                    q.execute(&mut *tx).await.map_err(&err)?;
+                    q.execute(&mut *$tx).await.map_err(&err)?;
                 }
                 let q = sqlx::query(sqlx::AssertSqlSafe(checkpoint.as_str()))
                     .bind(relay)
@@ -227,15 +233,40 @@ impl Ledger for SqlLedger {
                 } else {
                     q.bind(millis_now())
                 };
-                q.execute(&mut *tx).await.map_err(&err)?;
-                tx.commit().await.map_err(&err)?;
+                q.execute(&mut *$tx).await.map_err(&err)?;
+                $tx.commit().await.map_err(&err)?;
             }};
         }
         match t {
             #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => run!(pool),
+            SqlTarget::Sqlite(pool) => run!(pool, stx, {}),
             #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => run!(pool),
+            SqlTarget::Postgres(pool, _) => run!(pool, ptx, {
+                let fields_json = |r: &crate::ledger::RedactionRecord| {
+                    serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".to_owned())
+                };
+                for chunk in batch.redactions.chunks(1000) {
+                    let col =
+                        |f: &dyn Fn(&crate::ledger::RedactionRecord) -> String| -> Vec<String> {
+                            chunk.iter().map(f).collect()
+                        };
+                    let keys: Vec<Option<String>> =
+                        chunk.iter().map(|r| r.key_id.clone()).collect();
+                    let positions: Vec<i64> = chunk.iter().map(|r| to_i64(r.position)).collect();
+                    sqlx::query(sqlx::AssertSqlSafe(redactions.as_str()))
+                        .bind(relay)
+                        .bind(col(&|r| r.event_id.clone()))
+                        .bind(col(&|r| r.entity.clone()))
+                        .bind(positions)
+                        .bind(col(&|r| r.profile.clone()))
+                        .bind(col(&|r| r.policy_version.clone()))
+                        .bind(keys)
+                        .bind(col(&fields_json))
+                        .execute(&mut *ptx)
+                        .await
+                        .map_err(&err)?;
+                }
+            }),
         }
         Ok(())
     }

@@ -181,6 +181,14 @@ fn main() {
         println!("cdc bench: run with `cargo bench -p dl-tests --bench cdc`");
         return;
     }
+    // RUST_LOG=dl_cdc=debug shows each batch's phases (read, redact,
+    // deliver, record, ack) in milliseconds.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
