@@ -261,6 +261,17 @@ impl Relay {
     /// The feed's, a sink's or the ledger's error: nothing is acknowledged
     /// then, and the next step relays the batch again.
     pub async fn step(&self) -> Result<StepReport, Error> {
+        let r = self.step_inner().await;
+        if r.is_err() {
+            // Read the checkpoint from the ledger again: after a fault the
+            // store may have lost a commit it had answered (a relaxed
+            // commit and a server crash before the acknowledgement).
+            self.checkpoint.store(u64::MAX, Ordering::Release);
+        }
+        r
+    }
+
+    async fn step_inner(&self) -> Result<StepReport, Error> {
         if !self.registered.load(Ordering::Acquire) {
             self.feed.register(&self.name, true).await?;
             self.registered.store(true, Ordering::Release);

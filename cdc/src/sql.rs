@@ -84,13 +84,30 @@ fn to_u64(n: i64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct SqlLedger {
     target: SqlTarget,
+    relaxed: bool,
 }
 
 impl SqlLedger {
     /// The ledger in `target`'s tables.
     #[must_use]
     pub fn new(target: SqlTarget) -> Self {
-        SqlLedger { target }
+        SqlLedger {
+            target,
+            relaxed: false,
+        }
+    }
+
+    /// Commits without waiting for the disk (PostgreSQL's
+    /// `synchronous_commit = off`) when the relay's feed is in the same
+    /// PostgreSQL server: the feed acknowledgement that follows commits
+    /// synchronously, which flushes every earlier commit of the server's
+    /// log with it, so nothing acknowledged can be lost; what a crash takes
+    /// before that acknowledgement is relayed again. Never for a feed in
+    /// another store (its acknowledgement would not flush this server).
+    #[must_use]
+    pub fn relaxed_commit(mut self, on: bool) -> Self {
+        self.relaxed = on && self.target.store() == Store::Postgres;
+        self
     }
 }
 
@@ -242,6 +259,12 @@ impl Ledger for SqlLedger {
             SqlTarget::Sqlite(pool) => run!(pool, stx, {}),
             #[cfg(feature = "postgres")]
             SqlTarget::Postgres(pool, _) => run!(pool, ptx, {
+                if self.relaxed {
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *ptx)
+                        .await
+                        .map_err(&err)?;
+                }
                 let fields_json = |r: &crate::ledger::RedactionRecord| {
                     serde_json::to_string(&r.fields).unwrap_or_else(|_| "[]".to_owned())
                 };
@@ -413,13 +436,30 @@ impl Ledger for SqlLedger {
 #[derive(Debug, Clone)]
 pub struct SqlSink {
     target: SqlTarget,
+    relaxed: bool,
 }
 
 impl SqlSink {
     /// The sink writing `target`'s `ce_events`.
     #[must_use]
     pub fn new(target: SqlTarget) -> Self {
-        SqlSink { target }
+        SqlSink {
+            target,
+            relaxed: false,
+        }
+    }
+
+    /// Commits without waiting for the disk (PostgreSQL's
+    /// `synchronous_commit = off`) when the relay's feed is in the same
+    /// PostgreSQL server: the feed acknowledgement that follows commits
+    /// synchronously, which flushes every earlier commit of the server's
+    /// log with it, so nothing acknowledged can be lost; what a crash takes
+    /// before that acknowledgement is relayed again. Never for a feed in
+    /// another store (its acknowledgement would not flush this server).
+    #[must_use]
+    pub fn relaxed_commit(mut self, on: bool) -> Self {
+        self.relaxed = on && self.target.store() == Store::Postgres;
+        self
     }
 
     /// The event with this id, as JSON text, if the sink holds it.
@@ -535,6 +575,13 @@ impl Sink for SqlSink {
                      ON CONFLICT (\"id\") DO NOTHING",
                     t.table("ce_events")
                 );
+                let mut tx = pool.begin().await.map_err(&err)?;
+                if self.relaxed {
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                }
                 for chunk in events.chunks(1000) {
                     let ids: Vec<&str> = chunk.iter().map(|e| e.event.id.as_str()).collect();
                     let types: Vec<&str> = chunk.iter().map(|e| e.event.ty.as_str()).collect();
@@ -558,10 +605,11 @@ impl Sink for SqlSink {
                         .bind(times)
                         .bind(seqs)
                         .bind(bodies)
-                        .execute(pool)
+                        .execute(&mut *tx)
                         .await
                         .map_err(&err)?;
                 }
+                tx.commit().await.map_err(&err)?;
             }
         }
         Ok(())

@@ -143,7 +143,7 @@ impl DataLayer {
     /// The sinks of `cdc.sinks`, each behind its store's guard (the nats
     /// sink behind a guard with the relational store's deadline, breaker
     /// and retry settings).
-    async fn cdc_sinks(&self) -> Result<Vec<GuardedSink>, Error> {
+    async fn cdc_sinks(&self, feed_store: Store) -> Result<Vec<GuardedSink>, Error> {
         let target = self.sql_target()?;
         let cdc = &self.settings.cdc;
         let mut out = Vec::new();
@@ -164,7 +164,10 @@ impl DataLayer {
                             ),
                         ));
                     }
-                    (store, Arc::new(SqlSink::new(target.clone())))
+                    (
+                        store,
+                        Arc::new(SqlSink::new(target.clone()).relaxed_commit(feed_store == store)),
+                    )
                 }
                 "nats" => (Store::Nats, self.nats_sink().await?),
                 _ => {
@@ -235,8 +238,12 @@ impl DataLayer {
     /// batch registers its feed consumer.
     pub async fn cdc_relay(&self, store: Store) -> Result<Relay, Error> {
         let redactor = self.cdc_redactor()?;
-        let sinks = self.cdc_sinks().await?;
-        let ledger: Arc<dyn Ledger> = Arc::new(SqlLedger::new(self.sql_target()?.clone()));
+        let sinks = self.cdc_sinks(store).await?;
+        let target = self.sql_target()?;
+        // One disk flush per batch (the feed's acknowledgement) when the
+        // feed is in the same server (see SqlLedger::relaxed_commit).
+        let ledger: Arc<dyn Ledger> =
+            Arc::new(SqlLedger::new(target.clone()).relaxed_commit(target.store() == store));
         let feed = self.feed(store).await?;
         let name = format!("{}_{}", self.settings.cdc.relay, store.name());
         let options = RelayOptions {
