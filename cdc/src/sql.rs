@@ -80,6 +80,19 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// `body` on the target's pool, whichever store it is (the statements
+/// are the same text on both; `$N` parameters).
+macro_rules! on_pool {
+    ($t:expr, $pool:ident => $body:expr) => {
+        match $t {
+            #[cfg(feature = "sqlite")]
+            SqlTarget::Sqlite($pool) => $body,
+            #[cfg(feature = "postgres")]
+            SqlTarget::Postgres($pool, _) => $body,
+        }
+    };
+}
+
 /// The ledger in a relational store.
 #[derive(Debug, Clone)]
 pub struct SqlLedger {
@@ -124,22 +137,10 @@ impl Ledger for SqlLedger {
             t.table("dl_cdc_relays")
         );
         let sql = sqlx::AssertSqlSafe(sql);
-        let p: Option<i64> = match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => {
-                sqlx::query_scalar(sql)
+        let p: Option<i64> = on_pool!(t, pool => sqlx::query_scalar(sql)
                     .bind(relay)
                     .fetch_optional(pool)
-                    .await
-            }
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => {
-                sqlx::query_scalar(sql)
-                    .bind(relay)
-                    .fetch_optional(pool)
-                    .await
-            }
-        }
+                    .await)
         .map_err(t.err(Operation::Feed))?;
         Ok(p.map_or(0, to_u64))
     }
@@ -303,24 +304,11 @@ impl Ledger for SqlLedger {
         );
         let sql = sqlx::AssertSqlSafe(sql);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(String, String, i64, String)> = match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => {
-                sqlx::query_as(sql)
+        let rows: Vec<(String, String, i64, String)> = on_pool!(t, pool => sqlx::query_as(sql)
                     .bind(relay)
                     .bind(limit)
                     .fetch_all(pool)
-                    .await
-            }
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => {
-                sqlx::query_as(sql)
-                    .bind(relay)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-            }
-        }
+                    .await)
         .map_err(t.err(Operation::Feed))?;
         Ok(rows
             .into_iter()
@@ -341,24 +329,11 @@ impl Ledger for SqlLedger {
             t.table("dl_cdc_redactions"),
             t.table("dl_cdc_dead_letters"),
         ));
-        let p: Option<i64> = match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => {
-                sqlx::query_scalar(sql)
+        let p: Option<i64> = on_pool!(t, pool => sqlx::query_scalar(sql)
                     .bind(relay)
                     .bind(event_id)
                     .fetch_optional(pool)
-                    .await
-            }
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => {
-                sqlx::query_scalar(sql)
-                    .bind(relay)
-                    .bind(event_id)
-                    .fetch_optional(pool)
-                    .await
-            }
-        }
+                    .await)
         .map_err(t.err(Operation::Feed))?;
         Ok(p.map(to_u64))
     }
@@ -369,15 +344,8 @@ impl Ledger for SqlLedger {
             "SELECT count(*) FROM {} WHERE \"relay\" = $1",
             t.table("dl_cdc_dead_letters"),
         ));
-        let n: i64 = match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).bind(relay).fetch_one(pool).await,
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => {
-                sqlx::query_scalar(sql).bind(relay).fetch_one(pool).await
-            }
-        }
-        .map_err(t.err(Operation::Count))?;
+        let n: i64 = on_pool!(t, pool => sqlx::query_scalar(sql).bind(relay).fetch_one(pool).await)
+            .map_err(t.err(Operation::Count))?;
         Ok(to_u64(n))
     }
 
@@ -398,25 +366,13 @@ impl Ledger for SqlLedger {
             t.table("dl_cdc_redactions")
         );
         let sql = sqlx::AssertSqlSafe(sql);
-        let row: Option<(String, String, String, Option<String>, String)> = match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => {
-                sqlx::query_as(sql)
+        let row: Option<(String, String, String, Option<String>, String)> =
+            on_pool!(t, pool => sqlx::query_as(sql)
                     .bind(relay)
                     .bind(event_id)
                     .fetch_optional(pool)
-                    .await
-            }
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => {
-                sqlx::query_as(sql)
-                    .bind(relay)
-                    .bind(event_id)
-                    .fetch_optional(pool)
-                    .await
-            }
-        }
-        .map_err(t.err(Operation::Feed))?;
+                    .await)
+            .map_err(t.err(Operation::Feed))?;
         Ok(row.map(|(entity, profile, policy_version, key_id, fields)| {
             serde_json::json!({
                 "event_id": event_id,
@@ -477,15 +433,8 @@ impl SqlSink {
             },
             t.table("ce_events"),
         ));
-        match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await,
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => {
-                sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await
-            }
-        }
-        .map_err(t.err(Operation::Get))
+        on_pool!(t, pool => sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await)
+            .map_err(t.err(Operation::Get))
     }
 
     /// The events held, as JSON text, in the order they arrived (for tests
@@ -511,15 +460,8 @@ impl SqlSink {
         );
         let sql = sqlx::AssertSqlSafe(sql);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).bind(limit).fetch_all(pool).await,
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => {
-                sqlx::query_scalar(sql).bind(limit).fetch_all(pool).await
-            }
-        }
-        .map_err(t.err(Operation::List))
+        on_pool!(t, pool => sqlx::query_scalar(sql).bind(limit).fetch_all(pool).await)
+            .map_err(t.err(Operation::List))
     }
 }
 
@@ -618,13 +560,8 @@ impl Sink for SqlSink {
     async fn count(&self) -> Result<Option<u64>, Error> {
         let t = &self.target;
         let sql = sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {}", t.table("ce_events")));
-        let n: i64 = match t {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await,
-        }
-        .map_err(t.err(Operation::Count))?;
+        let n: i64 = on_pool!(t, pool => sqlx::query_scalar(sql).fetch_one(pool).await)
+            .map_err(t.err(Operation::Count))?;
         Ok(Some(to_u64(n)))
     }
 }

@@ -587,20 +587,27 @@ mod live {
     use super::*;
     use dl_tests::live::{PgNamespaces, postgres_url, test_pool};
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn postgres_relay_shows_no_phi() {
-        let logs = watch();
-        let ns = PgNamespaces::new("cdcphi").await;
-        let name = ns.name("phi");
-        let url = postgres_url();
+    /// A namespace of this test, migrated, and a data layer relaying into
+    /// its PostgreSQL sink.
+    async fn pg_layer(tag: &str) -> (PgNamespaces, String, DataLayer) {
+        let ns = PgNamespaces::new(tag).await;
+        let name = ns.name(tag);
         let dl = layer(
-            url.expose(),
+            postgres_url().expose(),
             &[
                 ("DL_CDC__SINKS", "postgres"),
                 ("DL_POSTGRES__SCHEMA", &name),
             ],
         )
         .await;
+        (ns, name, dl)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres_relay_shows_no_phi() {
+        let logs = watch();
+        let (ns, name, dl) = pg_layer("cdcphi").await;
+        let url = postgres_url();
         relay_shows_no_phi(&dl, Store::Postgres, logs).await;
         let pool = dl_connections::postgres::connect_lazy(&url, &test_pool(1)).expect("options");
         let own: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -680,17 +687,8 @@ mod live {
     #[tokio::test(flavor = "current_thread")]
     async fn postgres_a_record_off_the_schema_is_dead_lettered() {
         watch();
-        let ns = PgNamespaces::new("cdcdead").await;
-        let name = ns.name("dead");
+        let (ns, name, dl) = pg_layer("cdcdead").await;
         let url = postgres_url();
-        let dl = layer(
-            url.expose(),
-            &[
-                ("DL_CDC__SINKS", "postgres"),
-                ("DL_POSTGRES__SCHEMA", &name),
-            ],
-        )
-        .await;
         let mut c = Canaries::new();
         let patients = dl.repository::<Patient>().await.expect("patients");
         let p = c.patient();
