@@ -36,7 +36,7 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stdout.contains("sqlite: version none; 0 applied, 2 pending"),
+        stdout.contains("sqlite: version none; 0 applied, 3 pending"),
         "{stdout}"
     );
 
@@ -54,8 +54,9 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
         stdout.contains("sqlite   apply        2_change_feed"),
         "{stdout}"
     );
+    assert!(stdout.contains("sqlite   apply        3_cdc"), "{stdout}");
     assert!(
-        stdout.contains("sqlite: version 2; 2 applied, 0 pending, 0 failed"),
+        stdout.contains("sqlite: version 3; 3 applied, 0 pending, 0 failed"),
         "{stdout}"
     );
 
@@ -93,7 +94,8 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
         stdout.contains("sqlite   revert       2_change_feed"),
         "{stdout}"
     );
-    assert!(stdout.contains("0 applied, 2 pending"), "{stdout}");
+    assert!(stdout.contains("sqlite   revert       3_cdc"), "{stdout}");
+    assert!(stdout.contains("0 applied, 3 pending"), "{stdout}");
 }
 
 #[test]
