@@ -40,6 +40,8 @@ pub mod ledger;
 pub mod nats;
 pub mod redact;
 pub mod relay;
+#[cfg(feature = "scylla")]
+pub mod scylla;
 pub mod sink;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;

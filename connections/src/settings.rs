@@ -27,7 +27,7 @@ pub enum Kind {
         /// Largest accepted.
         max: u32,
     },
-    /// A duration: a whole number with a unit, `ms`, `s`, `m` or `h` (`30s`).
+    /// A duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d` (`30s`).
     Duration,
     /// `true` or `false`.
     Bool,
@@ -52,7 +52,7 @@ impl Kind {
     fn expected(self) -> String {
         match self {
             Kind::Count { min, max } => format!("a whole number from {min} to {max}"),
-            Kind::Duration => "a duration such as 500ms, 30s, 5m or 1h (greater than zero)".into(),
+            Kind::Duration => "a duration such as 500ms, 30s, 5m, 1h or 7d (greater than zero)".into(),
             Kind::Bool => "true or false".into(),
             Kind::Url(schemes) => format!(
                 "a URL starting with {}",
@@ -116,7 +116,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 26] = [
+const BASE_KEYS: [KeySpec; 28] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -255,7 +255,7 @@ const BASE_KEYS: [KeySpec; 26] = [
         env: "DL_CDC__SINKS",
         kind: Kind::Names,
         default: Some(""),
-        doc: "Where the CDC relay delivers redacted events: any of sqlite, postgres (the relational store's ce_events table), nats (JetStream, cdc.nats_url); empty: no relay.",
+        doc: "Where the CDC relay delivers redacted events: any of sqlite, postgres (the relational store's ce_events table), nats (JetStream, cdc.nats_url), scylla (ce_events in the scylla keyspace); empty: no relay.",
     },
     KeySpec {
         key: "cdc.nats_url",
@@ -284,6 +284,20 @@ const BASE_KEYS: [KeySpec; 26] = [
         kind: Kind::Duration,
         default: Some("10m"),
         doc: "How long the nats sink's stream remembers event ids to drop a duplicate (longer than any relay restart).",
+    },
+    KeySpec {
+        key: "cdc.scylla_ttl",
+        env: "DL_CDC__SCYLLA_TTL",
+        kind: Kind::Duration,
+        default: Some("396d"),
+        doc: "How long the scylla sink keeps an event (the analytics retention; rows expire by TTL): 13 months by default, at most 20 years.",
+    },
+    KeySpec {
+        key: "cdc.scylla_buckets",
+        env: "DL_CDC__SCYLLA_BUCKETS",
+        kind: Kind::Count { min: 1, max: 256 },
+        default: Some("8"),
+        doc: "Partitions per day and event type of the scylla sink's ce_events (more for a high event rate).",
     },
     KeySpec {
         key: "cdc.relay",
@@ -538,7 +552,8 @@ pub struct CdcSettings {
     pub profile: String,
     /// The redaction policy's version.
     pub policy_version: String,
-    /// The relay's sinks (`sqlite`, `postgres`); empty: no relay.
+    /// The relay's sinks (`sqlite`, `postgres`, `nats`, `scylla`); empty:
+    /// no relay.
     pub sinks: Vec<String>,
     /// The relay's name.
     pub relay: String,
@@ -552,6 +567,10 @@ pub struct CdcSettings {
     pub nats_subject_root: String,
     /// The nats sink's duplicate window.
     pub nats_duplicate_window: Duration,
+    /// How long the scylla sink keeps an event (its rows' TTL).
+    pub scylla_ttl: Duration,
+    /// Partitions per day and event type of the scylla sink.
+    pub scylla_buckets: u32,
 }
 
 /// The privacy keys from settings (`privacy.key`, `privacy.key_id`,
@@ -1138,6 +1157,7 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -1203,13 +1223,15 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
             retention: p.duration("cdc.retention")?,
             profile: p.one_of("cdc.profile", &["safe_harbor", "pseudonymous"])?,
             policy_version: p.name("cdc.policy_version")?,
-            sinks: p.names_of("cdc.sinks", &["sqlite", "postgres", "nats"])?,
+            sinks: p.names_of("cdc.sinks", &["sqlite", "postgres", "nats", "scylla"])?,
             relay: p.name("cdc.relay")?,
             batch: p.count("cdc.batch")?,
             nats_url: p.url("cdc.nats_url")?,
             nats_stream: p.name("cdc.nats_stream")?,
             nats_subject_root: p.name("cdc.nats_subject_root")?,
             nats_duplicate_window: p.duration("cdc.nats_duplicate_window")?,
+            scylla_ttl: p.duration("cdc.scylla_ttl")?,
+            scylla_buckets: p.count("cdc.scylla_buckets")?,
         },
         sqlite: p.pool("sqlite")?,
         postgres: p.pool("postgres")?,

@@ -170,10 +170,11 @@ impl DataLayer {
                     )
                 }
                 "nats" => (Store::Nats, self.nats_sink().await?),
+                "scylla" => (Store::Scylla, self.scylla_sink()?),
                 _ => {
                     return Err(cdc_invalid(
                         "cdc.sinks",
-                        "an unknown sink (expected sqlite, postgres or nats)",
+                        "an unknown sink (expected sqlite, postgres, nats or scylla)",
                     ));
                 }
             };
@@ -191,7 +192,7 @@ impl DataLayer {
         if out.is_empty() {
             return Err(cdc_invalid(
                 "cdc.sinks",
-                "no sink is configured: set cdc.sinks (sqlite, postgres, nats)",
+                "no sink is configured: set cdc.sinks (sqlite, postgres, nats, scylla)",
             ));
         }
         Ok(out)
@@ -225,6 +226,49 @@ impl DataLayer {
         Err(cdc_invalid(
             "cdc.sinks",
             "the nats sink is not built in: enable data-layer's `nats` feature",
+        ))
+    }
+
+    /// The scylla sink of the settings: `ce_events` in the configured
+    /// keyspace, over a session of its own made on first use.
+    #[cfg(feature = "scylla")]
+    fn scylla_sink(&self) -> Result<Arc<dyn Sink>, Error> {
+        let Some(scylla) = self.settings.scylla.clone() else {
+            return Err(cdc_invalid(
+                "cdc.sinks",
+                "the scylla sink needs SCYLLA_URI (the analytics cluster)",
+            ));
+        };
+        let pool = self.settings.scylla_pool.clone();
+        let options = dl_cdc::scylla::ScyllaOptions {
+            keyspace: scylla.keyspace.clone(),
+            ttl: self.settings.cdc.scylla_ttl,
+            buckets: u16::try_from(self.settings.cdc.scylla_buckets).unwrap_or(8),
+            timeout: pool.request_timeout,
+        };
+        let connect: dl_cdc::scylla::SessionConnector = Box::new(move || {
+            let (scylla, pool) = (scylla.clone(), pool.clone());
+            Box::pin(async move {
+                dl_connections::scylla::connect(&scylla, &pool)
+                    .await
+                    .map_err(|e| Error::Unavailable {
+                        store: Store::Scylla,
+                        operation: dl_repositories::Operation::Deliver,
+                        reason: format!("cannot connect to ScyllaDB: {e}"),
+                        sent: false,
+                        source: None,
+                    })
+            })
+        });
+        Ok(Arc::new(dl_cdc::scylla::ScyllaSink::new(connect, options)?))
+    }
+
+    #[cfg(not(feature = "scylla"))]
+    #[allow(clippy::unused_self)]
+    fn scylla_sink(&self) -> Result<Arc<dyn Sink>, Error> {
+        Err(cdc_invalid(
+            "cdc.sinks",
+            "the scylla sink is not built in: enable data-layer's `scylla` feature",
         ))
     }
 

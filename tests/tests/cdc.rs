@@ -159,8 +159,11 @@ async fn write_everything(
     store: Store,
     c: &mut Canaries,
 ) -> Vec<(&'static str, &'static str)> {
-    let patients = dl.repository::<Patient>().await.expect("patients");
-    let appointments = dl.repository::<Appointment>().await.expect("appointments");
+    let patients = dl.repository_in::<Patient>(store).await.expect("patients");
+    let appointments = dl
+        .repository_in::<Appointment>(store)
+        .await
+        .expect("appointments");
     let mut expected = Vec::new();
 
     let p1 = c.patient();
@@ -198,6 +201,21 @@ async fn write_everything(
     let a = c.appointment(&p1);
     appointments.insert(&a).await.expect("appointment");
     expected.push(("appointments", "created"));
+
+    if store == Store::Redis {
+        // Redis has no transactions: the precise refusal, and no event.
+        let err = dl
+            .transaction(store, |_tx| async move { Ok::<_, data_layer::Error>(()) })
+            .await
+            .expect_err("Redis has no transactions");
+        assert!(
+            matches!(err, data_layer::Error::Unsupported { .. }),
+            "{err}"
+        );
+        let dup = patients.insert(&p1).await.expect_err("a duplicate key");
+        assert_error_clean("a refused insert", &dup, &c.refs());
+        return expected;
+    }
 
     // A transaction that commits: its two writes have their events.
     let (tp, ta) = (c.patient(), c.appointment(&p1));
@@ -682,6 +700,271 @@ mod live {
         dl_tests::live::drop_nats_stream(&ns).await;
     }
 
+    /// Redis as the source store: its feed (a Stream written in the
+    /// write's script) relayed into the SQLite sink, canaries in every PHI
+    /// field, through every write operation Redis serves.
+    #[tokio::test(flavor = "current_thread")]
+    async fn redis_source_relay_shows_no_phi() {
+        let logs = watch();
+        let ns = dl_tests::live::unique_prefix("cdcredis");
+        let url = sqlite_url("redis");
+        let redis = dl_tests::live::redis_url();
+        let dl = layer(
+            &url,
+            &[
+                ("DL_CDC__SINKS", "sqlite"),
+                ("REDIS_URL", redis.expose()),
+                ("DL_REDIS__KEY_PREFIX", &ns),
+            ],
+        )
+        .await;
+        relay_shows_no_phi(&dl, Store::Redis, logs).await;
+        own_tables_clean(&sqlite_own_tables(&url).await);
+        dl_tests::live::drop_redis_namespaces(&ns).await;
+    }
+
+    /// The settings of a data layer whose MongoDB is database `ns` of the
+    /// test stack, the ledger and sink in SQLite at `url`.
+    fn mongo_extra(ns: &str) -> String {
+        dl_tests::live::mongo_url()
+            .expose()
+            .replacen("/?", &format!("/{ns}?"), 1)
+    }
+
+    /// MongoDB as the source store: its outbox (written in the write's
+    /// session transaction) relayed into the SQLite sink.
+    #[tokio::test(flavor = "current_thread")]
+    async fn mongo_source_relay_shows_no_phi() {
+        let logs = watch();
+        let ns = dl_tests::live::unique_prefix("cdcmongo");
+        let url = sqlite_url("mongo");
+        let mongo = mongo_extra(&ns);
+        let dl = layer(
+            &url,
+            &[("DL_CDC__SINKS", "sqlite"), ("MONGODB_URI", mongo.as_str())],
+        )
+        .await;
+        relay_shows_no_phi(&dl, Store::Mongo, logs).await;
+        own_tables_clean(&sqlite_own_tables(&url).await);
+        dl_tests::live::drop_mongo_namespaces(&ns).await;
+    }
+
+    /// A feed document with a field the schema does not know, written by
+    /// hand into MongoDB's outbox: dead-lettered, not emitted, and the
+    /// relay goes on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn mongo_a_document_off_the_schema_is_dead_lettered() {
+        use mongodb::bson::{Document, doc};
+        watch();
+        let ns = dl_tests::live::unique_prefix("cdcmdead");
+        let url = sqlite_url("mongodead");
+        let mongo = mongo_extra(&ns);
+        let dl = layer(
+            &url,
+            &[("DL_CDC__SINKS", "sqlite"), ("MONGODB_URI", mongo.as_str())],
+        )
+        .await;
+        let mut c = Canaries::new();
+        let patients = dl
+            .repository_in::<Patient>(Store::Mongo)
+            .await
+            .expect("patients");
+        let p = c.patient();
+        patients.insert(&p).await.expect("insert");
+
+        let client = mongodb::Client::with_uri_str(dl_tests::live::mongo_url().expose())
+            .await
+            .expect("client");
+        let db = client.database(&ns);
+        let feed = db.collection::<Document>("dl_feed");
+        let mut last = feed
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .await
+            .expect("read the feed")
+            .expect("the insert's event");
+        let clock = db
+            .collection::<Document>("dl_feed_clock")
+            .find_one_and_update(
+                doc! { "_id": "clock" },
+                doc! { "$inc": { "position": 1_i64 } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
+            .expect("clock")
+            .expect("a clock");
+        let mut record = serde_json::to_value(&p).expect("json");
+        record["ssn"] = serde_json::Value::String(c.take("ssn"));
+        last.insert("_id", clock.get_i64("position").expect("position"));
+        last.insert("op", "updated");
+        last.insert("seq", last.get_i64("seq").expect("seq") + 1);
+        last.insert("after_image", record.to_string());
+        feed.insert_one(last).await.expect("by hand");
+        patients.insert(&c.patient()).await.expect("the next write");
+
+        let relay = dl.cdc_relay(Store::Mongo).await.expect("relay");
+        let report = relay.drain(10).await.expect("drain");
+        assert_eq!((report.emitted, report.dead_lettered), (2, 1), "{report:?}");
+        let dead = relay
+            .ledger()
+            .dead_letters(relay.name(), 10)
+            .await
+            .expect("dead");
+        assert!(dead[0].reason.contains("ssn"), "{dead:?}");
+        let text = format!(
+            "{dead:?}\n{}\n{}",
+            dl.cdc_sink_events(10).await.expect("sink").join("\n"),
+            sqlite_own_tables(&url).await
+        );
+        assert_no_canary("dead letters, the sink and the ledger", &text, &c.refs());
+        dl_tests::live::drop_mongo_namespaces(&ns).await;
+    }
+
+    /// The ScyllaDB sink beside the SQLite one: the same events, each a
+    /// row of `ce_events` in the partition of its day, type and bucket;
+    /// relaying again (another relay) writes the same rows, so each event
+    /// is there once; no canary in any row.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scylla_sink_gets_each_event_once_and_no_phi() {
+        let logs = watch();
+        let ns = dl_tests::live::unique_prefix("cdcscy");
+        let url = sqlite_url("scylla");
+        let scylla = dl_tests::live::scylla_settings();
+        let nodes = scylla.nodes.join(",");
+        let lwt = if scylla.lightweight_transactions {
+            "true"
+        } else {
+            "false"
+        };
+        let extra = [
+            ("DL_CDC__SINKS", "sqlite,scylla"),
+            ("SCYLLA_URI", nodes.as_str()),
+            ("DL_SCYLLA__KEYSPACE", ns.as_str()),
+            ("DL_SCYLLA__CREATE_KEYSPACE", "true"),
+            ("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false"),
+            ("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false"),
+            ("DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS", lwt),
+        ];
+        let dl = layer(&url, &extra).await;
+        relay_shows_no_phi(&dl, Store::Sqlite, logs).await;
+        let sql = dl.cdc_sink_events(1_000).await.expect("sink");
+
+        let session = dl_connections::scylla::connect(&scylla, &test_pool(1))
+            .await
+            .expect("scylla");
+        let rows = scylla_rows(&session, &ns).await;
+        assert_eq!(rows.len(), sql.len(), "every event, each once");
+        for e in &sql {
+            let e: data_layer::cdc::CloudEvent = serde_json::from_str(e).expect("event");
+            let row = rows
+                .iter()
+                .find(|r| r.id == e.id)
+                .unwrap_or_else(|| panic!("no row of {}", e.id));
+            assert_eq!(row.ty, e.ty);
+            assert_eq!(row.seq, i64::try_from(e.dlseq).expect("seq"));
+            assert_eq!(
+                row.bucket,
+                dl_cdc::scylla::bucket_of(&e.id, 8),
+                "the bucket of its id"
+            );
+            assert_eq!(row.day, e.time[..10], "the commit day");
+            let kept: data_layer::cdc::CloudEvent =
+                serde_json::from_str(&row.event).expect("a CloudEvent");
+            assert_eq!(kept, e, "the same event in both sinks");
+        }
+        let text: String = rows.iter().map(|r| format!("{r:?}\n")).collect();
+        assert_no_canary("the ScyllaDB rows", &text, &["CANARY-"]);
+
+        // Relayed again (another relay name): the same rows, none added.
+        let mut again = extra.to_vec();
+        again.push(("DL_CDC__RELAY", "again"));
+        let dl2 = DataLayer::from_settings(settings(&url, &again).expect("settings"))
+            .await
+            .expect("data layer");
+        let second = dl2.cdc_relay(Store::Sqlite).await.expect("relay");
+        assert_eq!(second.drain(100).await.expect("drain").emitted, sql.len());
+        assert_eq!(scylla_rows(&session, &ns).await.len(), sql.len());
+        say(&format!(
+            "cdc scylla sink: {} rows, each once after relaying twice",
+            rows.len()
+        ));
+    }
+
+    /// What the CQL test server cannot do, asserted by name: rows written
+    /// `USING TTL` never expire there (it parses the clause and ignores
+    /// it), so the analytics retention is verified only on ScyllaDB
+    /// (`TEST_SCYLLA_LWT=true` marks a real server). When a fixed test
+    /// server expires the row, this test fails: move it to the real case.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scylla_sink_rows_expire_only_on_a_real_server() {
+        watch();
+        let ns = dl_tests::live::unique_prefix("cdcttl");
+        let scylla = dl_tests::live::scylla_settings();
+        dl_tests::schema::scylla(&scylla, &ns)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (cfg, pool) = (scylla.clone(), test_pool(1));
+        let connect: dl_cdc::scylla::SessionConnector = Box::new(move || {
+            let (cfg, pool) = (cfg.clone(), pool.clone());
+            Box::pin(async move {
+                dl_connections::scylla::connect(&cfg, &pool)
+                    .await
+                    .map_err(|e| data_layer::Error::invalid("scylla", None, e.to_string()))
+            })
+        });
+        let sink = dl_cdc::scylla::ScyllaSink::new(
+            connect,
+            dl_cdc::scylla::ScyllaOptions {
+                keyspace: ns.clone(),
+                ttl: std::time::Duration::from_secs(1),
+                ..dl_cdc::scylla::ScyllaOptions::default()
+            },
+        )
+        .expect("sink");
+        let event = dl_cdc::CloudEvent {
+            specversion: "1.0".into(),
+            id: "patients/t/1".into(),
+            source: "/data-layer/test".into(),
+            ty: "ce.patients.created".into(),
+            time: dl_cdc::envelope::event_time(Utc::now()),
+            subject: "t".into(),
+            datacontenttype: "application/json".into(),
+            dataschema: "urn:data-layer:patients:1".into(),
+            dlseq: 1,
+            dlpolicy: "pseudonymous/v1".into(),
+            data: None,
+        };
+        let redacted = dl_cdc::Redacted {
+            event,
+            fields: Vec::new(),
+            position: 1,
+            entity: "patients".into(),
+        };
+        sink.deliver(std::slice::from_ref(&redacted))
+            .await
+            .expect("deliver");
+        assert_eq!(sink.events(10).await.expect("read").len(), 1);
+        if scylla.lightweight_transactions {
+            // ScyllaDB: gone within a generous deadline.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !sink.events(10).await.expect("read").is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the row did not expire"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        } else {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            assert_eq!(
+                sink.events(10).await.expect("read").len(),
+                1,
+                "known test-server defect (cql-test-server, kassandra 0.14): USING TTL is \
+                 ignored; if the row expired, the server has learnt TTLs"
+            );
+            say("cdc scylla sink: TTL expiry not verified (the CQL test server ignores USING TTL)");
+        }
+    }
     /// A record off the schema written into the outbox by hand (psql):
     /// dead-lettered, and the relay goes on.
     #[tokio::test(flavor = "current_thread")]
@@ -723,6 +1006,50 @@ mod live {
         assert_no_canary("dead letters and the sink", &text, &c.refs());
         ns.drop_all().await;
     }
+}
+
+/// One row of the scylla sink's `ce_events`.
+#[cfg(feature = "integration")]
+#[derive(Debug)]
+struct ScyllaRow {
+    day: String,
+    ty: String,
+    bucket: i32,
+    id: String,
+    seq: i64,
+    event: String,
+}
+
+/// Every row of `keyspace`.ce_events.
+#[cfg(feature = "integration")]
+async fn scylla_rows(session: &scylla::client::session::Session, keyspace: &str) -> Vec<ScyllaRow> {
+    use scylla::value::CqlDate;
+    let result = session
+        .query_unpaged(
+            format!("SELECT day, type, bucket, id, seq, event FROM {keyspace}.ce_events"),
+            (),
+        )
+        .await
+        .expect("select");
+    let rows = result.into_rows_result().expect("rows");
+    rows.rows::<(CqlDate, String, i32, String, i64, String)>()
+        .expect("typed rows")
+        .map(|r| {
+            let (day, ty, bucket, id, seq, event) = r.expect("a row");
+            let days = i64::from(day.0) - (1_i64 << 31);
+            let day = (NaiveDate::default() + chrono::Duration::days(days))
+                .format("%Y-%m-%d")
+                .to_string();
+            ScyllaRow {
+                day,
+                ty,
+                bucket,
+                id,
+                seq,
+                event,
+            }
+        })
+        .collect()
 }
 
 /// The relay's settings for a child process: `database_url`, the tests'

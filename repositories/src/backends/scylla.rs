@@ -751,6 +751,34 @@ fn map_scylla_error(operation: Operation, timeout: Duration, fault: ScyllaFault)
     }
 }
 
+/// A driver execution error as the backend reports it (timeouts and lost
+/// connections first, server answers by kind, never a server message):
+/// for the layers that write to a ScyllaDB session of their own.
+#[must_use]
+pub fn execution_error(
+    operation: Operation,
+    timeout: Duration,
+    e: scylla::errors::ExecutionError,
+) -> Error {
+    map_scylla_error(operation, timeout, ScyllaFault::Execution(e))
+}
+
+/// A driver prepare error as the backend reports it.
+#[must_use]
+pub fn prepare_error(
+    operation: Operation,
+    timeout: Duration,
+    e: scylla::errors::PrepareError,
+) -> Error {
+    map_scylla_error(operation, timeout, ScyllaFault::Prepare(e))
+}
+
+/// An answer of the wrong shape (rows expected), as the backend reports it.
+#[must_use]
+pub fn rows_error(operation: Operation, timeout: Duration) -> Error {
+    map_scylla_error(operation, timeout, ScyllaFault::Rows("rows"))
+}
+
 /// The kind of a server error, without its message (which may quote values).
 fn db_error_name(e: &scylla::errors::DbError) -> String {
     let debug = format!("{e:?}");
