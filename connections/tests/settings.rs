@@ -307,12 +307,17 @@ fn durations() {
     assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
     assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
     assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        parse_duration("396d"),
+        Some(Duration::from_secs(396 * 86_400))
+    );
     for bad in [
         "",
         "0s",
         "s",
         "5",
-        "5d",
+        "5w",
+        "99999999999999999d",
         "-1s",
         "1.5s",
         "99999999999999999999h",

@@ -394,7 +394,11 @@ pub fn kill_writer_rounds(
         let (mut child, rx, reader) =
             start_child(binary, env, ("FEED_WRITER_RUN", &run), cwd.path());
         let kill_after = fastrand::usize(3..=60);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Generous: a writer killed inside a MongoDB transaction leaves it
+        // holding the feed clock until the server aborts it (MongoDB's
+        // transactionLifetimeLimitSeconds, 60 s by default), and the next
+        // writer's captured writes conflict until then.
+        let deadline = std::time::Instant::now() + Duration::from_secs(150);
         let mut acks = 0;
         let mut ready = false;
         let stop = std::sync::atomic::AtomicBool::new(false);
@@ -425,7 +429,7 @@ pub fn kill_writer_rounds(
         assert!(ready, "round {round}: the writer never became ready");
         assert!(
             acks > 0,
-            "round {round}: the writer acknowledged nothing in 60 s"
+            "round {round}: the writer acknowledged nothing in 150 s"
         );
     }
     log

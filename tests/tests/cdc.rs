@@ -491,6 +491,10 @@ async fn bad_cdc_settings_are_refused_by_name() {
         ("DL_CDC__BATCH", "999999999999", "cdc.batch"),
         ("DL_CDC__RELAY", "Robert'); DROP TABLE", "cdc.relay"),
         ("DL_CDC__POLICY_VERSION", "v 1", "cdc.policy_version"),
+        ("DL_CDC__SCYLLA_TTL", "0s", "cdc.scylla_ttl"),
+        ("DL_CDC__SCYLLA_TTL", "13 months", "cdc.scylla_ttl"),
+        ("DL_CDC__SCYLLA_BUCKETS", "0", "cdc.scylla_buckets"),
+        ("DL_CDC__SCYLLA_BUCKETS", "257", "cdc.scylla_buckets"),
     ] {
         let e = settings(&url, &[(key, value)])
             .expect_err(value)
@@ -556,6 +560,37 @@ async fn bad_cdc_settings_are_refused_by_name() {
         .expect_err("postgres sink on sqlite")
         .to_string();
     assert!(e.contains("cdc.sinks") && e.contains("postgres"), "{e}");
+    // The scylla sink without a ScyllaDB; a retention over ScyllaDB's
+    // largest TTL.
+    let dl = layer(&url, &[("DL_CDC__SINKS", "scylla")]).await;
+    let e = dl
+        .cdc_relay(Store::Sqlite)
+        .await
+        .expect_err("scylla sink without SCYLLA_URI")
+        .to_string();
+    assert!(e.contains("cdc.sinks") && e.contains("SCYLLA_URI"), "{e}");
+    // (No ScyllaDB answers there: nothing is sent before the TTL is checked.)
+    let dl = DataLayer::from_settings(
+        settings(
+            &url,
+            &[
+                ("DL_CDC__SINKS", "scylla"),
+                ("SCYLLA_URI", "127.0.0.1:1"),
+                ("DL_SCYLLA__CONNECT_TIMEOUT", "1s"),
+                ("DL_SCYLLA__OPTIONAL", "true"),
+                ("DL_CDC__SCYLLA_TTL", "7400d"),
+            ],
+        )
+        .expect("settings"),
+    )
+    .await
+    .expect("data layer");
+    let e = dl
+        .cdc_relay(Store::Sqlite)
+        .await
+        .expect_err("a TTL over 20 years")
+        .to_string();
+    assert!(e.contains("cdc.scylla_ttl"), "{e}");
     assert!(
         dl.cdc_sink_events(10).await.expect("sink").is_empty(),
         "nothing emitted"
@@ -830,21 +865,9 @@ mod live {
         let ns = dl_tests::live::unique_prefix("cdcscy");
         let url = sqlite_url("scylla");
         let scylla = dl_tests::live::scylla_settings();
-        let nodes = scylla.nodes.join(",");
-        let lwt = if scylla.lightweight_transactions {
-            "true"
-        } else {
-            "false"
-        };
-        let extra = [
-            ("DL_CDC__SINKS", "sqlite,scylla"),
-            ("SCYLLA_URI", nodes.as_str()),
-            ("DL_SCYLLA__KEYSPACE", ns.as_str()),
-            ("DL_SCYLLA__CREATE_KEYSPACE", "true"),
-            ("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false"),
-            ("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false"),
-            ("DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS", lwt),
-        ];
+        let owned = scylla_extra(&ns);
+        let mut extra = vec![("DL_CDC__SINKS", "sqlite,scylla")];
+        extra.extend(owned.iter().map(|(k, v)| (*k, v.as_str())));
         let dl = layer(&url, &extra).await;
         relay_shows_no_phi(&dl, Store::Sqlite, logs).await;
         let sql = dl.cdc_sink_events(1_000).await.expect("sink");
@@ -876,7 +899,7 @@ mod live {
         assert_no_canary("the ScyllaDB rows", &text, &["CANARY-"]);
 
         // Relayed again (another relay name): the same rows, none added.
-        let mut again = extra.to_vec();
+        let mut again = extra.clone();
         again.push(("DL_CDC__RELAY", "again"));
         let dl2 = DataLayer::from_settings(settings(&url, &again).expect("settings"))
             .await
@@ -1008,6 +1031,38 @@ mod live {
     }
 }
 
+/// The ids of every event `store`'s feed holds.
+async fn feed_ids(dl: &DataLayer, store: Store) -> std::collections::BTreeSet<String> {
+    let feed = dl.feed(store).await.expect("feed");
+    let mut want = std::collections::BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let batch = feed.events_after(after, None, 1_000).await.expect("events");
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        want.extend(batch.iter().map(data_layer::feed::ChangeEvent::id));
+    }
+    want
+}
+
+/// The settings of a data layer whose ScyllaDB is keyspace `keyspace` of
+/// the test stack (made by the migrations).
+#[cfg(feature = "integration")]
+fn scylla_extra(keyspace: &str) -> Vec<(&'static str, String)> {
+    let scylla = dl_tests::live::scylla_settings();
+    vec![
+        ("SCYLLA_URI", scylla.nodes.join(",")),
+        ("DL_SCYLLA__KEYSPACE", keyspace.to_owned()),
+        ("DL_SCYLLA__CREATE_KEYSPACE", "true".to_owned()),
+        ("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false".to_owned()),
+        ("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false".to_owned()),
+        (
+            "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
+            scylla.lightweight_transactions.to_string(),
+        ),
+    ]
+}
+
 /// One row of the scylla sink's `ce_events`.
 #[cfg(feature = "integration")]
 #[derive(Debug)]
@@ -1134,15 +1189,7 @@ async fn relay_killed_at_random(
     let relay = dl.cdc_relay(store).await.expect("relay");
     relay.drain(100_000).await.expect("drain to the end");
 
-    let feed = dl.feed(store).await.expect("feed");
-    let mut want = std::collections::BTreeSet::new();
-    let mut after = 0;
-    loop {
-        let batch = feed.events_after(after, None, 1_000).await.expect("events");
-        let Some(last) = batch.last() else { break };
-        after = last.position;
-        want.extend(batch.iter().map(data_layer::feed::ChangeEvent::id));
-    }
+    let want = feed_ids(&dl, store).await;
     let rows = dl.cdc_sink_events(1_000_000).await.expect("sink");
     let events: Vec<data_layer::cdc::CloudEvent> = rows
         .iter()
@@ -1238,11 +1285,16 @@ mod live_kill {
             ("DL_CDC__NATS_STREAM", stream.as_str()),
             ("DL_CDC__NATS_SUBJECT_ROOT", stream.as_str()),
         ];
+        let keyspace = dl_tests::live::unique_prefix("cdckill");
+        let scylla = scylla_extra(&keyspace);
+        let scylla_settings: Vec<(&str, &str)> =
+            scylla.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut mine = vec![
-            ("DL_CDC__SINKS", "postgres,nats"),
+            ("DL_CDC__SINKS", "postgres,nats,scylla"),
             ("DL_POSTGRES__SCHEMA", name.as_str()),
         ];
         mine.extend(nats_settings);
+        mine.extend(scylla_settings.iter().copied());
         let dl = layer(url.expose(), &mine).await;
         let (proxy, through) = dl_tests::proxy::through_proxy(url.expose(), 5432).await;
         let mut extra = vec![
@@ -1251,8 +1303,38 @@ mod live_kill {
             ("DL_POSTGRES__REQUEST_TIMEOUT", "2s"),
         ];
         extra.extend(nats_settings);
-        let env = relay_env(through.as_str(), "postgres,nats", &extra);
-        relay_killed_at_random(dl, Store::Postgres, env, Some(proxy), Some(&stream)).await;
+        extra.extend(scylla_settings.iter().copied());
+        let env = relay_env(through.as_str(), "postgres,nats,scylla", &extra);
+        relay_killed_at_random(dl.clone(), Store::Postgres, env, Some(proxy), Some(&stream)).await;
+
+        // The Scylla sink: every feed event once (a row per id), and per
+        // key the sequences 1, 2, 3, … without a gap or a double.
+        let want = feed_ids(&dl, Store::Postgres).await;
+        let session = dl_connections::scylla::connect(
+            &dl_tests::live::scylla_settings(),
+            &dl_tests::live::test_pool(1),
+        )
+        .await
+        .expect("scylla");
+        let rows = scylla_rows(&session, &keyspace).await;
+        let ids: std::collections::BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids.len(), rows.len(), "a row twice");
+        assert_eq!(ids, want, "ce_events holds exactly the feed's events");
+        let mut per_key: std::collections::HashMap<String, Vec<i64>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            let e: data_layer::cdc::CloudEvent = serde_json::from_str(&r.event).expect("event");
+            per_key.entry(e.subject).or_default().push(r.seq);
+        }
+        for seqs in per_key.values_mut() {
+            seqs.sort_unstable();
+            let n = i64::try_from(seqs.len()).expect("count");
+            assert_eq!(*seqs, (1..=n).collect::<Vec<_>>(), "per key 1, 2, 3, …");
+        }
+        say(&format!(
+            "cdc relay kill test, scylla: {} rows, each event once, per-key sequences whole",
+            rows.len()
+        ));
         ns.drop_all().await;
     }
 }
