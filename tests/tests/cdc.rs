@@ -1079,32 +1079,45 @@ struct ScyllaRow {
 #[cfg(feature = "integration")]
 async fn scylla_rows(session: &scylla::client::session::Session, keyspace: &str) -> Vec<ScyllaRow> {
     use scylla::value::CqlDate;
-    let result = session
-        .query_unpaged(
-            format!("SELECT day, type, bucket, id, seq, event FROM {keyspace}.ce_events"),
-            (),
-        )
+    let select = session
+        .prepare(format!(
+            "SELECT day, type, bucket, id, seq, event FROM {keyspace}.ce_events"
+        ))
         .await
-        .expect("select");
-    let rows = result.into_rows_result().expect("rows");
-    rows.rows::<(CqlDate, String, i32, String, i64, String)>()
-        .expect("typed rows")
-        .map(|r| {
+        .expect("prepare");
+    let mut out = Vec::new();
+    let mut state = scylla::response::PagingState::start();
+    // Bounded: a page holds at least one row, the tests write thousands.
+    for _ in 0..100_000 {
+        let (result, next) = session
+            .execute_single_page(&select, (), state)
+            .await
+            .expect("select");
+        let rows = result.into_rows_result().expect("rows");
+        for r in rows
+            .rows::<(CqlDate, String, i32, String, i64, String)>()
+            .expect("typed rows")
+        {
             let (day, ty, bucket, id, seq, event) = r.expect("a row");
             let days = i64::from(day.0) - (1_i64 << 31);
             let day = (NaiveDate::default() + chrono::Duration::days(days))
                 .format("%Y-%m-%d")
                 .to_string();
-            ScyllaRow {
+            out.push(ScyllaRow {
                 day,
                 ty,
                 bucket,
                 id,
                 seq,
                 event,
-            }
-        })
-        .collect()
+            });
+        }
+        match next.into_paging_control_flow() {
+            std::ops::ControlFlow::Break(()) => return out,
+            std::ops::ControlFlow::Continue(s) => state = s,
+        }
+    }
+    panic!("ce_events did not end")
 }
 
 /// The relay's settings for a child process: `database_url`, the tests'
