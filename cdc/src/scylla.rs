@@ -103,11 +103,11 @@ pub fn bucket_of(id: &str, buckets: u16) -> i32 {
     i32::try_from(fnv1a(id) % u32::from(buckets.max(1))).unwrap_or(0)
 }
 
-/// The commit day (UTC) of an event's `time`.
-fn day_of(time: &str) -> Option<NaiveDate> {
+/// An event's `time` (its commit), in UTC: its day is the partition's.
+fn commit_time(time: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(time)
         .ok()
-        .map(|t| t.with_timezone(&Utc).date_naive())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn cql_date(day: NaiveDate) -> CqlDate {
@@ -238,24 +238,21 @@ impl Sink for ScyllaSink {
             .iter()
             .map(|r| {
                 let e = &r.event;
-                let day = day_of(&e.time).ok_or_else(|| Error::Backend {
+                let time = commit_time(&e.time).ok_or_else(|| Error::Backend {
                     store: Store::Scylla,
                     operation: Operation::Deliver,
                     message: format!("event {} has no RFC 3339 time", e.id),
                     retryable: false,
                     source: None,
                 })?;
-                let millis = DateTime::parse_from_rfc3339(&e.time)
-                    .map(|t| t.timestamp_millis())
-                    .unwrap_or_default();
                 Ok((
-                    cql_date(day),
+                    cql_date(time.date_naive()),
                     e.ty.clone(),
                     bucket_of(&e.id, buckets),
                     e.id.clone(),
                     e.source.clone(),
                     e.subject.clone(),
-                    CqlTimestamp(millis),
+                    CqlTimestamp(time.timestamp_millis()),
                     i64::try_from(e.dlseq).unwrap_or(i64::MAX),
                     e.dlpolicy.clone(),
                     r.json(),
@@ -304,10 +301,10 @@ mod tests {
     #[test]
     fn the_day_is_the_utc_commit_day() {
         assert_eq!(
-            day_of("2026-12-07T23:30:00.000-02:00"),
+            commit_time("2026-12-07T23:30:00.000-02:00").map(|t| t.date_naive()),
             NaiveDate::from_ymd_opt(2026, 12, 8)
         );
-        assert_eq!(day_of("yesterday"), None);
+        assert_eq!(commit_time("yesterday"), None);
         assert_eq!(cql_date(NaiveDate::default()).0, 1 << 31);
     }
 

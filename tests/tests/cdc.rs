@@ -758,8 +758,7 @@ mod live {
         dl_tests::live::drop_redis_namespaces(&ns).await;
     }
 
-    /// The settings of a data layer whose MongoDB is database `ns` of the
-    /// test stack, the ledger and sink in SQLite at `url`.
+    /// The URI of database `ns` of the test stack's MongoDB.
     fn mongo_extra(ns: &str) -> String {
         dl_tests::live::mongo_url()
             .expose()
