@@ -60,7 +60,9 @@ pub struct LedgerBatch {
     pub redactions: Vec<RedactionRecord>,
     /// The changes dead-lettered.
     pub dead_letters: Vec<DeadLetter>,
-    /// The last feed position the batch covers (the new checkpoint).
+    /// The last feed position the batch covers (the new checkpoint; 0
+    /// leaves the checkpoint where it is, as the relay's records-only
+    /// write and a replay do).
     pub position: u64,
 }
 

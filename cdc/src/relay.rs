@@ -5,17 +5,24 @@
 //! 1. read up to `batch` events after the feed checkpoint (commit order);
 //! 2. redact each; a record off the schema becomes a dead letter;
 //! 3. deliver the emitted events to every sink (each keeps an event once
-//!    by its id), each through its guard;
-//! 4. write the redaction records, the dead letters and the relay's
-//!    checkpoint in one transaction of the ledger;
-//! 5. acknowledge the feed.
+//!    by its id), each through its guard, and at the same time write the
+//!    redaction records and the dead letters to the ledger (each kept once
+//!    by its event id);
+//! 4. when all of 3 has succeeded: move the relay's checkpoint in the
+//!    ledger and acknowledge the feed, at the same time.
 //!
-//! A crash before 4 delivers the batch again (the sinks keep each event
-//! once); a crash between 4 and 5 reads events the ledger already covers,
+//! A crash before 4 delivers the batch again (the sinks and the ledger
+//! keep each event once); a crash after the checkpoint moved but before
+//! the feed's acknowledgement reads events the ledger already covers,
 //! which are acknowledged without being sent again. So every event reaches
 //! every sink at least once and is kept there once: effectively once. The
-//! next batch is read only when every sink has acknowledged the last, so a
-//! slow sink slows the relay and memory stays one batch.
+//! next batch is delivered only when every sink has acknowledged the last,
+//! so a slow sink slows the relay. While a batch is delivered and recorded
+//! the relay reads and redacts the next one (the events after the batch's
+//! last position, what its next read would return): memory stays at most
+//! two batches, and the read and the redaction are off the batch's
+//! critical path. A batch read ahead is only memory: it is dropped when
+//! anything fails, and a crash loses nothing but the read.
 
 use std::fmt;
 use std::sync::Arc;
@@ -86,6 +93,20 @@ pub struct Relay {
     checkpoint: AtomicU64,
     /// Whether its feed consumer is registered (by the first batch).
     registered: std::sync::atomic::AtomicBool,
+    /// The next batch, read while the last was delivered: the events after
+    /// the position it names, which the feed has acknowledged.
+    ahead: std::sync::Mutex<Option<Ahead>>,
+}
+
+/// A batch read (and redacted) ahead, while the one before it was
+/// delivered.
+struct Ahead {
+    /// The position it was read after (the last batch's).
+    after: u64,
+    /// Its events.
+    changes: Vec<ChangeEvent>,
+    /// What [`Relay::redact_batch`] made of them, with `after` as done.
+    redacted: (Vec<Redacted>, LedgerBatch, usize),
 }
 
 impl fmt::Debug for Relay {
@@ -172,6 +193,7 @@ impl Relay {
             source,
             checkpoint: AtomicU64::new(u64::MAX),
             registered: std::sync::atomic::AtomicBool::new(false),
+            ahead: std::sync::Mutex::new(None),
         })
     }
 
@@ -197,6 +219,15 @@ impl Relay {
     #[must_use]
     pub fn feed(&self) -> &Arc<dyn ChangeFeed> {
         &self.feed
+    }
+
+    /// Takes the batch read ahead and puts `next` in its place.
+    fn read_ahead(&self, next: Option<Ahead>) -> Option<Ahead> {
+        let mut slot = self
+            .ahead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *slot, next)
     }
 
     async fn ledger_checkpoint(&self) -> Result<u64, Error> {
@@ -263,6 +294,7 @@ impl Relay {
     pub async fn step(&self) -> Result<StepReport, Error> {
         let r = self.step_inner().await;
         if r.is_err() {
+            self.read_ahead(None);
             // Read the checkpoint from the ledger again: after a fault the
             // store may have lost a commit it had answered (a relaxed
             // commit and a server crash before the acknowledgement).
@@ -278,7 +310,15 @@ impl Relay {
         }
         let done = self.ledger_checkpoint().await?;
         let t0 = std::time::Instant::now();
-        let changes = self.feed.read(&self.name, self.options.batch).await?;
+        let (changes, redacted) = match self.read_ahead(None) {
+            // Read and redacted while the last batch was delivered, after
+            // the position the ledger now holds; an empty read ahead is
+            // read again (events may have come since).
+            Some(ahead) if ahead.after == done && !ahead.changes.is_empty() => {
+                (ahead.changes, Some(ahead.redacted))
+            }
+            _ => (self.feed.read(&self.name, self.options.batch).await?, None),
+        };
         let read_took = t0.elapsed();
         let Some(last) = changes.last() else {
             metrics::gauge!("dl_cdc_lag_seconds", "relay" => self.name.clone()).set(0.0);
@@ -286,35 +326,100 @@ impl Relay {
         };
         let last_commit = last.committed_at;
         let t1 = std::time::Instant::now();
-        let (emitted, ledger, skipped) = self.redact_batch(&changes, done);
+        let (emitted, ledger, skipped) =
+            redacted.unwrap_or_else(|| self.redact_batch(&changes, done));
         let redact_took = t1.elapsed();
-        let t2 = std::time::Instant::now();
-        // Every sink at once; the batch is recorded only when all have it.
-        let results =
-            futures::future::join_all(self.sinks.iter().map(|sink| sink.deliver(&emitted))).await;
-        for (sink, result) in self.sinks.iter().zip(results) {
-            if let Err(e) = result {
-                metrics::counter!("dl_cdc_sink_errors_total", "relay" => self.name.clone(), "sink" => sink.sink().name())
-                    .increment(1);
-                return Err(e);
+        // Deliver, record and acknowledge this batch while the next is read
+        // and redacted.
+        let position = ledger.position;
+        let dead_lettered = ledger.dead_letters.len();
+        let finish = async {
+            let t2 = std::time::Instant::now();
+            // Every sink at once, and the batch's records (the checkpoint
+            // left where it is): a record written before its event reaches
+            // the sinks only says what the relay did to it, and the event
+            // is relayed again until every sink has it.
+            let deliver = async {
+                let results =
+                    futures::future::join_all(self.sinks.iter().map(|sink| sink.deliver(&emitted)))
+                        .await;
+                for (sink, result) in self.sinks.iter().zip(results) {
+                    if let Err(e) = result {
+                        metrics::counter!("dl_cdc_sink_errors_total", "relay" => self.name.clone(), "sink" => sink.sink().name())
+                            .increment(1);
+                        return Err(e);
+                    }
+                }
+                Ok(t2.elapsed())
+            };
+            let record = async {
+                if ledger.redactions.is_empty() && ledger.dead_letters.is_empty() {
+                    return Ok(t2.elapsed());
+                }
+                let records = LedgerBatch {
+                    redactions: ledger.redactions,
+                    dead_letters: ledger.dead_letters,
+                    position: 0,
+                };
+                self.ledger.commit(&self.name, &records).await?;
+                Ok::<_, Error>(t2.elapsed())
+            };
+            let (delivered, recorded) = futures::future::join(deliver, record).await;
+            let deliver_took = delivered?;
+            let record_took = recorded?;
+            // Only now, when every sink and the ledger have the batch: the
+            // checkpoint and the feed's acknowledgement, at once (either
+            // may come first: a batch both cover is not sent again, and one
+            // only the checkpoint covers is acknowledged unsent).
+            let t4 = std::time::Instant::now();
+            let checkpoint = async {
+                if position > done {
+                    let only = LedgerBatch {
+                        position,
+                        ..LedgerBatch::default()
+                    };
+                    self.ledger.commit(&self.name, &only).await?;
+                    self.checkpoint.store(position, Ordering::Release);
+                }
+                Ok::<_, Error>(())
+            };
+            let (moved, acked) =
+                futures::future::join(checkpoint, self.feed.ack(&self.name, position)).await;
+            moved?;
+            acked?;
+            Ok((deliver_took, record_took, t4.elapsed()))
+        };
+        // The next batch: what the feed's next read returns once this one
+        // is acknowledged, redacted as if the ledger covered this one.
+        let next = async {
+            let changes = self
+                .feed
+                .events_after(position, None, self.options.batch)
+                .await?;
+            let redacted = self.redact_batch(&changes, position);
+            Ok::<_, Error>(Ahead {
+                after: position,
+                changes,
+                redacted,
+            })
+        };
+        let (finished, next) = futures::future::join(finish, next).await;
+        let (deliver_took, record_took, ack_took) = finished?;
+        match next {
+            Ok(next) => {
+                self.read_ahead(Some(next));
+            }
+            Err(e) => {
+                // Only the read ahead failed: the next step reads again.
+                tracing::debug!(relay = %self.name, error = %e, "reading the next batch ahead failed");
             }
         }
-        let deliver_took = t2.elapsed();
-        let t3 = std::time::Instant::now();
-        if ledger.position > done {
-            self.ledger.commit(&self.name, &ledger).await?;
-            self.checkpoint.store(ledger.position, Ordering::Release);
-        }
-        let record_took = t3.elapsed();
-        let t4 = std::time::Instant::now();
-        self.feed.ack(&self.name, ledger.position).await?;
-        let ack_took = t4.elapsed();
         let report = StepReport {
             read: changes.len(),
             emitted: emitted.len(),
-            dead_lettered: ledger.dead_letters.len(),
+            dead_lettered,
             skipped,
-            position: ledger.position,
+            position,
         };
         tracing::debug!(
             relay = %self.name,

@@ -112,11 +112,15 @@ impl SqlLedger {
 
     /// Commits without waiting for the disk (PostgreSQL's
     /// `synchronous_commit = off`) when the relay's feed is in the same
-    /// PostgreSQL server: the feed acknowledgement that follows commits
-    /// synchronously, which flushes every earlier commit of the server's
-    /// log with it, so nothing acknowledged can be lost; what a crash takes
-    /// before that acknowledgement is relayed again. Never for a feed in
-    /// another store (its acknowledgement would not flush this server).
+    /// PostgreSQL server: the feed acknowledgement that follows the
+    /// batch's records commits synchronously, which flushes every earlier
+    /// commit of the server's log with it, so no record of an acknowledged
+    /// event can be lost; what a crash takes before that acknowledgement is
+    /// relayed again. The checkpoint, written beside the acknowledgement,
+    /// may be lost with a server crash: it then lags the feed's own
+    /// checkpoint, which is harmless (the feed no longer returns what it
+    /// acknowledged). Never for a feed in another store (its
+    /// acknowledgement would not flush this server).
     #[must_use]
     pub fn relaxed_commit(mut self, on: bool) -> Self {
         self.relaxed = on && self.target.store() == Store::Postgres;
@@ -407,9 +411,10 @@ impl SqlSink {
 
     /// Commits without waiting for the disk (PostgreSQL's
     /// `synchronous_commit = off`) when the relay's feed is in the same
-    /// PostgreSQL server: the feed acknowledgement that follows commits
-    /// synchronously, which flushes every earlier commit of the server's
-    /// log with it, so nothing acknowledged can be lost; what a crash takes
+    /// PostgreSQL server: the feed acknowledgement, which the relay sends
+    /// only after this sink has the batch, commits synchronously and so
+    /// flushes every earlier commit of the server's log with it: no
+    /// acknowledged event can be lost from the sink; what a crash takes
     /// before that acknowledgement is relayed again. Never for a feed in
     /// another store (its acknowledgement would not flush this server).
     #[must_use]

@@ -404,7 +404,9 @@ pub trait ChangeFeed: Send + Sync + fmt::Debug {
     async fn unregister(&self, consumer: &str) -> Result<bool>;
 
     /// At most `limit` events after `consumer`'s checkpoint, in commit
-    /// order. The same events again until acknowledged.
+    /// order. The same events again until acknowledged. It returns what
+    /// [`ChangeFeed::events_after`] returns for the checkpoint and no
+    /// entity (a consumer may read ahead that way).
     ///
     /// # Errors
     /// `Invalid` for a bad name, a limit of 0 or above [`MAX_BATCH`];
@@ -421,7 +423,8 @@ pub trait ChangeFeed: Send + Sync + fmt::Debug {
     async fn ack(&self, consumer: &str, position: u64) -> Result<()>;
 
     /// At most `limit` events after `position`, of one entity or all,
-    /// without a consumer (what `data-layer feed tail` prints).
+    /// in commit order, without a consumer (what `data-layer feed tail`
+    /// prints).
     ///
     /// # Errors
     /// `Invalid` for a bad limit or entity name; the store's fault.

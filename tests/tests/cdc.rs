@@ -410,6 +410,61 @@ async fn sqlite_relaying_again_keeps_each_event_once() {
     assert_eq!(first.step().await.expect("step").read, 0);
 }
 
+/// The relay reads and redacts its next batch while it delivers one: the
+/// events written in between still come, in feed order, each once, and a
+/// step after the last batch reads nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_the_batch_read_ahead_is_the_next_batch() {
+    watch();
+    let url = sqlite_url("ahead");
+    let dl = layer(
+        &url,
+        &[("DL_CDC__SINKS", "sqlite"), ("DL_CDC__BATCH", "10")],
+    )
+    .await;
+    let patients = dl.repository::<Patient>().await.expect("patients");
+    let mut c = Canaries::new();
+    let first: Vec<Patient> = (0..25).map(|_| c.patient()).collect();
+    patients.insert_many(&first).await.expect("insert");
+    let relay = dl.cdc_relay(Store::Sqlite).await.expect("relay");
+    let one = relay.step().await.expect("step 1");
+    assert_eq!((one.read, one.emitted), (10, 10));
+    // Written after the read ahead of events 11 to 20.
+    let more: Vec<Patient> = (0..5).map(|_| c.patient()).collect();
+    patients.insert_many(&more).await.expect("insert");
+    let mut reads = Vec::new();
+    let mut last = one.position;
+    for _ in 0..10 {
+        let r = relay.step().await.expect("step");
+        if r.read == 0 {
+            break;
+        }
+        assert!(r.position > last, "positions move forward");
+        last = r.position;
+        reads.push(r.read);
+    }
+    assert_eq!(reads, [10, 10], "events 11 to 20, then 21 to 30");
+    assert_eq!(relay.step().await.expect("step").read, 0);
+
+    let events = dl.cdc_sink_events(1_000).await.expect("sink");
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(e).expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        })
+        .collect();
+    let kept: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), 30, "each event once");
+    assert_eq!(kept, feed_ids(&dl, Store::Sqlite).await, "every event");
+    let own = sqlite_own_tables(&url).await;
+    assert_no_canary("the relay's tables", &own, &c.refs());
+    assert_no_canary("the sink", &events.join("\n"), &c.refs());
+    say("read ahead: 30 events in batches of 10, 10, 10, each once in the sink");
+}
+
 /// A captured record that does not match the schema (written into the
 /// outbox by hand, with an extra column) is dead-lettered, not emitted,
 /// and the relay goes on with the next event.
