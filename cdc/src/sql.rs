@@ -1,72 +1,13 @@
 //! The relay's ledger and the analytics sink on the relational stores
 //! (SQLite, PostgreSQL): tables made by `migrations/<store>/3_cdc.sql`.
 
-use std::fmt;
-
 use async_trait::async_trait;
-use dl_repositories::sqlx_errors::map_layer_error;
+pub use dl_repositories::sql_target::SqlTarget;
 use dl_repositories::{Error, Operation, Store};
 
 use crate::envelope::Redacted;
 use crate::ledger::{DeadLetter, Ledger, LedgerBatch};
 use crate::sink::Sink;
-
-/// A pool of a relational store, and on PostgreSQL the schema its tables
-/// are in.
-#[derive(Clone)]
-pub enum SqlTarget {
-    /// SQLite.
-    #[cfg(feature = "sqlite")]
-    Sqlite(sqlx::SqlitePool),
-    /// PostgreSQL, with the schema of the tables.
-    #[cfg(feature = "postgres")]
-    Postgres(sqlx::PgPool, String),
-}
-
-impl fmt::Debug for SqlTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(_) => f.write_str("SqlTarget::Sqlite"),
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(_, schema) => {
-                f.debug_tuple("SqlTarget::Postgres").field(schema).finish()
-            }
-        }
-    }
-}
-
-/// `"name"`, quotes doubled.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-impl SqlTarget {
-    /// The store.
-    #[must_use]
-    pub fn store(&self) -> Store {
-        match self {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(_) => Store::Sqlite,
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(..) => Store::Postgres,
-        }
-    }
-
-    /// A table of this target, qualified on PostgreSQL.
-    fn table(&self, name: &str) -> String {
-        match self {
-            #[cfg(feature = "sqlite")]
-            SqlTarget::Sqlite(_) => ident(name),
-            #[cfg(feature = "postgres")]
-            SqlTarget::Postgres(_, schema) => format!("{}.{}", ident(schema), ident(name)),
-        }
-    }
-
-    fn err(&self, op: Operation) -> impl Fn(sqlx::Error) -> Error + '_ {
-        move |e| map_layer_error(self.store(), op, e)
-    }
-}
 
 fn millis_now() -> i64 {
     chrono::Utc::now().timestamp_millis()

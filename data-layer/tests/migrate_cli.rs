@@ -36,7 +36,7 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stdout.contains("sqlite: version none; 0 applied, 3 pending"),
+        stdout.contains("sqlite: version none; 0 applied, 4 pending"),
         "{stdout}"
     );
 
@@ -55,8 +55,9 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
         "{stdout}"
     );
     assert!(stdout.contains("sqlite   apply        3_cdc"), "{stdout}");
+    assert!(stdout.contains("sqlite   apply        4_sagas"), "{stdout}");
     assert!(
-        stdout.contains("sqlite: version 3; 3 applied, 0 pending, 0 failed"),
+        stdout.contains("sqlite: version 4; 4 applied, 0 pending, 0 failed"),
         "{stdout}"
     );
 
@@ -95,7 +96,8 @@ fn the_projects_scripts_bring_sqlite_up_and_the_repositories_use_them() {
         "{stdout}"
     );
     assert!(stdout.contains("sqlite   revert       3_cdc"), "{stdout}");
-    assert!(stdout.contains("0 applied, 3 pending"), "{stdout}");
+    assert!(stdout.contains("sqlite   revert       4_sagas"), "{stdout}");
+    assert!(stdout.contains("0 applied, 4 pending"), "{stdout}");
 }
 
 #[test]

@@ -215,6 +215,8 @@ pub enum Operation {
     /// Delivering change events to a sink. Idempotent (the sink keeps
     /// each event once, by its id), so retried like a read.
     Deliver,
+    /// Reading or writing the saga log.
+    Saga,
 }
 
 impl Operation {
@@ -238,6 +240,7 @@ impl Operation {
             Operation::Transaction => "transaction",
             Operation::Feed => "feed",
             Operation::Deliver => "deliver",
+            Operation::Saga => "saga",
         }
     }
 

@@ -61,6 +61,8 @@ mod sql;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql_capture;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql_target;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sqlx_errors;
 mod versions;
 
