@@ -17,7 +17,7 @@
 //! // The clinical domain's scripts, built into the binary; a service
 //! // loads its own with `migrate::load("migrations")`.
 //! let runs = migrate::apply(&settings, &migrate::domain_scripts()).await?;
-//! assert_eq!(runs[0].steps.len(), 3); // the clinical tables, the change feed, CDC
+//! assert_eq!(runs[0].steps.len(), 4); // the clinical tables, the change feed, CDC, the saga log
 //! let dl = DataLayer::from_settings(settings).await?;
 //! let patients = dl.repository::<Patient>().await?;
 //! # let _ = patients;
