@@ -42,6 +42,6 @@ pub mod sqlite;
 
 pub use secret::SecretUrl;
 pub use settings::{
-    CdcSettings, DatabaseUrl, KEYS, KeySpec, Kind, Origin, PoolSettings, PrivacyKeys,
+    CdcSettings, DatabaseUrl, KEYS, KeySpec, Kind, Origin, PoolSettings, PrivacyKeys, SagaSettings,
     ScyllaSettings, Settings, SettingsError, Sources, parse_duration,
 };

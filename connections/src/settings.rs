@@ -116,7 +116,7 @@ macro_rules! pool_keys {
     };
 }
 
-const BASE_KEYS: [KeySpec; 28] = [
+const BASE_KEYS: [KeySpec; 33] = [
     KeySpec {
         key: "database_url",
         env: "DATABASE_URL",
@@ -312,6 +312,41 @@ const BASE_KEYS: [KeySpec; 28] = [
         kind: Kind::Count { min: 1, max: 5000 },
         default: Some("500"),
         doc: "Events the CDC relay reads, redacts and delivers at once (memory stays one batch).",
+    },
+    KeySpec {
+        key: "saga.lease",
+        env: "DL_SAGA__LEASE",
+        kind: Kind::Duration,
+        default: Some("30s"),
+        doc: "How long a saga runner's hold on a saga lasts without renewal (renewed every third of it; 300ms to 1h): a runner that dies loses its sagas to another after this long.",
+    },
+    KeySpec {
+        key: "saga.step_timeout",
+        env: "DL_SAGA__STEP_TIMEOUT",
+        kind: Kind::Duration,
+        default: Some("30s"),
+        doc: "How long one attempt of a saga step may take unless the step sets its own; past it the attempt's outcome is unknown.",
+    },
+    KeySpec {
+        key: "saga.attempts",
+        env: "DL_SAGA__ATTEMPTS",
+        kind: Kind::Count { min: 1, max: 100 },
+        default: Some("3"),
+        doc: "Tries of a compensatable step's or the pivot's action before the saga turns back.",
+    },
+    KeySpec {
+        key: "saga.stuck_after",
+        env: "DL_SAGA__STUCK_AFTER",
+        kind: Kind::Count { min: 1, max: 10000 },
+        default: Some("10"),
+        doc: "Failed tries in a row after which a compensation or a retriable step leaves its saga stuck (visible, alerting, waiting for data-layer saga retry).",
+    },
+    KeySpec {
+        key: "saga.recover_every",
+        env: "DL_SAGA__RECOVER_EVERY",
+        kind: Kind::Duration,
+        default: Some("10s"),
+        doc: "Time between the background rounds that resume the sagas of runners that died.",
     },
 ];
 
@@ -573,6 +608,21 @@ pub struct CdcSettings {
     pub scylla_buckets: u32,
 }
 
+/// The saga runner's settings (`saga.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaSettings {
+    /// How long a runner's lease on a saga lasts without renewal.
+    pub lease: Duration,
+    /// The default timeout of one step attempt.
+    pub step_timeout: Duration,
+    /// Tries of a compensatable step's or the pivot's action.
+    pub attempts: u32,
+    /// Failed tries after which a compensation or a retriable step is stuck.
+    pub stuck_after: u32,
+    /// Time between recovery rounds.
+    pub recover_every: Duration,
+}
+
 /// The privacy keys from settings (`privacy.key`, `privacy.key_id`,
 /// `privacy.previous_keys`). `Debug` shows the ids only.
 #[derive(Clone, Default)]
@@ -667,6 +717,8 @@ pub struct Settings {
     pub health_interval: Duration,
     /// The change feed.
     pub cdc: CdcSettings,
+    /// The saga runner.
+    pub saga: SagaSettings,
     /// SQLite pool.
     pub sqlite: PoolSettings,
     /// PostgreSQL pool.
@@ -1232,6 +1284,13 @@ fn build(raw: &BTreeMap<&'static str, (String, Origin)>) -> Result<Settings, Set
             nats_duplicate_window: p.duration("cdc.nats_duplicate_window")?,
             scylla_ttl: p.duration("cdc.scylla_ttl")?,
             scylla_buckets: p.count("cdc.scylla_buckets")?,
+        },
+        saga: SagaSettings {
+            lease: p.duration("saga.lease")?,
+            step_timeout: p.duration("saga.step_timeout")?,
+            attempts: p.count("saga.attempts")?,
+            stuck_after: p.count("saga.stuck_after")?,
+            recover_every: p.duration("saga.recover_every")?,
         },
         sqlite: p.pool("sqlite")?,
         postgres: p.pool("postgres")?,

@@ -76,6 +76,15 @@ pub mod cdc;
 pub mod feed;
 mod health;
 pub mod migrate;
+/// Sagas: the definitions, the runner and its log (the `dl-saga` crate),
+/// and [`DataLayer::sagas`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod saga {
+    pub use dl_saga::*;
+
+    mod facade;
+    pub use facade::SagaRecovery;
+}
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
 mod transaction;
@@ -142,6 +151,9 @@ pub struct DataLayer {
     /// The relational store's pool, for the CDC relay's ledger and sinks.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     sql_target: Option<dl_cdc::sql::SqlTarget>,
+    /// The saga runner, once asked for.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    sagas: Arc<std::sync::Mutex<Option<dl_saga::Sagas>>>,
     /// Repositories opened, by store and entity type: opened (schema
     /// checked, statements prepared) once, then handed out again.
     repositories: Arc<std::sync::Mutex<RepoCache>>,
@@ -243,6 +255,8 @@ impl DataLayer {
             configured_privacy: configured,
             #[cfg(any(feature = "sqlite", feature = "postgres"))]
             sql_target,
+            #[cfg(any(feature = "sqlite", feature = "postgres"))]
+            sagas: Arc::default(),
             repositories: Arc::default(),
         })
     }

@@ -62,10 +62,10 @@ fn demo_runs_on_a_fresh_folder_with_no_services() {
     let again = data_layer(dir.path(), &["demo"]);
     let (stdout, _) = text(&again);
     assert!(again.status.success());
-    assert!(stdout.contains("(24 in the store"), "{stdout}");
+    assert!(stdout.contains("(26 in the store"), "{stdout}");
     // The second run's relay delivers this run's events only.
     assert!(
-        stdout.contains("cdc: relay `demo_sqlite` delivered 37 events"),
+        stdout.contains("cdc: relay `demo_sqlite` delivered 41 events"),
         "{stdout}"
     );
 }
@@ -251,7 +251,7 @@ fn cdc_commands_on_the_embedded_default() {
     let (stdout, stderr) = text(&demo);
     assert!(demo.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("cdc: relay `analytics_sqlite` delivered 37 events"),
+        stdout.contains("cdc: relay `analytics_sqlite` delivered 41 events"),
         "{stdout}"
     );
 
@@ -259,16 +259,16 @@ fn cdc_commands_on_the_embedded_default() {
     let (stdout, stderr) = text(&status);
     assert!(status.status.success(), "{stdout}\n{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
-    assert_eq!(v["checkpoint"], 37);
+    assert_eq!(v["checkpoint"], 41);
     assert_eq!(v["dead_letters"], 0);
-    assert_eq!(v["sinks"][0]["events"], 37);
+    assert_eq!(v["sinks"][0]["events"], 41);
 
     // The relay of the settings kept its consumer: nothing new to relay.
     let run = data_layer(dir.path(), &["cdc", "run", "--once"]);
     let (stdout, _) = text(&run);
     assert!(run.status.success());
     assert!(
-        stdout.contains("read 0 events") && stdout.contains("checkpoint 37"),
+        stdout.contains("read 0 events") && stdout.contains("checkpoint 41"),
         "{stdout}"
     );
 
@@ -279,13 +279,13 @@ fn cdc_commands_on_the_embedded_default() {
     let (stdout, stderr) = text(&replay);
     assert!(replay.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("replayed 37 events from position 1"),
+        stdout.contains("replayed 41 events from position 1"),
         "{stdout}"
     );
     let again = data_layer(dir.path(), &["cdc", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&text(&again).0).expect("json");
     assert_eq!(
-        v["sinks"][0]["events"], 37,
+        v["sinks"][0]["events"], 41,
         "each event once after a replay"
     );
 
@@ -294,7 +294,7 @@ fn cdc_commands_on_the_embedded_default() {
     let v: serde_json::Value = serde_json::from_str(&text(&health).0).expect("json");
     assert_eq!(v["cdc"][0]["relay"], "analytics_sqlite");
     assert_eq!(v["cdc"][0]["lag_events"], 0);
-    assert_eq!(v["cdc"][0]["checkpoint"], 37);
+    assert_eq!(v["cdc"][0]["checkpoint"], 41);
     assert_eq!(v["cdc"][0]["dead_letters"], 0);
 
     let dead = data_layer(dir.path(), &["cdc", "dead-letters"]);
@@ -334,5 +334,5 @@ fn cdc_commands_on_the_embedded_default() {
     assert!(text(&out).1.contains("cdc.sinks"), "{}", text(&out).1);
     let status = data_layer(dir.path(), &["cdc", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&text(&status).0).expect("json");
-    assert_eq!(v["sinks"][0]["events"], 37, "nothing written by bad input");
+    assert_eq!(v["sinks"][0]["events"], 41, "nothing written by bad input");
 }

@@ -49,13 +49,20 @@
 // The layer answers with the repositories' `Error`, which every caller
 // already matches on; it is as large there.
 #![allow(clippy::result_large_err)]
+// Without a relational store there is no log and no runner: the
+// definitions are only checked.
+#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
 pub mod context;
 pub mod definition;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod log;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod runner;
 
 pub use context::{FailureKind, Phase, StepContext, StepError};
 pub use definition::{SagaDefinition, Step, StepKind};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use log::{Direction, SagaLog, SagaRow, SagaState, StepRecord, StepState};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use runner::{Clock, Outcome, Recovery, SagaOptions, Sagas, SystemClock};

@@ -184,6 +184,45 @@ pub struct SagaRow {
     pub updated_at: i64,
 }
 
+impl SagaRow {
+    /// The row as JSON without its sealed parts (input, outputs, reason):
+    /// what `data-layer saga list | show --json` prints.
+    #[must_use]
+    pub fn summary(&self) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "state": s.state,
+                    "attempts": s.attempts,
+                    "compensation_attempts": s.compensation_attempts,
+                    "error_kind": s.error_kind,
+                    "at": s.at,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "state": self.state,
+            "direction": self.direction,
+            "cursor": self.cursor,
+            "pivoted": self.pivoted,
+            "steps": steps,
+            "error_kind": self.error_kind,
+            "owner": self.owner,
+            "lease_until": self.lease_until,
+            "fence": self.fence,
+            "recoveries": self.recoveries,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
 /// What a step's write changes in the row.
 #[derive(Debug, Clone)]
 pub(crate) struct Save<'a> {

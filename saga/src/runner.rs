@@ -574,6 +574,14 @@ impl Sagas {
             })
     }
 
+    /// Saga `id`'s row.
+    ///
+    /// # Errors
+    /// `Invalid` for an id that is not a UUID; `NotFound`; the store's.
+    pub async fn row(&self, id: &str) -> Result<SagaRow, Error> {
+        self.get_row(id).await
+    }
+
     async fn get_row(&self, id: &str) -> Result<SagaRow, Error> {
         let id = Uuid::parse_str(id)
             .map_err(|_| Error::invalid("saga", Some("id"), "expected a saga id (a UUID)"))?

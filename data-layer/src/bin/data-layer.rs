@@ -99,6 +99,13 @@ enum Command {
         #[arg(long, global = true)]
         store: Option<String>,
     },
+    /// Sagas in the saga log: `list` (by state), `show` one, `retry` a
+    /// stuck one, `abort` a running one (its compensations run). Inputs,
+    /// outputs and reasons stay sealed except the reason `show` opens.
+    Saga {
+        #[command(subcommand)]
+        action: SagaAction,
+    },
     /// Print the effective settings (secrets redacted) and where each came from.
     Config {
         /// Print JSON instead of a table.
@@ -158,6 +165,47 @@ enum CdcAction {
         /// How many, oldest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SagaAction {
+    /// The newest sagas, of one state or all.
+    List {
+        /// running, compensating, completed, compensated or stuck.
+        #[arg(long)]
+        state: Option<String>,
+        /// How many (at most 10000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One saga: its state, each step's state and attempts, its lease and
+    /// why it turned back or is stuck.
+    Show {
+        /// The saga's id.
+        id: String,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a stuck saga back to work, the way it was going.
+    Retry {
+        /// The saga's id.
+        id: String,
+        /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn a running saga back (before its pivot): its compensations run.
+    Abort {
+        /// The saga's id.
+        id: String,
+        /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -395,6 +443,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(cdc(settings, store.as_deref(), action))
+        }
+        Command::Saga { action } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(saga(settings, action))
         }
         Command::Demo => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -650,6 +705,107 @@ async fn cdc(settings: Settings, store: Option<&str>, action: CdcAction) -> anyh
         }
     }
     Ok(())
+}
+
+/// `data-layer saga list | show | retry | abort`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn saga(settings: Settings, action: SagaAction) -> anyhow::Result<()> {
+    use data_layer::saga::SagaState;
+    let dl = DataLayer::from_settings(settings).await?;
+    let sagas = dl.sagas()?;
+    let line = |r: &data_layer::saga::SagaRow| {
+        format!(
+            "{}  {:<12} {:<24} v{:<3} step {}/{}  {}",
+            r.id,
+            r.state.name(),
+            r.name,
+            r.version,
+            r.cursor,
+            r.steps.len(),
+            r.error_kind.as_deref().unwrap_or("")
+        )
+    };
+    match action {
+        SagaAction::List { state, limit, json } => {
+            let state = state.as_deref().map(SagaState::parse).transpose()?;
+            let rows = sagas.log().list(state, limit.clamp(1, 10_000)).await?;
+            if json {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(data_layer::saga::SagaRow::summary)
+                    .collect();
+                out!("{}", serde_json::Value::Array(v));
+            } else {
+                out!("{} sagas (newest first):", rows.len());
+                for r in &rows {
+                    out!("  {}", line(r));
+                }
+            }
+        }
+        SagaAction::Show { id, json } => {
+            let row = sagas.row(&id).await?;
+            let reason = sagas.reason(&row).unwrap_or_else(|e| Some(e.to_string()));
+            if json {
+                let mut v = row.summary();
+                v["reason"] = serde_json::json!(reason);
+                out!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                out!("{}", line(&row));
+                out!(
+                    "  going {:?}, pivot passed: {}, recoveries: {}, fence: {}",
+                    row.direction,
+                    row.pivoted,
+                    row.recoveries,
+                    row.fence
+                );
+                out!(
+                    "  lease: {} until {}",
+                    row.owner.as_deref().unwrap_or("none"),
+                    row.lease_until
+                );
+                if let Some(r) = reason {
+                    out!("  reason: {r}");
+                }
+                for (i, s) in row.steps.iter().enumerate() {
+                    out!(
+                        "  {i:>2}. {:<24} {:<12} attempts {} (compensation {})  {}",
+                        s.name,
+                        format!("{:?}", s.state).to_lowercase(),
+                        s.attempts,
+                        s.compensation_attempts,
+                        s.error_kind.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        SagaAction::Retry { id, json } => {
+            let row = sagas.retry(&id).await?;
+            if json {
+                out!("{}", row.summary());
+            } else {
+                out!(
+                    "saga {}: {} again; a runner resumes it",
+                    row.id,
+                    row.state.name()
+                );
+            }
+        }
+        SagaAction::Abort { id, json } => {
+            let row = sagas.abort(&id).await?;
+            if json {
+                out!("{}", row.summary());
+            } else {
+                out!("saga {}: aborted; a runner runs its compensations", row.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+#[allow(clippy::unused_async)]
+async fn saga(_: Settings, _: SagaAction) -> anyhow::Result<()> {
+    anyhow::bail!("saga needs a relational store (build with the sqlite or postgres feature)")
 }
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
@@ -1129,6 +1285,7 @@ async fn demo(mut settings: Settings) -> anyhow::Result<()> {
         feed.unregister(reader.name()).await?;
     }
 
+    demo_saga(&dl, &run).await?;
     if let Some(start) = feed_start {
         demo_cdc(&dl, store, start, demo_key).await?;
     }
@@ -1204,6 +1361,115 @@ async fn demo_cdc(
     if dl.settings().cdc.relay == "demo" {
         relay.feed().unregister(relay.name()).await?;
     }
+    Ok(())
+}
+
+/// The demo's saga: register a patient, then book their first
+/// appointment (the pivot). Run twice: once it completes; once the booking
+/// fails and the registration is undone by its compensation.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn demo_saga(dl: &DataLayer, run: &str) -> anyhow::Result<()> {
+    use data_layer::saga::{Outcome, SagaDefinition, Step, StepError};
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Visit {
+        patient: Patient,
+        minutes: i32,
+    }
+    let sagas = dl.sagas()?;
+    let (register, undo, book) = (dl.clone(), dl.clone(), dl.clone());
+    sagas.register(SagaDefinition::new(
+        "demo_first_visit",
+        1,
+        vec![
+            Step::compensatable(
+                "register_patient",
+                move |ctx| {
+                    let dl = register.clone();
+                    async move {
+                        let visit: Visit = ctx.input()?;
+                        let patients = dl.repository::<Patient>().await?;
+                        // Once: a resumed saga finds the patient there.
+                        if patients.get(&visit.patient.id).await?.is_none() {
+                            patients.insert(&visit.patient).await?;
+                        }
+                        Ok(serde_json::Value::Null)
+                    }
+                },
+                move |ctx| {
+                    let dl = undo.clone();
+                    async move {
+                        let visit: Visit = ctx.input()?;
+                        dl.repository::<Patient>()
+                            .await?
+                            .delete(&visit.patient.id)
+                            .await?;
+                        Ok(serde_json::Value::Null)
+                    }
+                },
+            ),
+            Step::pivot("book_first_appointment", move |ctx| {
+                let dl = book.clone();
+                async move {
+                    let visit: Visit = ctx.input()?;
+                    if visit.minutes <= 0 {
+                        return Err(StepError::failed("the appointment has no length"));
+                    }
+                    let appointment = Appointment {
+                        // The same id for every attempt: booked once.
+                        id: Uuid::new_v5(&ctx.saga_id(), b"first_appointment"),
+                        patient_id: visit.patient.id,
+                        starts_at: Utc::now() + Duration::days(7),
+                        duration_minutes: visit.minutes,
+                        kind: "first_visit".into(),
+                        status: "scheduled".into(),
+                        notes: None,
+                        version: 1,
+                    };
+                    let appointments = dl.repository::<Appointment>().await?;
+                    if appointments.get(&appointment.id).await?.is_none() {
+                        appointments.insert(&appointment).await?;
+                    }
+                    Ok(serde_json::json!(appointment.id))
+                }
+            }),
+        ],
+    )?)?;
+    let patients = dl.repository::<Patient>().await?;
+    for (n, minutes) in [(1, 30), (2, 0)] {
+        let patient = Patient {
+            id: Uuid::new_v4(),
+            mrn: format!("SAGA-{run}-{n}"),
+            given_name: "Ada".into(),
+            family_name: "Byron".into(),
+            date_of_birth: NaiveDate::from_ymd_opt(1980, 12, 10).unwrap_or_default(),
+            phone: None,
+            email: None,
+            status: PatientStatus::Active,
+            created_at: Utc::now(),
+            version: 1,
+        };
+        let id = patient.id;
+        let (saga, outcome) = sagas
+            .run("demo_first_visit", &Visit { patient, minutes })
+            .await?;
+        let kept = patients.get(&id).await?.is_some();
+        let what = match outcome {
+            Outcome::Completed => {
+                "completed: patient registered and first appointment booked".to_owned()
+            }
+            Outcome::Compensated { step } => {
+                format!("compensated: `{step}` failed, the registration was undone")
+            }
+            other => format!("{other:?}"),
+        };
+        out!("  saga {saga}: {what} (patient in the store: {kept})");
+    }
+    Ok(())
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+#[allow(clippy::unused_async)]
+async fn demo_saga(_: &DataLayer, _: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
