@@ -83,7 +83,7 @@ pub mod saga {
     pub use dl_saga::*;
 
     mod facade;
-    pub use facade::SagaRecovery;
+    pub use facade::{REDIS_GUARD_TTL, SagaRecovery};
 }
 #[cfg(feature = "prometheus")]
 pub mod telemetry;
@@ -154,6 +154,9 @@ pub struct DataLayer {
     /// The saga runner, once asked for.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     sagas: Arc<std::sync::Mutex<Option<dl_saga::Sagas>>>,
+    /// The Redis connection, for [`DataLayer::once_redis`].
+    #[cfg(feature = "redis")]
+    redis_conn: Option<redis::aio::ConnectionManager>,
     /// Repositories opened, by store and entity type: opened (schema
     /// checked, statements prepared) once, then handed out again.
     repositories: Arc<std::sync::Mutex<RepoCache>>,
@@ -234,11 +237,11 @@ impl DataLayer {
             }
         };
         let relational = guarded(relational, &settings);
-        let others = connect_others(&settings, configured.as_ref(), capture.as_ref())
-            .await?
-            .into_iter()
-            .map(|b| guarded(b, &settings))
-            .collect();
+        let (others, raw) =
+            connect_others(&settings, configured.as_ref(), capture.as_ref()).await?;
+        #[cfg(not(feature = "redis"))]
+        let _ = raw;
+        let others = others.into_iter().map(|b| guarded(b, &settings)).collect();
         let privacy = configured.clone().unwrap_or_else(|| {
             tracing::warn!(
                 "privacy.key is not set: cursors are sealed with a random key of this process \
@@ -257,6 +260,8 @@ impl DataLayer {
             sql_target,
             #[cfg(any(feature = "sqlite", feature = "postgres"))]
             sagas: Arc::default(),
+            #[cfg(feature = "redis")]
+            redis_conn: raw.redis,
             repositories: Arc::default(),
         })
     }
@@ -385,7 +390,7 @@ async fn connect_others(
     privacy: Option<&Arc<dl_privacy::Privacy>>,
     #[allow(unused_variables)] // with Redis and MongoDB compiled out
     capture: Option<&Arc<dl_repositories::feed::Capture>>,
-) -> Result<Vec<Arc<dyn Backend>>, SetupError> {
+) -> Result<(Vec<Arc<dyn Backend>>, RawClients), SetupError> {
     #[cfg(feature = "mongodb")]
     use dl_repositories::backends::mongo::MongoBackend;
     #[cfg(feature = "redis")]
@@ -396,6 +401,8 @@ async fn connect_others(
     use dl_repositories::deferred::Deferred;
     #[allow(unused_mut)] // with every server store compiled out
     let mut out: Vec<Arc<dyn Backend>> = Vec::new();
+    #[allow(unused_mut)]
+    let mut raw = RawClients::default();
     #[cfg(not(feature = "mongodb"))]
     if settings.mongodb_uri.is_some() {
         return Err(not_built(Store::Mongo, "mongodb"));
@@ -447,6 +454,7 @@ async fn connect_others(
                 Some(Box::new(e)),
             )
         })?;
+        raw.redis = Some(conn.clone());
         let backend = RedisBackend::new(
             conn,
             &settings.redis_key_prefix,
@@ -501,7 +509,14 @@ async fn connect_others(
         }
         out.push(Arc::new(backend));
     }
-    Ok(out)
+    Ok((out, raw))
+}
+
+/// The drivers' own handles that layers above the repositories use.
+#[derive(Default)]
+struct RawClients {
+    #[cfg(feature = "redis")]
+    redis: Option<redis::aio::ConnectionManager>,
 }
 
 /// The guard's settings of `store` (from its pool settings): the request

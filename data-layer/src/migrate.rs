@@ -93,7 +93,7 @@ pub fn domain_scripts() -> Scripts {
     [
         embedded!(StoreKind::Postgres, "postgres": "1_clinical_schema.sql", "1_clinical_schema.down.sql", "2_change_feed.sql", "2_change_feed.down.sql", "3_cdc.sql", "3_cdc.down.sql", "4_sagas.sql", "4_sagas.down.sql"),
         embedded!(StoreKind::Sqlite, "sqlite": "1_clinical_schema.sql", "1_clinical_schema.down.sql", "2_change_feed.sql", "2_change_feed.down.sql", "3_cdc.sql", "3_cdc.down.sql", "4_sagas.sql", "4_sagas.down.sql"),
-        embedded!(StoreKind::Mongo, "mongo": "1_clinical_schema.json", "1_clinical_schema.down.json", "2_change_feed.json", "2_change_feed.down.json"),
+        embedded!(StoreKind::Mongo, "mongo": "1_clinical_schema.json", "1_clinical_schema.down.json", "2_change_feed.json", "2_change_feed.down.json", "3_sagas.json", "3_sagas.down.json"),
         embedded!(StoreKind::Scylla, "scylla": "1_clinical_schema.cql", "1_clinical_schema.down.cql", "2_cdc.cql", "2_cdc.down.cql"),
         embedded!(StoreKind::Redis, "redis": "1_index_sorted_sets.lua", "1_index_sorted_sets.down.lua", "2_records_as_strings.lua", "2_records_as_strings.down.lua"),
     ]

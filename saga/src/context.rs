@@ -105,6 +105,15 @@ impl StepContext {
         format!("{}.{}.{}", self.saga, self.step, self.phase.name())
     }
 
+    /// An id for something this step makes, named `name`: the same for
+    /// every attempt of the step, by any runner (a UUID v5 of the saga's
+    /// id, the step and `name`), so that an attempt run again writes the
+    /// same row, and a compensation finds what its action made.
+    #[must_use]
+    pub fn id_for(&self, name: &str) -> Uuid {
+        Uuid::new_v5(&self.saga, format!("{}/{name}", self.step).as_bytes())
+    }
+
     /// The saga's input, as JSON.
     #[must_use]
     pub fn input_json(&self) -> &Value {

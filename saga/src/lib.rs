@@ -57,6 +57,7 @@ pub mod context;
 pub mod definition;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod log;
+pub mod once;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod runner;
 
@@ -64,5 +65,6 @@ pub use context::{FailureKind, Phase, StepContext, StepError};
 pub use definition::{SagaDefinition, Step, StepKind};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use log::{Direction, SagaLog, SagaRow, SagaState, StepRecord, StepState};
+pub use once::{Once, SagaEffect};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use runner::{Clock, Outcome, Recovery, SagaOptions, Sagas, SystemClock};

@@ -624,12 +624,17 @@ struct Driver<'a> {
     row: SagaRow,
     /// Until when this runner's lease on it runs, as it last wrote it.
     lease_until: i64,
+    /// The step a runner that died may have been running when this one
+    /// took the saga over: its effect may be applied, whatever the attempts
+    /// here say (so it is compensated if the saga turns back at it).
+    inherited: Option<usize>,
 }
 
 impl<'a> Driver<'a> {
     fn new(sagas: &'a Sagas, row: SagaRow, def: Option<Arc<SagaDefinition>>) -> Self {
         Driver {
             lease_until: row.lease_until,
+            inherited: (row.fence > 1 && row.direction == Direction::Forward).then_some(row.cursor),
             sagas,
             def,
             row,
@@ -728,12 +733,12 @@ impl<'a> Driver<'a> {
                             self.row.steps[i].error_kind = Some(e.kind().name().to_owned());
                             return self.stuck(Some(i), e.kind().name(), &reason).await;
                         }
-                        Err(Stop::Failed(e)) => {
+                        Err(Stop::Failed(e, maybe_applied)) => {
                             // Turn back: the steps before it, and this one
                             // if it may have applied its effect.
                             let now = self.inner().clock.now_millis();
                             let rec = &mut self.row.steps[i];
-                            rec.state = if e.kind() == FailureKind::Unknown {
+                            rec.state = if maybe_applied || e.kind() == FailureKind::Unknown {
                                 StepState::Unknown
                             } else {
                                 StepState::Failed
@@ -792,7 +797,7 @@ impl<'a> Driver<'a> {
                             }
                         }
                         Err(Stop::TakenOver) => return Ok(self.taken_over()),
-                        Err(Stop::Stuck(e) | Stop::Failed(e)) => {
+                        Err(Stop::Stuck(e) | Stop::Failed(e, _)) => {
                             let reason = e.reason().to_owned();
                             return self.stuck(Some(j), e.kind().name(), &reason).await;
                         }
@@ -879,6 +884,9 @@ impl<'a> Driver<'a> {
         };
         let mut pauses = self.backoff();
         let mut tried = 0;
+        // Whether an attempt may have applied the effect: one that ended
+        // unknown, or the dead runner's before this one took over.
+        let mut maybe_applied = self.inherited == Some(i);
         loop {
             self.row.steps[i].attempts += 1;
             tried += 1;
@@ -887,6 +895,7 @@ impl<'a> Driver<'a> {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            maybe_applied |= e.kind() == FailureKind::Unknown;
             let again = match step.kind {
                 StepKind::Retriable => tried < limit,
                 _ => e.kind() != FailureKind::Failed && tried < limit,
@@ -895,7 +904,7 @@ impl<'a> Driver<'a> {
                 return Err(if step.kind == StepKind::Retriable {
                     Stop::Stuck(e)
                 } else {
-                    Stop::Failed(e)
+                    Stop::Failed(e, maybe_applied)
                 });
             }
             tracing::debug!(step = %step.name, kind = e.kind().name(), "a saga step attempt failed; trying again");
@@ -1041,8 +1050,9 @@ impl<'a> Driver<'a> {
 
 /// Why an attempt loop stopped.
 enum Stop {
-    /// The step failed for good (turn back).
-    Failed(StepError),
+    /// The step failed for good (turn back); whether an attempt of it may
+    /// have applied its effect.
+    Failed(StepError, bool),
     /// It kept failing past the limit (stuck).
     Stuck(StepError),
     /// The lease ran out.

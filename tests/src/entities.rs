@@ -227,3 +227,21 @@ pub async fn two_entity_types_share_a_table(
     }
     Ok(())
 }
+
+/// A patient's chart, opened by the sagas' tests in MongoDB.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Entity)]
+#[entity(name = "charts")]
+pub struct Chart {
+    /// Derived from the saga (the same on every attempt).
+    #[key]
+    pub id: Uuid,
+    /// Whose chart.
+    #[indexed]
+    pub patient_id: Uuid,
+    /// The first entry (PHI).
+    #[phi(drop)]
+    #[field(max_len = 4096)]
+    pub summary: String,
+    /// When it was opened.
+    pub opened_at: DateTime<Utc>,
+}

@@ -24,4 +24,5 @@ pub mod migrate;
 pub mod model;
 pub mod private;
 pub mod proxy;
+pub mod saga;
 pub mod schema;

@@ -435,32 +435,45 @@ pub fn scylla_settings() -> dl_connections::ScyllaSettings {
 /// When the stack's URLs do not make valid settings.
 #[must_use]
 pub fn all_stores_settings(ns: &str) -> Settings {
+    let env = all_stores_env(ns);
+    let mut sources = Sources::isolated();
+    for (k, v) in &env {
+        sources = sources.var(k, v);
+    }
+    Settings::load(&sources).expect("settings for every store")
+}
+
+/// The environment of [`all_stores_settings`], for a child process.
+#[must_use]
+pub fn all_stores_env(ns: &str) -> Vec<(String, String)> {
     let mongo = mongo_url().expose().replacen("/?", &format!("/{ns}?"), 1);
     let scylla = scylla_settings();
-    Settings::load(
-        &Sources::isolated()
-            .var("DATABASE_URL", postgres_url().expose())
-            .var("DL_POSTGRES__SCHEMA", ns)
-            .var("MONGODB_URI", &mongo)
-            .var("REDIS_URL", redis_url().expose())
-            .var("DL_REDIS__KEY_PREFIX", ns)
-            .var("DL_PRIVACY__KEY", TEST_PRIVACY_KEY)
-            .var("DL_PRIVACY__KEY_ID", "test1")
-            .var("SCYLLA_URI", &scylla.nodes.join(","))
-            .var("DL_SCYLLA__KEYSPACE", ns)
-            .var("DL_SCYLLA__CREATE_KEYSPACE", "true")
-            .var("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false")
-            .var("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false")
-            .var(
-                "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
-                if scylla.lightweight_transactions {
-                    "true"
-                } else {
-                    "false"
-                },
-            ),
-    )
-    .expect("settings for every store")
+    [
+        ("DATABASE_URL", postgres_url().expose().to_owned()),
+        ("DL_POSTGRES__SCHEMA", ns.to_owned()),
+        ("MONGODB_URI", mongo),
+        ("REDIS_URL", redis_url().expose().to_owned()),
+        ("DL_REDIS__KEY_PREFIX", ns.to_owned()),
+        ("DL_PRIVACY__KEY", TEST_PRIVACY_KEY.to_owned()),
+        ("DL_PRIVACY__KEY_ID", "test1".to_owned()),
+        ("SCYLLA_URI", scylla.nodes.join(",")),
+        ("DL_SCYLLA__KEYSPACE", ns.to_owned()),
+        ("DL_SCYLLA__CREATE_KEYSPACE", "true".to_owned()),
+        ("DL_SCYLLA__AUTO_AWAIT_SCHEMA_AGREEMENT", "false".to_owned()),
+        ("DL_SCYLLA__FETCH_SCHEMA_METADATA", "false".to_owned()),
+        (
+            "DL_SCYLLA__LIGHTWEIGHT_TRANSACTIONS",
+            if scylla.lightweight_transactions {
+                "true"
+            } else {
+                "false"
+            }
+            .to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// Scylla keyspaces made for one test.

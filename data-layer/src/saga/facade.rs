@@ -6,10 +6,16 @@
 
 use std::sync::Arc;
 
-use dl_repositories::{Error, Operation};
-use dl_saga::{SagaLog, SagaOptions, Sagas};
+use std::future::Future;
 
-use crate::DataLayer;
+use dl_repositories::{ConflictKind, Error, Operation, Store};
+use dl_saga::{Once, SagaEffect, SagaLog, SagaOptions, Sagas, StepContext, StepError};
+
+use crate::{DataLayer, Tx};
+
+/// How long a Redis guard of [`DataLayer::once_redis`] lasts: longer than
+/// any saga stays stuck before an operator retries it (30 days).
+pub const REDIS_GUARD_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// The background task that resumes the sagas of runners that died:
 /// stopped when dropped.
@@ -113,5 +119,121 @@ impl DataLayer {
         Ok(SagaRecovery {
             task: sagas.spawn_recovery(self.settings.saga.recover_every),
         })
+    }
+
+    /// Applies a saga step's effect once: runs `f` in a transaction on
+    /// `store` (as [`DataLayer::transaction`]) that first writes the
+    /// step's guard ([`SagaEffect`], keyed by its idempotency key) into
+    /// `dl_saga_effects`. When the guard is there already — an earlier
+    /// attempt of this step committed, here or in a process that died —
+    /// `f` does not run and the answer is [`Once::AlreadyApplied`]. Two
+    /// attempts at once cannot both commit: the second waits on the guard
+    /// (PostgreSQL), on the write lock (SQLite) or conflicts (MongoDB).
+    ///
+    /// SQLite, PostgreSQL (migration `4_sagas`) and MongoDB (a session
+    /// transaction; migration `3_sagas`, a replica set). Redis and
+    /// ScyllaDB have their own: [`DataLayer::once_redis`] and
+    /// [`dl_saga::once::scylla`].
+    ///
+    /// ```
+    /// use data_layer::{DataLayer, Settings, Sources, Store};
+    /// use data_layer::models::domain::{Patient, PatientStatus};
+    /// use data_layer::saga::{Once, Outcome, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let url = format!("sqlite://{}/app.db", dir.path().display());
+    /// # let settings = Settings::load(&Sources::isolated().var("DATABASE_URL", &url)
+    /// #     .var("DL_PRIVACY__KEY", "WlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlo="))?;
+    /// # data_layer::migrate::apply(&settings, &data_layer::migrate::domain_scripts()).await?;
+    /// let dl = DataLayer::from_settings(settings).await?;
+    /// let sagas = dl.sagas()?;
+    /// let layer = dl.clone();
+    /// sagas.register(SagaDefinition::new("register", 1, vec![Step::pivot("patient", move |ctx| {
+    ///     let dl = layer.clone();
+    ///     async move {
+    ///         let patient = Patient {
+    ///             id: ctx.id_for("patient"), // the same id on every attempt
+    ///             mrn: "MRN-1".into(), given_name: "Ada".into(), family_name: "Lovelace".into(),
+    ///             date_of_birth: chrono::NaiveDate::from_ymd_opt(1980, 5, 17).unwrap(),
+    ///             phone: None, email: None, status: PatientStatus::Active,
+    ///             created_at: chrono::Utc::now(), version: 1,
+    ///         };
+    ///         let done = dl.once_in(Store::Sqlite, &ctx, |tx| async move {
+    ///             tx.repository::<Patient>().await?.insert(&patient).await
+    ///         }).await?;
+    ///         Ok::<_, StepError>(serde_json::json!({ "applied_now": done.is_applied() }))
+    ///     }
+    /// })])?)?;
+    /// let (_id, outcome) = sagas.run("register", &serde_json::json!({})).await?;
+    /// assert_eq!(outcome, Outcome::Completed);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// `f`'s error or the store's, as a [`StepError`] (after the
+    /// rollback; `unknown` when a commit's answer was lost);
+    /// `Unsupported` (failed) for a store without transactions.
+    pub async fn once_in<R, F, Fut>(
+        &self,
+        store: Store,
+        ctx: &StepContext,
+        f: F,
+    ) -> Result<Once<R>, StepError>
+    where
+        F: FnOnce(Tx) -> Fut,
+        Fut: Future<Output = Result<R, Error>>,
+    {
+        let guard = SagaEffect::of(ctx);
+        let r = self
+            .transaction(store, |tx| async move {
+                let guards = tx.repository::<SagaEffect>().await?;
+                // Read first: a store's answer to a duplicate inside a
+                // transaction (MongoDB's aborts it) is not always a
+                // duplicate-key conflict.
+                if guards.get(&guard.key).await?.is_some() {
+                    return Ok(Once::AlreadyApplied);
+                }
+                match guards.insert(&guard).await {
+                    Ok(()) => {}
+                    Err(Error::Conflict {
+                        kind: ConflictKind::DuplicateKey,
+                        ..
+                    }) => return Ok(Once::AlreadyApplied),
+                    Err(e) => return Err(e),
+                }
+                f(tx).await.map(Once::Applied)
+            })
+            .await;
+        r.map_err(StepError::from)
+    }
+
+    /// Applies a saga step's Redis commands once
+    /// ([`dl_saga::once::redis`]): in one script, after `SET NX` of the
+    /// step's guard key (`<redis.key_prefix>:dl_saga_once:<idempotency
+    /// key>`, kept [`REDIS_GUARD_TTL`]). A guard found set answers
+    /// [`Once::AlreadyApplied`] and runs nothing.
+    ///
+    /// # Errors
+    /// As [`dl_saga::once::redis`]; `failed` when Redis is not configured.
+    #[cfg(feature = "redis")]
+    pub async fn once_redis(
+        &self,
+        ctx: &StepContext,
+        commands: &[redis::Cmd],
+    ) -> Result<Once<()>, StepError> {
+        let mut conn = self
+            .redis_conn
+            .clone()
+            .ok_or_else(|| StepError::failed("redis: not configured (set REDIS_URL)"))?;
+        dl_saga::once::redis(
+            &mut conn,
+            &self.settings.redis_key_prefix,
+            ctx,
+            REDIS_GUARD_TTL,
+            commands,
+        )
+        .await
     }
 }
