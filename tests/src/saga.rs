@@ -10,6 +10,9 @@
 //! point): the `saga-runner` test binary prints `blocked <saga>
 //! <point>` there and waits to be killed.
 
+// Steps answer the layer's `StepError`, as large as its `Error`.
+#![allow(clippy::result_large_err)]
+
 use std::io::Write as _;
 use std::sync::Arc;
 

@@ -732,7 +732,7 @@ mod live {
         assert_eq!(a[1] + b[1], n, "resumed once in all: {a:?} {b:?}");
         let sagas = dl.sagas().expect("sagas");
         let rows = rows(&sagas).await;
-        assert_eq!(rows.len(), n as usize);
+        assert_eq!(rows.len() as u64, n);
         let audit = dl
             .repository_in::<data_layer::models::domain::AuditEvent>(Store::Postgres)
             .await

@@ -40,7 +40,20 @@ impl DataLayer {
             step_timeout: s.step_timeout,
             attempts: s.attempts,
             stuck_after: s.stuck_after,
+            // A saga step holds a connection of the relational pool (its
+            // transaction) while the log writes need others: drive at
+            // most half the pool's size at once.
+            concurrency: usize::try_from(self.relational_pool_size() / 2)
+                .unwrap_or(1)
+                .clamp(1, SagaOptions::default().concurrency),
             ..SagaOptions::default()
+        }
+    }
+
+    fn relational_pool_size(&self) -> u32 {
+        match self.relational.store() {
+            Store::Sqlite => self.settings.sqlite.max_connections,
+            _ => self.settings.postgres.max_connections,
         }
     }
 
