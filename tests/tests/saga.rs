@@ -465,11 +465,13 @@ mod live {
     }
 
     /// The environment of a runner process: the stack's settings and a
-    /// short lease (a killed runner's sagas move after 2 s).
+    /// short lease (a killed runner's sagas move after 5 s; long enough
+    /// that a runner on a loaded machine renews it in time, which the
+    /// fence assertions rely on).
     fn runner_env(ns: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = dl_tests::live::all_stores_env(ns);
         for (k, v) in [
-            ("DL_SAGA__LEASE", "2s"),
+            ("DL_SAGA__LEASE", "5s"),
             ("DL_SAGA__STEP_TIMEOUT", "600s"),
             // Enough tries to outlast a transaction a killed runner left
             // open in MongoDB (the server aborts it after its lifetime
